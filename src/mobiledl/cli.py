@@ -1,0 +1,384 @@
+"""The ``mobiledl`` command line (contract: DESIGN.md, "Command line").
+
+``--json`` prints exactly one JSON object (or a list) on stdout; progress and logs go to
+stderr. Exit codes: 0 success, 2 user error (one line naming the problem), 1 bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mobiledl.cli_support import add_command, add_task_args, log
+from mobiledl.compress.prune.command import add_prune_command
+from mobiledl.compress.quantize.command import add_quantize_command
+from mobiledl.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mobiledl`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"mobiledl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mobiledl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = args.handler(args)
+    if result is None:
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2, default=_json_default))
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobiledl",
+        description="Make deep learning models small, fast and trainable on mobile devices.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_models,
+        _add_train,
+        _add_eval,
+        _add_profile,
+        _add_export,
+        _add_bench,
+        add_prune_command,
+        add_quantize_command,
+        _add_demo,
+    ):
+        add(commands)
+    return parser
+
+
+def _version() -> str:
+    from mobiledl import __version__
+
+    return f"mobiledl {__version__}"
+
+
+# ---------------------------------------------------------------- models
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    add_command(commands, "models", "list the compact model zoo", _cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> list[dict[str, object]] | None:
+    from mobiledl.models import list_models
+
+    infos = [info.to_dict() for info in list_models()]
+    if args.json:
+        return infos
+    for info in infos:
+        print(f"{info['name']:<20} {info['description']}  [{info['paper']}]")
+    return None
+
+
+# ---------------------------------------------------------------- train
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(commands, "train", "train a zoo model on a task", _cmd_train)
+    sub.add_argument("--model", required=True, help="zoo model name (see `mobiledl models`)")
+    add_task_args(sub, required=True)
+    sub.add_argument("--epochs", type=int, default=30)
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    sub.add_argument("--lr", type=float, default=None, help="default 0.05 (sgd), 2e-3 (adamw)")
+    sub.add_argument("--label-smoothing", type=float, default=0.0)
+    sub.add_argument("--image-size", type=int, default=None, help="resize images to S x S")
+    sub.add_argument("--width-mult", type=float, default=1.0)
+    sub.add_argument("--teacher", type=Path, default=None, help="a mobiledl .pt to distill from")
+    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+
+
+def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.data import build_task
+    from mobiledl.measure import measure_model
+    from mobiledl.models import create_model, load_model, save_model
+    from mobiledl.train import TrainConfig, train
+
+    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
+    model = create_model(
+        args.model, task.num_classes, task.in_channels, task.image_size, args.width_mult
+    )
+    teacher = load_model(args.teacher).model if args.teacher else None
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+    )
+    meta = {"task": args.task, "seed": args.seed, "input_shape": list(task.input_shape)}
+
+    def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
+        save_model(args.out, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
+
+    log(f"training {args.model} on {task.name} for {args.epochs} epochs")
+    result = train(model, task, config, teacher=teacher, on_best=checkpoint)
+    measurement = measure_model(model, args.model, task, latency=False)
+    save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
+    measurement.extra.update(
+        best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch, out=args.out
+    )
+    log(f"wrote {args.out}: test accuracy {measurement.accuracy:.4f}")
+    return measurement.to_dict() if args.json else None
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(commands, "eval", "measure test accuracy of a .pt or .onnx model", _cmd_eval)
+    sub.add_argument("model", type=Path, help="a mobiledl .pt file or an .onnx file")
+    add_task_args(sub, required=True)
+
+
+def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.profile import Measurement
+
+    if args.model.suffix == ".onnx":
+        accuracy, name = _eval_onnx(args), args.model.stem
+    else:
+        from mobiledl.models import load_model
+        from mobiledl.train import evaluate
+
+        loaded = load_model(args.model)
+        shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
+        task = task_for_input(args.task, shape, args.seed, args.model)
+        accuracy, name = evaluate(loaded.model, task, "test"), loaded.arch["name"]
+    measurement = Measurement(name=name, accuracy=accuracy, extra={"task": args.task})
+    if args.json:
+        return measurement.to_dict()
+    print(f"{args.model}: test accuracy {accuracy:.4f} on {args.task}")
+    return None
+
+
+def _eval_onnx(args: argparse.Namespace) -> float:
+    from mobiledl.deploy import get_engine
+
+    runner = get_engine("onnxruntime").load(args.model)
+    task = task_for_input(args.task, tuple(runner.input_shape[1:]), args.seed, args.model)
+    x, y = task.split("test")
+    outputs = [runner.run(x[i : i + 256].numpy()) for i in range(0, len(x), 256)]
+    return task.metric(torch.from_numpy(np.concatenate(outputs)), y)
+
+
+def task_for_input(spec: str, input_shape: tuple[int, ...], seed: int, model_path: Path) -> Any:
+    """The task ``spec`` with inputs shaped ``input_shape`` (resized if the task allows)."""
+    from mobiledl.data import build_task
+
+    task = build_task(spec, seed=seed)
+    if tuple(task.input_shape) == tuple(input_shape):
+        return task
+    if task.in_channels == input_shape[0]:
+        with contextlib.suppress(UserError):
+            task = build_task(spec, image_size=tuple(input_shape[1:]), seed=seed)
+    if tuple(task.input_shape) != tuple(input_shape):
+        raise UserError(
+            f"{model_path} takes inputs shaped {list(input_shape)} but task '{spec}' "
+            f"gives {list(task.input_shape)}"
+        )
+    return task
+
+
+# ---------------------------------------------------------------- profile
+
+
+def _add_profile(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(
+        commands,
+        "profile",
+        "params, MACs, bytes, peak memory and ONNX Runtime latency of a model",
+        _cmd_profile,
+    )
+    sub.add_argument("model", help="a mobiledl .pt file or a zoo model name")
+    add_task_args(sub, required=False)
+    sub.add_argument("--input-shape", help="e.g. 1,3,32,32 (batch first) for a zoo name")
+    sub.add_argument("--num-classes", type=int, default=10, help="for a zoo name (default 10)")
+    sub.add_argument("--bits", type=int, default=32, help="precision of weights/activations")
+    sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
+    sub.add_argument("--threads", type=int, default=None)
+    sub.add_argument("--repeats", type=int, default=50)
+
+
+def _cmd_profile(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.measure import engine_latency
+    from mobiledl.profile import profile_model
+
+    model, name, example = _model_and_input(args)
+    report = profile_model(model, example, bits=args.bits)
+    measurement = report.measurement(name)
+    if not args.no_latency:
+        log("timing in ONNX Runtime...")
+        latency = engine_latency(model, example, threads=args.threads, repeats=args.repeats)
+        measurement = measurement.update(latency)
+    measurement.extra["input_shape"] = list(example.shape)
+    measurement.extra["layers"] = [layer.to_dict() for layer in report.layers]
+    if args.json:
+        return measurement.to_dict()
+    print(report.table())
+    print(_summary_line(measurement))
+    return None
+
+
+def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, torch.Tensor]:
+    """A model and an example input from a .pt file or a zoo name plus a shape or task."""
+    from mobiledl.data import build_task
+    from mobiledl.models import create_model, load_model
+
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        raise UserError(f"{path}: profile takes a mobiledl .pt or a zoo name; bench times .onnx")
+    if path.suffix == ".pt" or path.exists():
+        loaded = load_model(path)
+        shape = (1, loaded.arch["in_channels"], *loaded.arch["image_size"])
+        model, name = loaded.model, loaded.arch["name"]
+    elif args.input_shape or not args.task:
+        shape = _parse_shape(args.input_shape or "1,3,32,32")
+        model = create_model(args.model, args.num_classes, shape[1], tuple(shape[2:]))
+        name = args.model
+    else:
+        task = build_task(args.task, seed=args.seed)
+        model = create_model(args.model, task.num_classes, task.in_channels, task.image_size)
+        return model, args.model, task.example_input(1)
+    return model, name, torch.randn(*shape)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--input-shape must be integers like 1,3,32,32; got '{text}'") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise UserError(f"--input-shape must be 4 positive integers N,C,H,W; got '{text}'")
+    return shape
+
+
+def _summary_line(m: Any) -> str:
+    parts = [f"params {m.params:,}", f"MACs {m.macs:,}", f"bytes {m.bytes:,}"]
+    parts.append(f"peak activation memory {m.peak_memory_bytes:,} B")
+    if m.latency_ms_median is not None:
+        parts.append(
+            f"ORT latency median {m.latency_ms_median:.3f} ms (p90 {m.latency_ms_p90:.3f})"
+        )
+    return " | ".join(parts)
+
+
+# ---------------------------------------------------------------- export
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(commands, "export", "export a mobiledl .pt model to ONNX", _cmd_export)
+    sub.add_argument("model", type=Path, help="a mobiledl .pt file")
+    sub.add_argument("--out", type=Path, required=True, help="output .onnx file")
+
+
+def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.deploy import get_engine, parity_check
+    from mobiledl.models import load_model
+    from mobiledl.profile import Measurement
+
+    loaded = load_model(args.model)
+    example = torch.randn(1, loaded.arch["in_channels"], *loaded.arch["image_size"])
+    engine = get_engine("onnxruntime")
+    artifact = engine.export(loaded.model, example, args.out)
+    diff = parity_check(loaded.model, engine.load(artifact), torch.randn(4, *example.shape[1:]))
+    size = artifact.stat().st_size
+    measurement = Measurement(
+        name=loaded.arch["name"],
+        bytes=size,
+        engine=engine.name,
+        extra={"artifact": str(artifact), "max_abs_diff": diff},
+    )
+    if args.json:
+        return measurement.to_dict()
+    print(f"wrote {artifact} ({size:,} bytes); max |PyTorch - ONNX Runtime| = {diff:.2e}")
+    return None
+
+
+# ---------------------------------------------------------------- bench
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(commands, "bench", "time an .onnx model in ONNX Runtime", _cmd_bench)
+    sub.add_argument("model", type=Path, help="an .onnx file")
+    sub.add_argument("--batch", type=int, default=1)
+    sub.add_argument("--threads", type=int, default=None, help="default: all cores")
+    sub.add_argument("--repeats", type=int, default=100)
+    sub.add_argument("--warmup", type=int, default=10)
+
+
+def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.deploy import get_engine
+
+    if args.batch < 1 or args.repeats < 1:
+        raise UserError("--batch and --repeats must be >= 1")
+    engine = get_engine("onnxruntime")
+    runner = engine.load(args.model, threads=args.threads)
+    x = np.random.default_rng(0).standard_normal((args.batch, *runner.input_shape[1:]))
+    stats = engine.benchmark(runner, x.astype(np.float32), args.warmup, args.repeats)
+    measurement = stats.to_measurement()
+    measurement.name = args.model.stem
+    if args.json:
+        return measurement.to_dict()
+    print(
+        f"{args.model}: batch {args.batch}, threads {stats.threads}: median "
+        f"{stats.median_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms over {stats.repeats} runs"
+    )
+    return None
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    sub = add_command(
+        commands,
+        "demo",
+        "train a compact model on digits, profile, export and time it in ONNX Runtime",
+        _cmd_demo,
+    )
+    sub.add_argument("--out", type=Path, default=Path("mobiledl-demo"), help="output directory")
+    sub.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+
+
+def _cmd_demo(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]] | None:
+    from mobiledl.demo import run_demo
+
+    measurements = run_demo(args.out, epochs=args.epochs, progress=not args.json)
+    if args.json:
+        return [m.to_dict() for m in measurements]
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

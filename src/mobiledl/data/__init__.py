@@ -1,0 +1,36 @@
+"""Tasks: built-in datasets (``digits``, ``mnist1d``, ``mnist5k``) and user data by path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mobiledl.data.builtin import BUILTINS
+from mobiledl.data.prepare import ImageSize
+from mobiledl.data.task import Task, top1_accuracy
+from mobiledl.data.user import load_user_task
+from mobiledl.errors import UserError
+
+__all__ = ["Task", "build_task", "list_tasks", "load_user_task", "top1_accuracy"]
+
+
+def list_tasks() -> list[str]:
+    """Names of the built-in tasks."""
+    return list(BUILTINS)
+
+
+def build_task(spec: str | os.PathLike, image_size: ImageSize = None, seed: int = 0) -> Task:
+    """A ``Task`` from a built-in name or a path to user data (image folder, .npz, IDX).
+
+    Splits are deterministic for a ``seed``; ``image_size`` (``S`` or ``(H, W)``) resizes
+    image inputs bilinearly.
+    """
+    name = os.fspath(spec)
+    if name in BUILTINS:
+        return BUILTINS[name](image_size=image_size, seed=seed)
+    if Path(name).exists():
+        return load_user_task(name, image_size=image_size, seed=seed)
+    raise UserError(
+        f"unknown task '{name}': not a built-in ({', '.join(BUILTINS)}) "
+        "and no file or folder at that path"
+    )

@@ -1,0 +1,200 @@
+"""Model files: everything needed to rebuild a (possibly pruned) zoo model, no code inside.
+
+A file is a plain dict of tensors and primitives written with ``torch.save`` and read
+with ``torch.load(weights_only=True)``, so loading never executes code from the file.
+The architecture is rebuilt from the registry (``model.mobiledl_arch``); layers whose
+stored weights have other shapes than the fresh build (channel-pruned layers) are
+replaced by layers of the stored shapes; then the structural transforms listed in
+``arch["transforms"]`` (e.g. wrapping layers with fake-quantizers) are re-applied in
+order through ``register_transform``, and finally the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobiledl.errors import UserError
+from mobiledl.fileio import atomic_path
+from mobiledl.models.registry import create_model
+
+FORMAT = "mobiledl-model"
+VERSION = 1
+
+Transform = Callable[[nn.Module, dict[str, Any]], nn.Module]
+_TRANSFORMS: dict[str, Transform] = {}
+
+
+def register_transform(kind: str) -> Callable[[Transform], Transform]:
+    """Register ``fn(model, config) -> model`` to re-apply a structural change on load.
+
+    A method that changes a model's structure (other than channel counts) appends
+    ``{"kind": kind, "config": {...JSON-like...}}`` to ``model.mobiledl_arch["transforms"]``
+    (see ``record_transform``) so ``load_model`` can rebuild the model without user code.
+    """
+
+    def add(fn: Transform) -> Transform:
+        _TRANSFORMS[kind] = fn
+        return fn
+
+    return add
+
+
+def record_transform(model: nn.Module, kind: str, config: dict[str, Any]) -> None:
+    """Append a transform to the model's architecture record (copying the record)."""
+    arch = dict(getattr(model, "mobiledl_arch", None) or {})
+    if not arch:
+        raise UserError(f"cannot record transform '{kind}': model was not built by create_model")
+    arch["transforms"] = [*arch.get("transforms", []), {"kind": kind, "config": config}]
+    model.mobiledl_arch = arch
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a file, with the metadata saved beside it."""
+
+    model: nn.Module
+    arch: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (built by ``create_model``) and JSON-like ``meta`` to ``path``."""
+    arch = getattr(model, "mobiledl_arch", None)
+    if arch is None:
+        raise UserError(
+            f"cannot save {type(model).__name__}: it was not built by mobiledl.create_model, "
+            "so the file could not rebuild it"
+        )
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Rebuild the model stored at ``path`` in eval mode."""
+    payload = _read_payload(Path(path))
+    arch = payload["arch"]
+    base = {k: v for k, v in arch.items() if k != "transforms"}
+    try:
+        model = create_model(**base)
+    except TypeError as exc:
+        raise UserError(f"{path}: architecture record is invalid ({exc})") from exc
+    state = payload["state_dict"]
+    resize_to_state_dict(model, state)
+    model = _apply_transforms(model, arch.get("transforms", []), path)
+    model.mobiledl_arch = arch
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"{path}: weights do not fit architecture '{arch['name']}': {first_line}"
+        ) from None
+    model.eval()
+    return LoadedModel(model=model, arch=arch, meta=payload.get("meta", {}))
+
+
+def _apply_transforms(model: nn.Module, transforms: list[dict[str, Any]], path: Path) -> nn.Module:
+    if transforms:
+        _load_transform_providers()
+    for transform in transforms:
+        kind = transform.get("kind")
+        if kind not in _TRANSFORMS:
+            raise UserError(f"{path}: unknown model transform '{kind}'")
+        model = _TRANSFORMS[kind](model, transform.get("config", {}))
+    return model
+
+
+def _load_transform_providers() -> None:
+    """Import the packages whose ``register_transform`` calls make files loadable."""
+    import importlib
+
+    for module in _TRANSFORM_PROVIDERS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+# Modules that register transforms; a provider not written yet is skipped.
+_TRANSFORM_PROVIDERS = ("mobiledl.compress.prune", "mobiledl.compress.quantize")
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """The checked dict inside a model file; a ``UserError`` naming the file otherwise."""
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt bytes surface as many exception types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable mobiledl model file ({reason[:120]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a mobiledl model file (no '{FORMAT}' header)")
+    if payload.get("version", 0) > VERSION:
+        raise UserError(f"{path} was written by a newer mobiledl (format {payload['version']})")
+    for key in ("arch", "state_dict"):
+        if key not in payload:
+            raise UserError(f"{path}: model file lacks '{key}'")
+    return payload
+
+
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Replace convolutions, linears and batch norms whose stored shapes differ.
+
+    Used to rebuild channel-pruned models: the registry builds the full architecture
+    and each layer then takes the shape its saved weight has.
+    """
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or not hasattr(module, "weight") or module.weight is None:
+            continue
+        if tuple(weight.shape) == tuple(module.weight.shape):
+            continue
+        replacement = _layer_of_shape(module, weight, state.get(f"{name}.bias") is not None)
+        if replacement is None:
+            raise UserError(f"layer '{name}' ({type(module).__name__}) cannot be resized")
+        _set_submodule(model, name, replacement)
+
+
+def _layer_of_shape(module: nn.Module, weight: torch.Tensor, bias: bool) -> nn.Module | None:
+    """A fresh layer like ``module`` whose weight has ``weight``'s shape."""
+    if isinstance(module, nn.Conv2d):
+        out_channels, in_per_group = weight.shape[:2]
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        groups = out_channels if depthwise else module.groups
+        return nn.Conv2d(
+            in_per_group * groups,
+            out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            groups,
+            bias,
+        )
+    if isinstance(module, nn.Linear):
+        return nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+        return type(module)(weight.shape[0], eps=module.eps, momentum=module.momentum)
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, replacement)

@@ -1,0 +1,10 @@
+"""Import every model family so its ``@register_model`` decorators run (``_load_zoo``)."""
+
+from mobiledl.models import (  # noqa: F401
+    lenet,
+    mcunet,
+    mobilenet,
+    resnet,
+    shufflenet,
+    squeezenet,
+)

@@ -1,0 +1,196 @@
+"""A training loop a reader understands in one sitting.
+
+SGD (Nesterov momentum) or AdamW, a cosine learning-rate schedule with linear warm-up,
+label smoothing, optional Hinton knowledge distillation from a teacher, deterministic
+seeds, and best-on-validation checkpointing written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mobiledl.data.task import Task
+from mobiledl.errors import UserError
+from mobiledl.train.distill import logit_distillation_loss
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``lr=None`` picks 0.05 for SGD and 2e-3 for AdamW."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise UserError(f"epochs must be >= 0; got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1; got {self.batch_size}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise UserError(f"optimizer must be 'sgd' or 'adamw'; got '{self.optimizer}'")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise UserError(f"kd_alpha must lie in [0, 1]; got {self.kd_alpha}")
+        if self.kd_temperature <= 0:
+            raise UserError(f"kd_temperature must be > 0; got {self.kd_temperature}")
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.05 if self.optimizer == "sgd" else 2e-3
+
+
+@dataclass
+class TrainResult:
+    """What training did: per-epoch history and the best validation accuracy."""
+
+    best_val_accuracy: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so a run is repeatable on the same machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on ``x``, computed in batches."""
+    was_training = model.training
+    model.eval()
+    outputs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
+    """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split."""
+    x, y = task.split(split)
+    if len(x) == 0:
+        raise UserError(f"task '{task.name}' has an empty {split} split")
+    return task.metric(predict(model, x), y)
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig | None = None,
+    teacher: nn.Module | None = None,
+    on_best: Callable[[nn.Module, int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``task`` in place and leave it holding its best-on-val weights.
+
+    With a ``teacher``, the loss is ``alpha * KD + (1 - alpha) * task loss`` (Hinton et
+    al. 2015). ``on_best(model, epoch, val_accuracy)`` is called whenever validation
+    accuracy improves, e.g. to write a checkpoint atomically.
+    """
+    config = config or TrainConfig()
+    seed_everything(config.seed)
+    optimizer = _make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(task.x_train) / config.batch_size)
+    schedule = _cosine_with_warmup(
+        config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if teacher is not None:
+        teacher.eval()
+    best_acc, best_epoch, best_state = -1.0, -1, copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    epochs = tqdm(range(config.epochs), desc="train", disable=not config.progress, leave=False)
+    for epoch in epochs:
+        loss = _train_one_epoch(model, task, config, optimizer, scheduler, teacher, epoch)
+        val_acc = evaluate(model, task, "val")
+        history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc})
+        epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.4f}")
+        if val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            if on_best is not None:
+                on_best(model, epoch, val_acc)
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(best_val_accuracy=best_acc, best_epoch=best_epoch, history=history)
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    teacher: nn.Module | None,
+    epoch: int,
+) -> float:
+    """One pass over the shuffled training split; returns the mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    loader = task.loader("train", config.batch_size, shuffle=True, seed=config.seed + epoch)
+    for x, y in loader:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            kd = logit_distillation_loss(logits, teacher_logits, config.kd_temperature)
+            loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(x)
+        count += len(x)
+    return total / max(count, 1)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW; no weight decay on biases and normalization parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    if not decay and not no_decay:
+        raise UserError("the model has no trainable parameters")
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.learning_rate)
+    return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum, nesterov=True)
+
+
+def _cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to zero."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier

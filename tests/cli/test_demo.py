@@ -1,0 +1,27 @@
+"""``mobiledl demo`` end to end with a one-epoch budget (the real demo trains longer)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mobiledl.cli import main
+
+
+def test_demo_writes_model_onnx_json_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert isinstance(rows, list) and rows
+    fp32 = rows[0]
+    assert fp32["latency_ms_median"] > 0 and fp32["macs"] > 0 and 0 <= fp32["accuracy"] <= 1
+    assert fp32["extra"]["max_abs_diff"] < 1e-4
+    for name in ("model.pt", "model.onnx", "demo.json", "report.html"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["measurements"][0]["name"] == fp32["name"]
+    html = (out / "report.html").read_text()
+    assert "<svg" in html and "<table>" in html
+    assert not list(out.glob(".*.tmp")), "no temporary files left behind"
