@@ -1,0 +1,168 @@
+"""The ``Engine`` interface: export a module to an artifact, load it, run it, time it.
+
+ONNX Runtime is the built-in engine; ExecuTorch and LiteRT plug in by subclassing
+``Engine`` and ``Runner`` and calling ``register_engine``. Everything an engine needs
+beyond export and load (running, timing, parity against PyTorch) is written once here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobiledl.deploy.timing import LatencyStats, interleaved_benchmark
+from mobiledl.errors import UserError
+
+PathLike = str | os.PathLike[str]
+ArrayLike = np.ndarray | torch.Tensor
+
+DEFAULT_ENGINE = "onnxruntime"
+
+# Built-in engines, imported only when asked for (optional engines need optional packages).
+_BUILTIN_ENGINES: dict[str, str] = {
+    "onnxruntime": "mobiledl.deploy.onnxruntime:OnnxRuntimeEngine",
+}
+_ENGINES: dict[str, Callable[[], Engine]] = {}
+
+
+class Runner(ABC):
+    """A loaded artifact: call it with a numpy batch, get the numpy output back.
+
+    ``input_shape`` is the artifact's input shape with ``None`` for dynamic dimensions
+    (normally the batch); ``threads`` is the intra-op thread count it was loaded with,
+    ``None`` for the engine's default.
+    """
+
+    path: Path
+    threads: int | None
+    input_shape: tuple[int | None, ...]
+
+    @abstractmethod
+    def run(self, x: ArrayLike) -> np.ndarray:
+        """Run one batch and return the (first) output."""
+
+    def __call__(self, x: ArrayLike) -> np.ndarray:
+        return self.run(x)
+
+
+class Engine(ABC):
+    """An inference engine mobiledl can export to and time models on."""
+
+    name: ClassVar[str]
+    file_suffix: ClassVar[str]
+
+    @property
+    def suffix(self) -> str:
+        """Alias of ``file_suffix`` (e.g. ``".onnx"``)."""
+        return self.file_suffix
+
+    @abstractmethod
+    def export(self, model: nn.Module, example_input: ArrayLike, path: PathLike) -> Path:
+        """Write ``model`` (traced on ``example_input``) to ``path`` atomically.
+
+        Raises ``UserError`` naming the module that cannot be exported.
+        """
+
+    @abstractmethod
+    def load(self, path: PathLike, threads: int | None = None) -> Runner:
+        """Load an artifact; ``UserError`` naming the file if it is missing or corrupt."""
+
+    def run(self, path_or_runner: PathLike | Runner, x: ArrayLike) -> np.ndarray:
+        """Run ``x`` through an artifact (loaded on the fly if given as a path)."""
+        return self._as_runner(path_or_runner).run(x)
+
+    def benchmark(
+        self, runner: Runner, x: ArrayLike, warmup: int = 10, repeats: int = 50
+    ) -> LatencyStats:
+        """Time ``runner`` on ``x``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
+        batch = to_numpy(x)
+        stats = interleaved_benchmark({self.name: lambda: runner.run(batch)}, warmup, repeats)
+        return stats[self.name].with_context(
+            batch_size=int(batch.shape[0]) if batch.ndim else 1,
+            threads=runner.threads,
+            engine=self.name,
+        )
+
+    def parity_check(
+        self, model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike
+    ) -> float:
+        """Largest absolute difference between ``model``'s eval output and the engine's."""
+        expected = eager_output(model, x)
+        actual = self.run(path_or_runner, x)
+        if expected.shape != actual.shape:
+            raise UserError(
+                f"{self.name} output has shape {list(actual.shape)} but the PyTorch model "
+                f"gives {list(expected.shape)}"
+            )
+        if expected.size == 0:
+            return 0.0
+        diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+        return float(diff.max())
+
+    def _as_runner(self, path_or_runner: PathLike | Runner) -> Runner:
+        if isinstance(path_or_runner, Runner):
+            return path_or_runner
+        return self.load(path_or_runner)
+
+
+def to_numpy(x: ArrayLike) -> np.ndarray:
+    """A numpy view of a tensor or array (detached, on the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_tensor(x: ArrayLike) -> torch.Tensor:
+    """A CPU tensor from a tensor or array (a float64 array becomes float32, the models' dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    array = np.asarray(x)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def eager_output(model: nn.Module, x: ArrayLike) -> np.ndarray:
+    """``model(x)`` in eval mode without gradients, as numpy; the mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(to_tensor(x))
+    finally:
+        model.train(was_training)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return to_numpy(output)
+
+
+def register_engine(name: str, factory: Callable[[], Engine]) -> None:
+    """Make ``get_engine(name)`` return ``factory()`` (an ``Engine`` subclass works)."""
+    _ENGINES[name] = factory
+
+
+def list_engines() -> list[str]:
+    """Names ``get_engine`` accepts, sorted."""
+    return sorted(set(_BUILTIN_ENGINES) | set(_ENGINES))
+
+
+def get_engine(name: str = DEFAULT_ENGINE) -> Engine:
+    """The engine called ``name``; ``UserError`` listing the available ones if unknown."""
+    if name in _ENGINES:
+        return _ENGINES[name]()
+    if name not in _BUILTIN_ENGINES:
+        raise UserError(f"unknown engine '{name}'; available: {', '.join(list_engines())}")
+    module_name, class_name = _BUILTIN_ENGINES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"engine '{name}' needs a package that is not installed: {error}") from None
+    return getattr(module, class_name)()

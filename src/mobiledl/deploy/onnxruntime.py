@@ -1,0 +1,340 @@
+"""ONNX Runtime, the engine mobiledl always has: export to ``.onnx``, load, run, time.
+
+Export uses PyTorch's TorchScript-based ("legacy") exporter at opset 17 with a dynamic
+batch dimension. When a model cannot be exported, the error names the module whose
+forward issues the unsupported operator, so the user knows which layer to replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from mobiledl.deploy.engine import (
+    ArrayLike,
+    Engine,
+    PathLike,
+    Runner,
+    register_engine,
+    to_numpy,
+    to_tensor,
+)
+from mobiledl.errors import UserError
+from mobiledl.fileio import atomic_path
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+_OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+# How the legacy exporter names an operator it cannot convert.
+_OP_PATTERNS = (
+    re.compile(r"operator '(\w+::\w+)'"),
+    re.compile(r"export of operator (\w+)"),
+)
+
+
+class OrtRunner(Runner):
+    """An ``onnxruntime.InferenceSession`` on one ``.onnx`` file, called with numpy."""
+
+    def __init__(self, path: Path, session: ort.InferenceSession, threads: int | None) -> None:
+        self.path = path
+        self.session = session
+        self.threads = threads
+        model_input = session.get_inputs()[0]
+        self.input_name: str = model_input.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
+        self.input_dtype = _ORT_DTYPES.get(model_input.type, np.float32)
+        self.output_names = [output.name for output in session.get_outputs()]
+
+    def run(self, x: ArrayLike) -> np.ndarray:
+        """Run one batch; return the first output."""
+        return self.run_all(x)[0]
+
+    def run_all(self, x: ArrayLike) -> list[np.ndarray]:
+        """Run one batch; return every output of the graph."""
+        batch = np.ascontiguousarray(to_numpy(x), dtype=self.input_dtype)
+        try:
+            return self.session.run(self.output_names, {self.input_name: batch})
+        except _OrtInvalidArgument as error:
+            expected = ["batch" if d is None else d for d in self.input_shape]
+            raise UserError(
+                f"{self.path}: cannot run an input of shape {list(batch.shape)} "
+                f"(the model takes {expected}): {_first_line(error)}"
+            ) from None
+
+
+class OnnxRuntimeEngine(Engine):
+    """Export with ``torch.onnx`` (opset 17, dynamic batch) and run with ONNX Runtime."""
+
+    name = "onnxruntime"
+    file_suffix = ".onnx"
+
+    def export(self, model: nn.Module, example_input: ArrayLike, path: PathLike) -> Path:
+        """Export ``model`` in eval mode to ``path``; the file appears only if export works.
+
+        The graph is checked with ``onnx.checker``. A module that cannot be exported
+        raises ``UserError`` naming it (qualified name and class) and the operator.
+        """
+        target = Path(path)
+        x = to_tensor(example_input)
+        was_training = model.training
+        model.eval()
+        try:
+            with atomic_path(target) as tmp:
+                _export_file(model, x, tmp)
+                _check_file(tmp)
+        finally:
+            model.train(was_training)
+        return target
+
+    def load(self, path: PathLike, threads: int | None = None) -> OrtRunner:
+        """An ``OrtRunner`` with ``threads`` intra-op threads (``None``: ORT's default)."""
+        source = Path(path)
+        if not source.is_file():
+            raise UserError(f"{source}: no such ONNX file")
+        if threads is not None and threads < 1:
+            raise UserError(f"threads must be >= 1; got {threads}")
+        try:
+            session = ort.InferenceSession(
+                str(source), _session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT raises several pybind types for bad files
+            raise UserError(f"{source}: not a valid ONNX model ({_first_line(error)})") from None
+        return OrtRunner(source, session, threads)
+
+
+def parity_check(model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike) -> float:
+    """Max absolute difference between ``model``'s eval output and ONNX Runtime's on ``x``."""
+    return OnnxRuntimeEngine().parity_check(model, path_or_runner, x)
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def _export_file(model: nn.Module, x: torch.Tensor, file: Path | io.BytesIO) -> None:
+    """Run the legacy exporter quietly; turn its failure into a ``UserError``."""
+    try:
+        _legacy_export(model, x, file)
+    except UserError:
+        raise
+    except Exception as error:
+        with warnings.catch_warnings():  # the diagnosis re-runs the model; keep it silent
+            warnings.simplefilter("ignore")
+            user_error = _export_error(model, x, error)
+        raise user_error from None
+
+
+def _legacy_export(model: nn.Module, x: torch.Tensor, file: Path | io.BytesIO) -> None:
+    target = str(file) if isinstance(file, Path) else file
+    with _quiet():
+        torch.onnx.export(
+            model,
+            (x,),
+            target,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+def _check_file(path: Path) -> None:
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        raise UserError(f"exported ONNX graph is invalid: {_first_line(error)}") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter: its DeprecationWarning and the TorchScript IR it dumps.
+
+    On failure the exporter prints the whole IR graph from C++ straight to file
+    descriptor 1, which would corrupt a ``--json`` stdout; point that fd at devnull.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with _fd_silenced(1):
+            yield
+
+
+@contextlib.contextmanager
+def _fd_silenced(fd: int) -> Iterator[None]:
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no such descriptor (embedded interpreters): nothing to silence
+        yield
+        return
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
+
+
+# ---------------------------------------------------------------- export diagnosis
+
+
+def _export_error(model: nn.Module, x: torch.Tensor, error: Exception) -> UserError:
+    """A one-line ``UserError`` naming the module (and operator) that broke export."""
+    forward_error = _forward_error(model, x)
+    if forward_error is not None:
+        return UserError(
+            f"cannot export model ({type(model).__name__}) to ONNX: it fails on an input of "
+            f"shape {list(x.shape)}: {_first_line(forward_error)}"
+        )
+    op = _unsupported_op(error)
+    if op is not None:
+        reason = f"{op} has no ONNX mapping at opset {OPSET}"
+        if "operator '" not in str(error):  # mapped, but not for these arguments
+            detail = re.sub(
+                r"^Unsupported: ONNX export of operator \w+,?\s*", "", _first_line(error)
+            ).rstrip(".")
+            reason = f"{op} is not supported with these arguments at opset {OPSET} ({detail})"
+        qualname = _module_issuing(model, x, op)
+    else:
+        reason = _first_line(error)
+        qualname = _first_failing_submodule(model, x)
+    return UserError(f"cannot export {_describe(model, qualname)} to ONNX: {reason}")
+
+
+def _forward_error(model: nn.Module, x: torch.Tensor) -> Exception | None:
+    """The exception ``model(x)`` raises in plain PyTorch, if any."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as error:
+        return error
+    return None
+
+
+def _unsupported_op(error: Exception) -> str | None:
+    """The ``aten::...`` operator the exporter complained about, if it named one."""
+    message = str(error)
+    for pattern in _OP_PATTERNS:
+        match = pattern.search(message)
+        if match:
+            op = match.group(1)
+            return op if "::" in op else f"aten::{op}"
+    return None
+
+
+def _module_issuing(model: nn.Module, x: torch.Tensor, op: str) -> str | None:
+    """Qualified name of the innermost module whose forward issues ``op`` ("" = root).
+
+    Traces the model with TorchScript, which records each node's module scope.
+    """
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, (x,), check_trace=False)
+        nodes = list(traced.inlined_graph.nodes())
+    except Exception:
+        return _first_failing_submodule(model, x)
+    bare = op.split("::")[-1]
+    for node in nodes:
+        if node.kind() == op or node.kind().split("::")[-1].rstrip("_") == bare:
+            return _scope_to_qualname(node.scopeName())
+    return _first_failing_submodule(model, x)
+
+
+def _scope_to_qualname(scope: str) -> str:
+    """``"__module.head/__module.head.fft"`` → ``"head.fft"``; the root → ``""``."""
+    innermost = scope.rsplit("/", 1)[-1]
+    if innermost.startswith("__module."):
+        return innermost[len("__module.") :]
+    return ""
+
+
+def _first_failing_submodule(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Export submodules one by one, deepest first, on the inputs they saw in ``model(x)``.
+
+    Returns the qualified name of the first one that fails, or ``None``.
+    """
+    inputs = _submodule_inputs(model, x)
+    for qualname in sorted(inputs, key=lambda n: -n.count(".")):
+        module = model.get_submodule(qualname)
+        try:
+            with torch.no_grad():
+                _legacy_export(module, inputs[qualname], io.BytesIO())
+        except Exception:
+            return qualname
+    return None
+
+
+def _submodule_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The first single-tensor input each submodule receives during ``model(x)``."""
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def recorder(qualname: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if len(args) == 1 and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(qualname, args[0].detach().clone())
+
+        return hook
+
+    for qualname, module in model.named_modules():
+        if qualname:
+            handles.append(module.register_forward_pre_hook(recorder(qualname)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
+def _describe(model: nn.Module, qualname: str | None) -> str:
+    if not qualname:
+        return f"model ({type(model).__name__})"
+    return f"module '{qualname}' ({type(model.get_submodule(qualname)).__name__})"
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an error message, shortened to ``limit`` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
+    for tail in (" Please feel free to request support", "  [Caused by the value"):
+        text = text.split(tail)[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+register_engine(OnnxRuntimeEngine.name, OnnxRuntimeEngine)
