@@ -1,0 +1,1 @@
+"""Model compression (Cai et al. 2022, Sec. 2): pruning, quantization, factorization, coding."""

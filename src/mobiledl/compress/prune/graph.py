@@ -1,0 +1,890 @@
+"""Dependency graph of coupled channels, the map that physical channel pruning needs.
+
+Removing output channel ``c`` of a convolution also removes channel ``c`` of the batch norm
+after it, input channel ``c`` of every layer that reads it, and, through a residual addition,
+channel ``c`` of every other branch meeting at that addition (Li et al. 2017, "Pruning Filters
+for Efficient ConvNets", Sec. 3.3; the grouping is the "DepGraph" of Fang et al. 2023).
+
+``build_dependency_graph(model, example_input)`` traces the model with ``torch.fx`` and runs it
+once. Alongside every intermediate tensor it propagates a *label tensor* of the same shape
+whose entries name the channel each value comes from: a fresh id per output channel of every
+convolution and linear layer, the same ids through batch norms, depthwise convolutions,
+activations and pooling. Shape operations (``view``, ``flatten``, ``transpose``, ``chunk``,
+``cat``, indexing) are applied to the label tensor itself, so concatenation offsets, the H×W
+features each channel becomes after ``flatten`` and the permutation of a channel shuffle come
+out exactly. Two rules turn labels into constraints, kept in a union-find:
+
+- an element-wise op (``+``, ``*``, ...) unifies the ids meeting at each position (residual
+  additions, the squeeze-excite gate);
+- every tensor has at most one *pruned dim*, whose size shrinks with pruning, and all ids in a
+  slice across it are unified. A ``reshape`` that splits the channel dim into a constant and a
+  computed factor (channel shuffle) thereby ties channel ``k * C/g + i`` for every ``k``;
+  ``chunk`` ties channel ``i`` of every piece, so the pruned model still splits evenly.
+
+The result is a list of ``ChannelGroup``: each unit of a group is one set of coupled channels,
+and each member (a layer, a dim, and for every index of that dim its unit) is what surgery
+slices. The model's input channels and its outputs are never prunable. A pattern the analysis
+cannot map (a grouped convolution, an op that mixes channels such as ``x.mean(1)``, a
+``view`` to a hard-coded size, a parameter used directly in ``forward``) freezes the channels
+it touches and is listed in one ``warnings.warn`` naming the node or layer; the model is never
+left broken.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobiledl.errors import UserError
+
+NONE = -1  # label of a value that comes from no channel (a scalar, a padded border, ...)
+
+SlotKind = Literal["out", "in", "channel"]
+
+_ELEMENTWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Identity,
+)
+_POOL_MODULES = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+)
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+_ELEMENTWISE_FUNCTIONS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.abs,
+    torch.exp,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.sigmoid,
+    F.tanh,
+    F.softplus,
+    F.dropout,
+}
+_ELEMENTWISE_METHODS = {
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "clamp",
+    "abs",
+    "exp",
+    "neg",
+    "contiguous",
+    "clone",
+    "detach",
+}
+_POOL_FUNCTIONS = {
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.interpolate,
+}
+_REDUCTIONS = {"mean", "sum", "amax", "amin"}
+_SHAPE_OPS = {"view", "reshape", "flatten", "transpose", "permute", "squeeze", "unsqueeze"}
+_SHAPE_FUNCTIONS: dict[Callable[..., Any], str] = {
+    torch.reshape: "reshape",
+    torch.flatten: "flatten",
+    torch.transpose: "transpose",
+    torch.permute: "permute",
+    torch.squeeze: "squeeze",
+    torch.unsqueeze: "unsqueeze",
+}
+_REDUCTION_FUNCTIONS: dict[Callable[..., Any], str] = {
+    torch.mean: "mean",
+    torch.sum: "sum",
+    torch.amax: "amax",
+    torch.amin: "amin",
+}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One dimension of one layer that pruning shrinks.
+
+    ``out``: output channels of a convolution (weight dim 0, bias) or output features of a
+    linear layer; ``in``: their input channels (weight dim 1); ``channel``: the channels of a
+    channel-wise layer (batch norm, depthwise convolution), whose input and output are one.
+    """
+
+    module: str
+    kind: SlotKind
+
+
+@dataclass
+class GroupMember:
+    """A slot of a group and, for every index along the slot's dim, the unit it belongs to.
+
+    A unit usually covers one index of each member; after ``flatten`` it covers the H×W input
+    features of the next linear layer, after a channel shuffle several channels.
+    """
+
+    slot: Slot
+    units: Tensor
+
+    @property
+    def multiplicity(self) -> int:
+        """Fewest indices that a unit present in this slot has in it."""
+        counts = torch.bincount(self.units)
+        return int(counts[counts > 0].min())
+
+
+@dataclass
+class ChannelGroup:
+    """Channels of several layers that must be removed together: ``width`` units, each a set
+    of coupled channels. ``frozen[u]`` marks units that must stay (model input and output,
+    unsupported ops)."""
+
+    members: list[GroupMember]
+    width: int
+    frozen: Tensor
+
+    @property
+    def prunable(self) -> bool:
+        """True if at least one unit may be removed and one would remain."""
+        return self.width > 1 and not bool(self.frozen.all())
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the modules in the group, in execution order, each once."""
+        return list(dict.fromkeys(member.slot.module for member in self.members))
+
+    def kept_positions(self, member: GroupMember, keep: Tensor) -> Tensor:
+        """Indices along ``member``'s dim that belong to the units in ``keep``."""
+        mask = torch.zeros(self.width, dtype=torch.bool)
+        mask[keep] = True
+        return torch.nonzero(mask[member.units]).flatten()
+
+    def segments(self) -> list[Tensor]:
+        """The units split by which members they appear in, in order of first unit.
+
+        Usually one segment; after a concatenation, the channels of each concatenated layer
+        form their own segment, whose kept count is rounded on its own.
+        """
+        present = torch.zeros(self.width, len(self.members), dtype=torch.bool)
+        for index, member in enumerate(self.members):
+            present[member.units, index] = True
+        _, inverse = torch.unique(present, dim=0, return_inverse=True)
+        first = {int(key): None for key in inverse.tolist()}
+        return [torch.nonzero(inverse == key).flatten() for key in first]
+
+    def describe(self) -> str:
+        """``"features.1.conv.out, features.1.bn.channel, ..."`` (for messages)."""
+        return ", ".join(f"{m.slot.module}.{m.slot.kind}" for m in self.members)
+
+
+@dataclass
+class DependencyGraph:
+    """Every group of coupled channels of a model, what the analysis left unpruned, and the
+    layers with prunable dims in the order they run."""
+
+    groups: list[ChannelGroup]
+    warnings: list[str]
+    layers: list[str]
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [group for group in self.groups if group.prunable]
+
+    def groups_of(self, module: str) -> list[ChannelGroup]:
+        """The groups in which layer ``module`` takes part."""
+        return [group for group in self.groups if module in group.layers]
+
+
+def build_dependency_graph(
+    model: nn.Module, example_input: Tensor, warn: bool = True
+) -> DependencyGraph:
+    """Trace ``model`` on ``example_input`` (one sample suffices) and group coupled channels.
+
+    Raises ``UserError`` if ``torch.fx`` cannot trace the model. With ``warn``, issues one
+    ``UserWarning`` listing every node whose channels had to stay for lack of a mapping.
+    """
+    traced = _trace(model)
+    values = _record_values(traced, _two_samples(example_input))
+    flow = _ChannelFlow(traced, values)
+    for node in traced.graph.nodes:
+        flow.visit(node)
+    graph = flow.finish()
+    if warn and graph.warnings:
+        warnings.warn(
+            "channel pruning leaves some channels in place: " + "; ".join(graph.warnings),
+            stacklevel=2,
+        )
+    return graph
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types for data-dependent Python
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"channel pruning needs a model torch.fx can trace; {type(model).__name__} "
+            f"cannot be traced ({first[:160]})"
+        ) from None
+
+
+def _two_samples(example_input: Tensor) -> Tensor:
+    """A batch of two equal samples: a reshape that merges batch and channels shows up."""
+    if not isinstance(example_input, Tensor) or example_input.dim() == 0:
+        raise UserError("channel pruning needs an example input tensor with a batch dimension")
+    first = example_input[:1].detach()
+    return torch.cat([first, first])
+
+
+class _Recorder(torch.fx.Interpreter):
+    """Runs the traced graph and keeps every node's value (shapes and concrete arguments)."""
+
+    def __init__(self, module: torch.fx.GraphModule) -> None:
+        super().__init__(module)
+        self.values: dict[torch.fx.Node, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        self.values[n] = result
+        return result
+
+
+def _record_values(traced: torch.fx.GraphModule, x: Tensor) -> dict[torch.fx.Node, Any]:
+    was_training = traced.training
+    traced.eval()
+    recorder = _Recorder(traced)
+    try:
+        with torch.no_grad():
+            recorder.run(x)
+    except Exception as exc:
+        raise UserError(
+            f"the model fails on an input of shape {list(x.shape)}: {str(exc).splitlines()[0]}"
+        ) from None
+    finally:
+        traced.train(was_training)
+    return recorder.values
+
+
+class _UnionFind:
+    """Channel ids with a union-find over them; a frozen flag lives on each root."""
+
+    def __init__(self) -> None:
+        self.parent = np.zeros(0, dtype=np.int64)
+        self.frozen = np.zeros(0, dtype=bool)
+
+    def new(self, count: int, frozen: bool = False) -> Tensor:
+        start = len(self.parent)
+        self.parent = np.concatenate([self.parent, np.arange(start, start + count)])
+        self.frozen = np.concatenate([self.frozen, np.full(count, frozen)])
+        return torch.arange(start, start + count)
+
+    def find(self, item: int) -> int:
+        parent = self.parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = int(parent[item])
+        return item
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        """Roots of many ids at once (pointer jumping)."""
+        roots = self.parent[ids]
+        while True:
+            up = self.parent[roots]
+            if np.array_equal(up, roots):
+                return roots
+            roots = up
+
+    def union(self, first: Tensor, second: Tensor) -> None:
+        """Unify ``first[i]`` with ``second[i]`` for every ``i`` (non-negative ids)."""
+        first, second = first.flatten(), second.flatten()
+        keep = first != second
+        base = int(max(first.max(), second.max())) + 1 if len(first) else 1
+        keys = torch.unique(first[keep] * base + second[keep])
+        for a, b in zip((keys // base).tolist(), (keys % base).tolist(), strict=True):
+            root_a, root_b = self.find(a), self.find(b)
+            if root_a != root_b:
+                self.parent[root_b] = root_a
+                self.frozen[root_a] |= self.frozen[root_b]
+
+    def freeze(self, ids: np.ndarray) -> None:
+        self.frozen[self.roots(ids)] = True
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """Channel ids shaped like a tensor, and the dim pruning shrinks (``None``: none)."""
+
+    ids: Tensor
+    pdim: int | None
+
+
+def _rep_along(ids: Tensor, dim: int) -> Tensor:
+    """One id per index along ``dim`` (the largest; ``NONE`` only if the slice has no id)."""
+    return ids.movedim(dim, 0).reshape(ids.shape[dim], -1).amax(1)
+
+
+def _size_at(ids: Tensor, dim: int) -> int:
+    """Size of ``ids`` along ``dim``; 1 for a dim it lacks (it broadcasts there)."""
+    return ids.shape[dim] if 0 <= dim < ids.dim() else 1
+
+
+def _broadcast_along(vector: Tensor, dim: int, shape: torch.Size) -> Tensor:
+    view = [1] * len(shape)
+    view[dim] = -1
+    return vector.reshape(view).expand(shape)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    """The non-container items of nested tuples, lists and dicts."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+class _Unsupported(Exception):
+    """Raised inside a handler: the node's channels are frozen with this reason."""
+
+
+class _ChannelFlow:
+    """Propagates channel labels through the graph node by node (see module docstring)."""
+
+    def __init__(self, traced: torch.fx.GraphModule, values: dict[torch.fx.Node, Any]) -> None:
+        self.modules = dict(traced.named_modules())
+        self.values = values
+        self.uf = _UnionFind()
+        self.labels: dict[torch.fx.Node, Any] = {}
+        self.slots: dict[Slot, Tensor] = {}
+        self.producers: dict[str, Tensor] = {}
+        self.events: list[tuple[str, np.ndarray, bool]] = []  # reason, ids, always warn
+
+    # ------------------------------------------------------------------ visiting nodes
+
+    def visit(self, node: torch.fx.Node) -> None:
+        if node.op == "output":
+            for labels in _leaves(self._arg_labels(node.args[0])):
+                if isinstance(labels, _Labels):
+                    self.uf.freeze(self._ids_of(labels))
+            return
+        try:
+            self.labels[node] = self._dispatch(node)
+        except _Unsupported as reason:
+            self._opaque(node, str(reason))
+        except Exception as exc:  # an op used in a way no rule covers: keep its channels
+            self._opaque(node, f"its channels could not be mapped ({type(exc).__name__})")
+
+    def _dispatch(self, node: torch.fx.Node) -> Any:
+        value = self.values[node]
+        if node.op == "placeholder":
+            return self._fresh_like(value, frozen=True)
+        if node.op == "get_attr" or not node.all_input_nodes:
+            return self._constant(node, value)
+        if not any(isinstance(v, Tensor) for v in _leaves(value)):
+            return None  # sizes, shapes, ints: no channels
+        if node.op == "call_module":
+            return self._call_module(node, self.modules[node.target])
+        return self._call_op(node, node.target)
+
+    def _call_module(self, node: torch.fx.Node, module: nn.Module) -> Any:
+        name = str(node.target)
+        if isinstance(module, _CONV_MODULES):
+            return self._conv(node, name, module)
+        if isinstance(module, nn.Linear):
+            return self._linear(node, name, module)
+        if isinstance(module, _NORM_MODULES):
+            return self._channelwise(node, Slot(name, "channel"))
+        if isinstance(module, nn.PReLU) and module.num_parameters > 1:
+            raise _Unsupported("PReLU with one slope per channel is not supported")
+        if isinstance(module, _ELEMENTWISE_MODULES):
+            return self._elementwise(node)
+        if isinstance(module, _POOL_MODULES):
+            return self._spatial(node)
+        if isinstance(module, nn.Flatten):
+            return self._shape_op(node, lambda ids: ids.flatten(module.start_dim, module.end_dim))
+        if isinstance(module, nn.Softmax | nn.LogSoftmax):
+            return self._softmax(node, module.dim)
+        raise _Unsupported(f"layer type {type(module).__name__} is not supported")
+
+    def _call_op(self, node: torch.fx.Node, key: Any) -> Any:
+        if key in _ELEMENTWISE_FUNCTIONS or key in _ELEMENTWISE_METHODS:
+            return self._elementwise(node)
+        if key in _SHAPE_FUNCTIONS or key in _SHAPE_OPS:
+            return self._shape_method(node, _SHAPE_FUNCTIONS.get(key, key))
+        if key in _REDUCTION_FUNCTIONS or key in _REDUCTIONS:
+            return self._reduction(node)
+        if key in (torch.cat, torch.concat, torch.concatenate):
+            return self._cat(node)
+        if key in (torch.chunk, "chunk"):
+            return self._chunk(node)
+        if key in (torch.split, "split"):
+            return self._split(node)
+        if key is operator.getitem:
+            return self._getitem(node)
+        if key in _POOL_FUNCTIONS:
+            return self._spatial(node)
+        if key is F.pad:
+            return self._pad(node)
+        if key in (F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax"):
+            return self._softmax(node, self._arg(node, 1, "dim"))
+        raise _Unsupported(f"operation '{_op_name(key)}' is not supported")
+
+    # ------------------------------------------------------------------ layers
+
+    def _conv(self, node: torch.fx.Node, name: str, module: nn.Module) -> _Labels:
+        labels = self._input(node)
+        if labels.pdim not in (None, 1):
+            raise _Unsupported("its input channels are not on dim 1")
+        in_ids = _rep_along(labels.ids, 1)
+        shape = self.values[node].shape
+        groups = module.groups
+        if groups > 1 and groups == module.in_channels == module.out_channels:
+            self._register(Slot(name, "channel"), in_ids)
+            return _Labels(_broadcast_along(in_ids, 1, shape), 1)
+        if groups > 1:
+            raise _Unsupported(f"grouped convolution (groups={groups}) is left unpruned")
+        self._register(Slot(name, "in"), in_ids)
+        return _Labels(_broadcast_along(self._producer(name, module.out_channels), 1, shape), 1)
+
+    def _linear(self, node: torch.fx.Node, name: str, module: nn.Linear) -> _Labels:
+        labels = self._input(node)
+        last = labels.ids.dim() - 1
+        shape = self.values[node].shape
+        if labels.pdim not in (None, last):  # features of a non-channel dim: weights untouched
+            return _Labels(labels.ids.narrow(last, 0, 1).expand(shape), labels.pdim)
+        self._register(Slot(name, "in"), _rep_along(labels.ids, last))
+        out_ids = self._producer(name, module.out_features)
+        return _Labels(_broadcast_along(out_ids, last, shape), last)
+
+    def _channelwise(self, node: torch.fx.Node, slot: Slot) -> _Labels:
+        labels = self._input(node)
+        if labels.pdim not in (None, 1):
+            raise _Unsupported("its input channels are not on dim 1")
+        self._register(slot, _rep_along(labels.ids, 1))
+        return labels
+
+    def _producer(self, name: str, count: int) -> Tensor:
+        """The ids of a layer's output channels, created on its first call."""
+        if name not in self.producers:
+            self.producers[name] = self.uf.new(count)
+            self._register(Slot(name, "out"), self.producers[name])
+        return self.producers[name]
+
+    def _register(self, slot: Slot, ids: Tensor) -> None:
+        ids = ids.clone()
+        missing = ids == NONE
+        if missing.any():
+            ids[missing] = self.uf.new(int(missing.sum()), frozen=True)
+        if slot in self.slots:  # a layer called twice: both calls see the same channels
+            if len(self.slots[slot]) != len(ids):
+                raise _Unsupported(f"layer '{slot.module}' is called on different channel counts")
+            self.uf.union(self.slots[slot], ids)
+            return
+        self.slots[slot] = ids
+
+    # ------------------------------------------------------------------ element-wise ops
+
+    def _elementwise(self, node: torch.fx.Node) -> _Labels:
+        shape = self.values[node].shape
+        operands = [
+            (self.labels[arg], self.values[arg].dim())
+            for arg in node.all_input_nodes
+            if isinstance(self.values[arg], Tensor) and isinstance(self.labels.get(arg), _Labels)
+        ]
+        pdims = {lab.pdim + len(shape) - ndim for lab, ndim in operands if lab.pdim is not None}
+        if len(pdims) > 1:
+            raise _Unsupported("it combines tensors whose channels lie on different dims")
+        pdim = pdims.pop() if pdims else None
+        ids: Tensor | None = None
+        for labels, ndim in operands:
+            if pdim is not None and _size_at(labels.ids, pdim - len(shape) + ndim) < shape[pdim]:
+                self.uf.freeze(self._ids_of(labels))  # one channel broadcast over all
+                continue
+            expanded = labels.ids.expand(shape)
+            ids = expanded if ids is None else self._merge(ids, expanded)
+        if ids is None:
+            ids = torch.full(shape, NONE, dtype=torch.long)
+        return self._settle(ids, pdim)
+
+    def _merge(self, ids: Tensor, other: Tensor) -> Tensor:
+        both = (ids >= 0) & (other >= 0)
+        if both.any():
+            self.uf.union(ids[both], other[both])
+        return torch.where(ids >= 0, ids, other)
+
+    def _settle(self, ids: Tensor, pdim: int | None) -> _Labels:
+        """Unify the ids in each slice across the pruned dim (see module docstring)."""
+        if pdim is None:
+            return _Labels(ids, None)
+        if pdim == 0:
+            raise _Unsupported("it merges the batch dim with channels")
+        rows = ids.movedim(pdim, 0).reshape(ids.shape[pdim], -1)
+        rep = rows.amax(1, keepdim=True).expand_as(rows)
+        mixed = (rows != rep) & (rows >= 0)
+        if mixed.any():
+            self.uf.union(rows[mixed], rep[mixed])
+        return _Labels(ids, pdim)
+
+    # ------------------------------------------------------------------ shape ops
+
+    def _shape_method(self, node: torch.fx.Node, name: str) -> _Labels:
+        if name in ("view", "reshape"):
+            shape = self.values[node].shape
+            return self._shape_op(node, lambda ids: ids.reshape(shape), _size_kinds(node))
+        rest = [self._concrete(arg) for arg in node.args[1:]]
+        kwargs = {key: self._concrete(arg) for key, arg in node.kwargs.items()}
+        method = getattr(torch.Tensor, name)
+        return self._shape_op(node, lambda ids: method(ids, *rest, **kwargs))
+
+    def _shape_op(
+        self, node: torch.fx.Node, apply: Callable[[Tensor], Tensor], kinds: list[str] | None = None
+    ) -> _Labels:
+        """Apply a shape op to the labels; find the new pruned dim (``kinds``: reshape sizes)."""
+        labels = self._input(node)
+        ids = apply(labels.ids)
+        if labels.pdim is None:
+            return _Labels(ids, None)
+        varying = self._varying_dims(ids)
+        if kinds is None:
+            if len(varying) > 1:
+                raise _Unsupported("it spreads channels over several dims")
+            return self._settle(ids, varying[0] if varying else None)
+        scaling = [dim for dim in varying if kinds[dim] != "const"]
+        if varying and len(scaling) != 1:
+            raise _Unsupported(f"it reshapes the channels to fixed sizes {list(ids.shape[1:])}")
+        return self._settle(ids, scaling[0] if scaling else None)
+
+    def _varying_dims(self, ids: Tensor) -> list[int]:
+        """Dims along which the channel *classes* (roots) change."""
+        classes = self._classes(ids)
+        return [
+            dim
+            for dim in range(ids.dim())
+            if ids.shape[dim] > 1 and bool((classes != classes.narrow(dim, 0, 1)).any())
+        ]
+
+    def _classes(self, ids: Tensor) -> Tensor:
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        roots = unique.clone()
+        valid = unique >= 0
+        roots[valid] = torch.from_numpy(self.uf.roots(unique[valid].numpy()))
+        return roots[inverse]
+
+    def _cat(self, node: torch.fx.Node) -> _Labels:
+        parts = [self.labels[arg] for arg in node.args[0]]
+        dim = self._arg(node, 1, "dim", 0) % parts[0].ids.dim()
+        pdims = {labels.pdim for labels in parts if labels.pdim is not None}
+        if len(pdims) > 1:
+            raise _Unsupported("it concatenates tensors whose channels lie on different dims")
+        ids = torch.cat([labels.ids for labels in parts], dim)
+        return self._settle(ids, pdims.pop() if pdims else None)
+
+    def _chunk(self, node: torch.fx.Node) -> tuple[_Labels, ...]:
+        labels = self._input(node)
+        chunks = self._arg(node, 1, "chunks")
+        dim = self._arg(node, 2, "dim", 0) % labels.ids.dim()
+        pieces = torch.chunk(labels.ids, chunks, dim)
+        if dim == labels.pdim:
+            if labels.ids.shape[dim] % chunks:
+                raise _Unsupported(f"it chunks {labels.ids.shape[dim]} channels unevenly")
+            for piece in pieces[1:]:  # the pruned model must still split evenly
+                self._merge(pieces[0], piece)
+        return tuple(_Labels(piece, labels.pdim) for piece in pieces)
+
+    def _split(self, node: torch.fx.Node) -> tuple[_Labels, ...]:
+        labels = self._input(node)
+        dim = self._arg(node, 2, "dim", 0) % labels.ids.dim()
+        if dim == labels.pdim:
+            raise _Unsupported("it splits the channels at fixed sizes")
+        sizes = self._concrete(self._arg(node, 1, "split_size_or_sections"))
+        return tuple(_Labels(piece, labels.pdim) for piece in torch.split(labels.ids, sizes, dim))
+
+    def _getitem(self, node: torch.fx.Node) -> Any:
+        source = self.labels[node.args[0]]
+        index = self._concrete(node.args[1])
+        if isinstance(source, tuple):  # a piece of chunk / split
+            return source[index]
+        if not isinstance(source, _Labels):
+            return None
+        _check_index(index, source)
+        return self._shape_op(node, lambda ids: ids[index])
+
+    # ------------------------------------------------------------------ reductions, pooling
+
+    def _reduction(self, node: torch.fx.Node) -> _Labels:
+        labels = self._input(node)
+        ndim = labels.ids.dim()
+        dims = self._arg(node, 1, "dim")
+        keepdim = bool(self._arg(node, 2, "keepdim", False))
+        dims = list(range(ndim)) if dims is None else dims
+        dims = sorted(d % ndim for d in ([dims] if isinstance(dims, int) else dims))
+        if labels.pdim in dims:
+            raise _Unsupported("it reduces over the channel dim")
+        ids = labels.ids.amax(dim=dims, keepdim=keepdim) if dims else labels.ids
+        pdim = labels.pdim
+        if pdim is not None and not keepdim:
+            pdim -= sum(d < pdim for d in dims)
+        return _Labels(ids, pdim)
+
+    def _spatial(self, node: torch.fx.Node) -> _Labels:
+        """Pooling, resizing: each channel stays a channel; only dims from 2 on change."""
+        labels = self._input(node)
+        shape = self.values[node].shape
+        if labels.pdim not in (None, 1) or shape[:2] != labels.ids.shape[:2]:
+            raise _Unsupported("it does not keep the channels on dim 1")
+        return _Labels(_broadcast_along(_rep_along(labels.ids, 1), 1, shape), labels.pdim)
+
+    def _pad(self, node: torch.fx.Node) -> _Labels:
+        labels = self._input(node)
+        padded = len(self._concrete(self._arg(node, 1, "pad"))) // 2
+        if labels.pdim is not None and labels.pdim >= labels.ids.dim() - padded:
+            raise _Unsupported("it pads the channel dim")
+        return self._spatial(node)
+
+    def _softmax(self, node: torch.fx.Node, dim: int | None) -> _Labels:
+        labels = self._input(node)
+        if dim is None or labels.pdim == dim % labels.ids.dim():
+            raise _Unsupported("it normalizes over the channel dim")
+        return labels
+
+    # ------------------------------------------------------------------ constants, fallbacks
+
+    def _constant(self, node: torch.fx.Node, value: Any) -> Any:
+        """A parameter or created tensor of fixed shape: it freezes the channels it meets."""
+        if not isinstance(value, Tensor):
+            return None
+        if value.numel() <= 1:
+            return _Labels(torch.full(value.shape, NONE, dtype=torch.long), None)
+        ids = self.uf.new(value.numel(), frozen=True).reshape(value.shape)
+        what = f"parameter '{node.target}'" if node.op == "get_attr" else "a created tensor"
+        reason = f"{self._describe(node)}: uses {what} of fixed shape"
+        self.events.append((reason, ids.numpy(), False))
+        return _Labels(ids, None)
+
+    def _fresh_like(self, value: Any, frozen: bool) -> Any:
+        if isinstance(value, (tuple, list)):
+            return tuple(self._fresh_like(item, frozen) for item in value)
+        if not isinstance(value, Tensor):
+            return None
+        if value.dim() < 2:
+            return _Labels(torch.full(value.shape, NONE, dtype=torch.long), None)
+        ids = self.uf.new(value.shape[1], frozen=frozen)
+        return _Labels(_broadcast_along(ids, 1, value.shape), 1)
+
+    def _opaque(self, node: torch.fx.Node, reason: str) -> None:
+        """Freeze every channel going in; the output gets fresh frozen channels."""
+        touched = [
+            self._ids_of(labels)
+            for arg in node.all_input_nodes
+            for labels in _leaves(self.labels.get(arg))
+            if isinstance(labels, _Labels)
+        ]
+        output = self._fresh_like(self.values[node], frozen=True)
+        touched += [self._ids_of(lab) for lab in _leaves(output) if isinstance(lab, _Labels)]
+        ids = np.concatenate(touched) if touched else np.zeros(0, dtype=np.int64)
+        if len(ids):
+            self.uf.freeze(ids)
+        layer = self.modules.get(node.target) if node.op == "call_module" else None
+        has_weights = layer is not None and any(True for _ in layer.parameters())
+        self.events.append((f"{self._describe(node)}: {reason}", ids, has_weights))
+        self.labels[node] = output
+
+    # ------------------------------------------------------------------ helpers
+
+    def _input(self, node: torch.fx.Node) -> _Labels:
+        labels = self.labels.get(node.args[0]) if node.args else None
+        if not isinstance(labels, _Labels):
+            raise _Unsupported("its input is not a tensor the analysis tracked")
+        return labels
+
+    def _arg_labels(self, arg: Any) -> Any:
+        return torch.fx.node.map_aggregate(
+            arg, lambda a: self.labels.get(a) if isinstance(a, torch.fx.Node) else None
+        )
+
+    def _concrete(self, arg: Any) -> Any:
+        return torch.fx.node.map_aggregate(
+            arg, lambda a: self.values[a] if isinstance(a, torch.fx.Node) else a
+        )
+
+    def _arg(self, node: torch.fx.Node, position: int, name: str, default: Any = None) -> Any:
+        if len(node.args) > position:
+            return self._concrete(node.args[position])
+        return self._concrete(node.kwargs.get(name, default))
+
+    @staticmethod
+    def _ids_of(labels: _Labels) -> np.ndarray:
+        ids = torch.unique(labels.ids)
+        return ids[ids >= 0].numpy()
+
+    def _describe(self, node: torch.fx.Node) -> str:
+        if node.op == "call_module":
+            return f"layer '{node.target}' ({type(self.modules[node.target]).__name__})"
+        return f"node '{node.name}' ({_op_name(node.target)})"
+
+    # ------------------------------------------------------------------ groups
+
+    def finish(self) -> DependencyGraph:
+        slots = list(self.slots.items())
+        roots = [self.uf.roots(ids.numpy()) for _, ids in slots]
+        components = _connect(roots)
+        groups = [
+            self._group([slots[i] for i in comp], [roots[i] for i in comp]) for comp in components
+        ]
+        order = list(dict.fromkeys(slot.module for slot, _ in slots))
+        return DependencyGraph(groups, self._warnings(slots, roots), order)
+
+    def _group(self, slots: list[tuple[Slot, Tensor]], roots: list[np.ndarray]) -> ChannelGroup:
+        order = dict.fromkeys(int(r) for slot_roots in roots for r in slot_roots)
+        unit_of = {root: unit for unit, root in enumerate(order)}
+        members = [
+            GroupMember(slot, torch.tensor([unit_of[int(r)] for r in slot_roots]))
+            for (slot, _), slot_roots in zip(slots, roots, strict=True)
+        ]
+        frozen = torch.from_numpy(self.uf.frozen[np.fromiter(order, dtype=np.int64)].copy())
+        return ChannelGroup(members, len(order), frozen)
+
+    def _warnings(self, slots: list[tuple[Slot, Tensor]], roots: list[np.ndarray]) -> list[str]:
+        """Reasons of the events that froze channels some layer could otherwise have lost,
+        and of every layer with weights that is left unpruned."""
+        removable = {
+            int(r)
+            for (slot, _), slot_roots in zip(slots, roots, strict=True)
+            if slot.kind != "in"
+            for r in slot_roots
+        }
+        messages = []
+        for reason, ids, always in self.events:
+            if always or (len(ids) and removable.intersection(self.uf.roots(ids).tolist())):
+                messages.append(reason)
+        return list(dict.fromkeys(messages))
+
+
+def _connect(roots: list[np.ndarray]) -> list[list[int]]:
+    """Indices of slots that share a channel class, grouped; in order of first slot."""
+    parent = list(range(len(roots)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for index, slot_roots in enumerate(roots):
+        for root in np.unique(slot_roots).tolist():
+            if root in owner:
+                parent[find(index)] = find(owner[root])
+            else:
+                owner[root] = index
+    components: dict[int, list[int]] = {}
+    for index in range(len(roots)):
+        components.setdefault(find(index), []).append(index)
+    return sorted(components.values(), key=lambda comp: comp[0])
+
+
+def _op_name(key: Any) -> str:
+    return key if isinstance(key, str) else getattr(key, "__name__", str(key))
+
+
+def _size_kinds(node: torch.fx.Node) -> list[str]:
+    """For each size argument of ``view``/``reshape``: ``const``, ``infer`` (-1) or ``dynamic``."""
+    sizes = list(node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = list(sizes[0])
+    if not sizes and "shape" in node.kwargs:
+        sizes = list(node.kwargs["shape"])
+    return [
+        "dynamic" if isinstance(s, torch.fx.Node) else "infer" if s == -1 else "const"
+        for s in sizes
+    ]
+
+
+def _check_index(index: Any, labels: _Labels) -> None:
+    """Indexing may slice any dim but the channel dim, which must be taken whole."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(item, (Tensor, list)) for item in items):
+        raise _Unsupported("it indexes with a tensor or list")
+    consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
+    dim = 0
+    for item in items:
+        if item is Ellipsis:
+            dim += labels.ids.dim() - consumed
+            continue
+        if item is None:
+            continue
+        if dim == labels.pdim and item != slice(None):
+            raise _Unsupported("it selects a fixed range of channels")
+        dim += 1
