@@ -1,0 +1,270 @@
+"""Export a fake-quantized model as an ONNX QDQ graph that ONNX Runtime runs in int8.
+
+Every ``FakeQuantize`` is exported as a QuantizeLinear / DequantizeLinear pair with *our*
+scale and zero point (opset 17; weights per output channel along axis 0), so the graph's
+float semantics are exactly our simulation's. Then the graph is tidied for the engine:
+
+- the quantized weights are stored as int8 initializers (``DequantizeLinear`` of a
+  constant), not as float weights followed by ``QuantizeLinear`` — the file shrinks ~4x;
+- per-tensor scales and zero points become scalars, which ONNX Runtime's QDQ fusions
+  (QLinearAdd, QLinearConcat, ...) require;
+- biases of convolutions and linear layers become int32 with scale ``s_input * s_weight``
+  (the grid our simulation rounds them to), so a final linear layer with float output
+  still fuses into an integer ``QGemm``.
+
+ONNX Runtime then fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` (u8 activations, s8
+weights), ``DQ -> Add -> Q`` into ``QLinearAdd`` and so on; ``integer_ops`` reads the
+optimized graph ORT saves to check that it did. Inputs and outputs stay float.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from mobiledl.compress.quantize.quantizer import FakeQuantize, onnx_export_mode, quant_layers
+from mobiledl.deploy import get_engine
+from mobiledl.deploy.engine import ArrayLike, to_numpy
+from mobiledl.errors import UserError
+from mobiledl.fileio import atomic_path
+
+INTEGER_OPS = frozenset(
+    {
+        "QLinearConv",
+        "ConvInteger",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearConcat",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "DynamicQuantizeMatMul",
+    }
+)
+
+
+def export_int8_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+    """Write the quantized ``model`` to ``path`` as an int8 QDQ ONNX graph (atomically).
+
+    ``model`` must contain fake quantizers (from ``quantize`` or ``qat``). Weights are
+    rounded onto their grids first, so the int8 initializers hold exactly the simulated
+    values.
+    """
+    if not quant_layers(model):
+        raise UserError("export_int8_onnx needs a quantized model (see quantize / qat)")
+    exported = _with_baked_weights(model)
+    engine = get_engine("onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="mobiledl-q-") as tmp:
+        raw = Path(tmp) / "fake_quant.onnx"
+        with onnx_export_mode():
+            engine.export(exported, example_input[:1], raw)
+        graph = onnx.load(str(raw))
+    _bypass_identities(graph.graph)
+    _store_integer_weights(graph.graph)
+    _scalar_per_tensor_params(graph.graph)
+    _integer_biases(graph.graph)
+    _drop_unused_initializers(graph.graph)
+    onnx.checker.check_model(graph)
+    target = Path(path)
+    with atomic_path(target) as tmp_path:
+        onnx.save(graph, str(tmp_path))
+    return target
+
+
+@torch.no_grad()
+def _with_baked_weights(model: nn.Module) -> nn.Module:
+    """A copy whose weights and biases sit exactly on their grids, as plain values.
+
+    Weights are quantized by 8-bit-wide quantizers: a ``b``-bit grid is a subset of the 8-bit
+    grid with the same scale and zero point, so they reproduce the rounded weights exactly
+    and export without a clamp. Biases hold their int32-grid values (ONNX Runtime rounds
+    them onto the same grid again, exactly).
+    """
+    baked = copy.deepcopy(model).eval()
+    for layer in quant_layers(baked).values():
+        quantizer = layer.weight_quantizer
+        if not isinstance(quantizer, FakeQuantize):
+            raise UserError(
+                f"cannot export a {type(quantizer).__name__} weight quantizer to int8 ONNX"
+            )
+        if layer.bias is not None:
+            layer.bias.copy_(layer.quantized_bias())
+        layer.__dict__.pop("_input_quantizer", None)
+        layer.weight.copy_(quantizer(layer.weight))
+        scale, zero_point = quantizer.qparams()
+        wide = FakeQuantize(dataclasses.replace(quantizer.spec, bits=8), None, scale.numel())
+        wide.set_qparams(scale.detach(), zero_point.detach())
+        wide.enable()
+        layer.weight_quantizer = wide
+    return baked
+
+
+def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in graph.initializer}
+
+
+def _rename_inputs(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name == old:
+                node.input[index] = new
+
+
+def _bypass_identities(graph: onnx.GraphProto) -> None:
+    """Remove ``Identity`` nodes that alias initializers (the exporter's de-duplication)."""
+    inits = _initializers(graph)
+    for node in list(graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits:
+            _rename_inputs(graph, node.output[0], node.input[0])
+            graph.node.remove(node)
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    for attribute in node.attribute:
+        if attribute.name == "axis":
+            return attribute.i
+    return 1
+
+
+def _store_integer_weights(graph: onnx.GraphProto) -> None:
+    """Replace ``QuantizeLinear(constant)`` by the constant's integer codes."""
+    inits = _initializers(graph)
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits:
+            continue
+        values = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero_point = numpy_helper.to_array(inits[node.input[2]])
+        codes = _quantize(values, scale, zero_point, _axis(node))
+        name = f"{node.input[0]}_quantized"
+        graph.initializer.append(numpy_helper.from_array(codes, name))
+        _rename_inputs(graph, node.output[0], name)
+        graph.node.remove(node)
+
+
+def _quantize(
+    values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int
+) -> np.ndarray:
+    """ONNX QuantizeLinear in numpy: round half to even, add the zero point, saturate."""
+    if scale.size > 1:
+        shape = [1] * values.ndim
+        shape[axis % values.ndim] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(zero_point.dtype)
+    codes = np.rint(values / scale) + zero_point.astype(np.float32)
+    return np.clip(codes, info.min, info.max).astype(zero_point.dtype)
+
+
+def _scalar_per_tensor_params(graph: onnx.GraphProto) -> None:
+    """Give per-tensor Q/DQ nodes scalar scales and zero points (shape [] not [1])."""
+    inits = _initializers(graph)
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for slot in (1, 2):
+            if slot >= len(node.input) or node.input[slot] not in inits:
+                continue
+            array = numpy_helper.to_array(inits[node.input[slot]])
+            if array.ndim == 0 or array.size != 1:
+                continue
+            name = f"{node.input[slot]}_scalar"
+            if name not in inits:
+                inits[name] = numpy_helper.from_array(array.reshape(()), name)
+                graph.initializer.append(inits[name])
+            node.input[slot] = name
+
+
+def _integer_biases(graph: onnx.GraphProto) -> None:
+    """Store the float bias of each Conv / Gemm between DequantizeLinear inputs as int32."""
+    inits = _initializers(graph)
+    producers = {output: node for node in graph.node for output in node.output}
+    for node in list(graph.node):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        sources = [producers.get(name) for name in node.input[:2]]
+        if node.input[2] not in inits or not all(_is_constant_dq(n, inits) for n in sources):
+            continue
+        x_scale, w_scale = (numpy_helper.to_array(inits[n.input[1]]) for n in sources)
+        scale = (x_scale.astype(np.float32) * w_scale.astype(np.float32)).astype(np.float32)
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        codes = np.rint(bias / scale).astype(np.int32)
+        name = f"{node.output[0]}_bias_int32"
+        scale = np.broadcast_to(scale, codes.shape).copy()
+        graph.initializer.extend(
+            [numpy_helper.from_array(codes, name), numpy_helper.from_array(scale, f"{name}_scale")]
+        )
+        dequantize = onnx.helper.make_node(
+            "DequantizeLinear", [name, f"{name}_scale"], [f"{name}_dequantized"], axis=0
+        )
+        graph.node.insert(list(graph.node).index(node), dequantize)
+        node.input[2] = dequantize.output[0]
+
+
+def _is_constant_dq(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A DequantizeLinear whose scale is a constant (weights also have constant codes)."""
+    return (
+        node is not None
+        and node.op_type == "DequantizeLinear"
+        and len(node.input) > 1
+        and node.input[1] in inits
+    )
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    used |= {output.name for output in graph.output}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def optimized_op_counts(path: str | Path) -> Counter[str]:
+    """Operator counts of the graph ONNX Runtime actually runs (its saved optimized model)."""
+    with tempfile.TemporaryDirectory(prefix="mobiledl-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimized)).graph
+    return Counter(node.op_type for node in graph.node)
+
+
+def integer_ops(path: str | Path) -> Counter[str]:
+    """The integer operators (QLinearConv, QGemm, ...) in ONNX Runtime's optimized graph."""
+    counts = optimized_op_counts(path)
+    return Counter({op: n for op, n in counts.items() if op in INTEGER_OPS})
+
+
+def top1_agreement(model: nn.Module, path: str | Path, x: ArrayLike, batch: int = 256) -> float:
+    """Fraction of samples on which ``model`` (fake quant) and the ONNX file agree on top-1."""
+    runner = get_engine("onnxruntime").load(path)
+    inputs = to_numpy(x)
+    model.eval()
+    agree = 0
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start : start + batch]
+        with torch.no_grad():
+            ours = model(torch.from_numpy(chunk)).argmax(dim=1).numpy()
+        agree += int((runner.run(chunk).argmax(axis=1) == ours).sum())
+    return agree / max(len(inputs), 1)

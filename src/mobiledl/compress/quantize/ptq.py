@@ -1,0 +1,128 @@
+"""Post-training quantization: module in, quantized module out.
+
+``quantize(model, QuantConfig(...), task)`` runs the standard PTQ pipeline (Krishnamoorthi
+2018; Nagel et al. 2021, "A White Paper on Neural Network Quantization", Sec. 4):
+
+1. fold BatchNorm and insert fake quantizers (``prepare``);
+2. optionally equalize weight ranges across layers (CLE, Nagel et al. 2019);
+3. choose weight grids from the weights, activation grids by running calibration data
+   through the float model with an observer (min-max, moving average, percentile, MSE,
+   KL entropy);
+4. optionally learn the weight rounding (AdaRound, Nagel et al. 2020) and correct the
+   output bias that weight quantization leaves (Nagel et al. 2019).
+
+The result runs in plain PyTorch (simulated quantization), saves and reloads with
+``save_model`` / ``load_model``, and exports to an int8 ONNX graph (``export_int8_onnx``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, fx, nn
+
+from mobiledl.compress.quantize.adaround import AdaRoundConfig, adaround
+from mobiledl.compress.quantize.bias_correction import correct_bias
+from mobiledl.compress.quantize.capture import batches
+from mobiledl.compress.quantize.config import QuantConfig
+from mobiledl.compress.quantize.equalize import equalize
+from mobiledl.compress.quantize.prepare import activation_quantizers, prepare
+from mobiledl.compress.quantize.quantizer import (
+    FakeQuantize,
+    fake_quant_disabled,
+    fake_quantizers,
+    quant_layers,
+)
+from mobiledl.data.task import Task
+from mobiledl.errors import UserError
+
+
+def calibration_data(task: Task, samples: int, seed: int = 0) -> Tensor:
+    """``samples`` training inputs of ``task`` drawn without replacement (seeded)."""
+    x = task.x_train
+    if len(x) == 0:
+        raise UserError(f"task '{task.name}' has no training data to calibrate on")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=generator)[: min(samples, len(x))]
+    return x[order]
+
+
+@torch.no_grad()
+def calibrate_weights(model: nn.Module) -> None:
+    """Set every weight quantizer's grid from its layer's current weight."""
+    for layer in quant_layers(model).values():
+        quantizer = layer.weight_quantizer
+        if isinstance(quantizer, FakeQuantize) and quantizer.observer is not None:
+            quantizer.observer.reset()
+            quantizer.observer(layer.weight)
+            quantizer.update_qparams()
+
+
+@torch.no_grad()
+def calibrate_activations(model: nn.Module, data: Tensor) -> None:
+    """Observe ``data`` flowing through the float model; set each activation grid."""
+    quantizers = activation_quantizers(model)
+    for quantizer in quantizers.values():
+        quantizer.observer.reset()
+        quantizer.observing = True
+    was_training = model.training
+    model.eval()
+    try:
+        with fake_quant_disabled(model):
+            for batch in batches(data):
+                model(batch)
+    finally:
+        model.train(was_training)
+        for quantizer in quantizers.values():
+            quantizer.observing = False
+    for quantizer in quantizers.values():
+        quantizer.update_qparams()
+
+
+def calibrate(model: nn.Module, data: Tensor) -> None:
+    """Calibrate weight and activation grids, then switch every quantizer on."""
+    calibrate_weights(model)
+    calibrate_activations(model, data)
+    for quantizer in fake_quantizers(model).values():
+        quantizer.enable()
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | None = None,
+    task: Task | None = None,
+    data: Tensor | None = None,
+) -> fx.GraphModule:
+    """A quantized copy of ``model`` (``model`` itself is left unchanged).
+
+    Calibration uses ``data`` (a batch of inputs) or ``config.calibration_samples`` training
+    inputs of ``task``. ``reduce_range=None`` is decided here (see ``QuantConfig``).
+    """
+    config = (config or QuantConfig()).resolved()
+    if data is None:
+        if task is None:
+            raise UserError("quantize needs a task or calibration data")
+        data = calibration_data(task, config.calibration_samples)
+    quantized = prepare(model, config, data[:1])
+    if config.equalize:
+        equalize(quantized)
+    calibrate(quantized, data)
+    if config.adaround:
+        adaround(quantized, data, AdaRoundConfig(iters=config.adaround_iters))
+    if config.bias_correction:
+        correct_bias(quantized, data)
+    quantized.eval()
+    return quantized
+
+
+def quantization_summary(model: nn.Module) -> dict[str, object]:
+    """How many layers and activations are quantized, and at which weight bit widths."""
+    bits: dict[int, int] = {}
+    for layer in quant_layers(model).values():
+        quantizer = layer.weight_quantizer
+        if isinstance(quantizer, FakeQuantize):
+            bits[quantizer.spec.bits] = bits.get(quantizer.spec.bits, 0) + 1
+    return {
+        "quantized_layers": len(quant_layers(model)),
+        "activation_quantizers": len(activation_quantizers(model)),
+        "weight_bits": {str(k): v for k, v in sorted(bits.items())},
+    }

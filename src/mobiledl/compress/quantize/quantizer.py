@@ -1,0 +1,417 @@
+"""Linear (uniform affine) quantization primitives and fake-quant layers.
+
+A real value ``x`` maps to an integer ``q = clamp(round(x / s) + z, qmin, qmax)`` and back to
+``x_hat = (q - z) * s`` (Jacob et al. 2018, "Quantization and Training of Neural Networks for
+Efficient Integer-Arithmetic-Only Inference", eq. 1). ``s`` is the scale and ``z`` the zero
+point; both are per tensor or per output channel.
+
+- **Symmetric** grids have ``z = 0`` and the narrow signed range ``[-(2^(b-1) - 1), 2^(b-1) - 1]``
+  (so -x and x quantize alike; at 2 bits the grid is ternary).
+- **Asymmetric** grids use the unsigned range ``[0, 2^b - 1]`` and a zero point chosen so that
+  0.0 is exactly representable (zero padding and ReLU outputs stay exact).
+
+Training through rounding uses the straight-through estimator (Bengio et al. 2013): the
+gradient of ``round`` is taken as 1, and it is zero where the input was clipped.
+
+Everything here is a stable building block shared by PTQ, QAT, k-means and mixed precision:
+``QuantSpec``, ``compute_qparams``, ``quantize_tensor`` / ``dequantize_tensor`` /
+``fake_quantize``, ``round_ste`` / ``grad_scale``, the ``FakeQuantize`` module and the layers
+``QuantConv2d`` / ``QuantLinear`` that fake-quantize their weight with any weight quantizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mobiledl.errors import UserError
+
+MIN_BITS = 2
+MAX_BITS = 8
+EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a tensor is quantized: bit width, symmetric or not, per tensor or per channel.
+
+    ``ch_axis`` is the channel dimension of a per-channel spec (0: the output channels of a
+    conv or linear weight).
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    per_channel: bool = False
+    ch_axis: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise UserError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}]; got {self.bits}")
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+
+    @property
+    def signed(self) -> bool:
+        """True for a signed integer container (int8), False for unsigned (uint8)."""
+        return self.qmin < 0
+
+
+def reduce_dims(x: Tensor, spec: QuantSpec) -> tuple[int, ...]:
+    """The dimensions one scale covers: all, or all but ``spec.ch_axis``."""
+    if not spec.per_channel:
+        return tuple(range(x.dim()))
+    axis = spec.ch_axis % x.dim()
+    return tuple(d for d in range(x.dim()) if d != axis)
+
+
+def tensor_range(x: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """``(min, max)`` of ``x``: scalars (shape ``[1]``) or one value per channel."""
+    dims = reduce_dims(x, spec)
+    lo, hi = x.detach().amin(dim=dims), x.detach().amax(dim=dims)
+    return lo.reshape(-1).float(), hi.reshape(-1).float()
+
+
+def compute_qparams(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Scale (float32) and zero point (int32) that cover ``[lo, hi]`` with ``spec``'s grid.
+
+    The range is widened to include 0. Symmetric: ``s = max(|lo|, |hi|) / qmax``, ``z = 0``.
+    Asymmetric: ``s = (hi - lo) / (qmax - qmin)``, ``z = qmin - round(lo / s)``.
+    """
+    lo = torch.minimum(lo.float(), torch.zeros_like(lo, dtype=torch.float32))
+    hi = torch.maximum(hi.float(), torch.zeros_like(hi, dtype=torch.float32))
+    if spec.symmetric:
+        scale = torch.maximum(-lo, hi) / spec.qmax
+        scale = torch.where(scale > EPS, scale, torch.ones_like(scale))
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    scale = (hi - lo) / (spec.qmax - spec.qmin)
+    scale = torch.where(scale > EPS, scale, torch.ones_like(scale))
+    zero_point = torch.clamp(spec.qmin - torch.round(lo / scale), spec.qmin, spec.qmax)
+    return scale, zero_point.to(torch.int32)
+
+
+def _broadcast(param: Tensor, x: Tensor, spec: QuantSpec) -> Tensor:
+    """``param`` (per-channel vector or scalar) shaped to broadcast against ``x``."""
+    if not spec.per_channel or param.numel() == 1:
+        return param.reshape(())
+    shape = [1] * x.dim()
+    shape[spec.ch_axis % x.dim()] = -1
+    return param.reshape(shape)
+
+
+def quantize_tensor(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
+    """Integer codes ``clamp(round(x / s) + z, qmin, qmax)`` (int32; round half to even)."""
+    s, z = _broadcast(scale, x, spec), _broadcast(zero_point, x, spec)
+    q = torch.clamp(torch.round(x / s) + z, spec.qmin, spec.qmax)
+    return q.to(torch.int32)
+
+
+def dequantize_tensor(q: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
+    """Real values ``(q - z) * s`` of integer codes."""
+    s, z = _broadcast(scale, q, spec), _broadcast(zero_point, q, spec)
+    return (q.float() - z) * s
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
+    """``dequantize(quantize(x))`` with the clipped straight-through gradient.
+
+    Uses PyTorch's fused ``fake_quantize_per_{tensor,channel}_affine`` kernels, whose
+    gradient is 1 inside the grid's range and 0 where ``x`` was clipped (Bengio et al. 2013;
+    Jacob et al. 2018), and which export to ONNX QuantizeLinear/DequantizeLinear pairs.
+    """
+    axis = spec.ch_axis % x.dim() if spec.per_channel and scale.numel() > 1 else None
+    return _fake_quantize_range(x, scale, zero_point, spec.qmin, spec.qmax, axis)
+
+
+def _fake_quantize_range(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None
+) -> Tensor:
+    zero_point = zero_point.to(torch.int32)
+    if axis is not None:
+        return torch.fake_quantize_per_channel_affine(
+            x, scale.float(), zero_point, axis, qmin, qmax
+        )
+    return torch.fake_quantize_per_tensor_affine(
+        x, scale.float().reshape(1), zero_point.reshape(1), qmin, qmax
+    )
+
+
+class _RoundSTE(torch.autograd.Function):
+    """``round`` forward, identity backward (Bengio et al. 2013)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to the nearest integer; the gradient passes straight through."""
+    return _RoundSTE.apply(x)
+
+
+def grad_scale(x: Tensor, factor: float) -> Tensor:
+    """``x`` in the forward pass; its gradient multiplied by ``factor`` (Esser et al. 2020)."""
+    return (x - x * factor).detach() + x * factor
+
+
+# ---------------------------------------------------------------- fake-quant module
+
+
+_EXPORTING = False
+
+
+@contextlib.contextmanager
+def onnx_export_mode() -> Iterator[None]:
+    """Inside, every ``FakeQuantize`` emits ONNX-exportable 8-bit-container ops.
+
+    ONNX QuantizeLinear only knows int8/uint8, so a ``b < 8``-bit activation is clamped to
+    its grid's real range first and then quantized with an 8-bit range at the same scale and
+    zero point: the values are identical to the ``b``-bit fake quantization.
+    """
+    global _EXPORTING
+    previous, _EXPORTING = _EXPORTING, True
+    try:
+        yield
+    finally:
+        _EXPORTING = previous
+
+
+def container_range(spec: QuantSpec) -> tuple[int, int]:
+    """The full range of the 8-bit integer type holding ``spec``'s codes (int8 or uint8)."""
+    return (-128, 127) if spec.signed else (0, 255)
+
+
+class FakeQuantize(nn.Module):
+    """Simulated quantization of a tensor: observe ranges, then quantize and dequantize.
+
+    ``scale`` and ``zero_point`` are buffers (one entry, or ``channels`` entries for a
+    per-channel spec). Flags set the behaviour:
+
+    - ``observing``: feed every input to ``observer`` (calibration);
+    - ``dynamic``: in training mode, observe every input and recompute ``scale`` /
+      ``zero_point`` from the observer (QAT: weights and activations move as they train);
+    - ``quantizing``: return the fake-quantized input (else the input unchanged).
+
+    A fresh module passes inputs through unchanged (``quantizing = False``) until it is
+    calibrated: ``update_qparams`` / ``set_qparams`` set the grid, ``enable`` turns it on.
+    """
+
+    def __init__(self, spec: QuantSpec, observer: nn.Module | None = None, channels: int = 1):
+        super().__init__()
+        self.spec = spec
+        self.observer = observer
+        self.channels = channels if spec.per_channel else 1
+        self.register_buffer("scale", torch.ones(self.channels))
+        self.register_buffer("zero_point", torch.zeros(self.channels, dtype=torch.int32))
+        self.observing = False
+        self.dynamic = False
+        self.quantizing = False
+
+    def extra_repr(self) -> str:
+        kind = "symmetric" if self.spec.symmetric else "asymmetric"
+        granularity = "per-channel" if self.spec.per_channel else "per-tensor"
+        return f"bits={self.spec.bits}, {kind}, {granularity}"
+
+    def qparams(self) -> tuple[Tensor, Tensor]:
+        """The scale and zero point in use now."""
+        return self.scale, self.zero_point
+
+    def set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
+        """Fix the scale and zero point (their shapes must match the buffers)."""
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape).to(torch.int32))
+
+    def enable(self, on: bool = True) -> None:
+        """Start (or stop) quantizing; observing stops either way."""
+        self.quantizing = on
+        self.observing = False
+
+    @torch.no_grad()
+    def update_qparams(self) -> None:
+        """Set ``scale`` / ``zero_point`` from what the observer has seen."""
+        if self.observer is None:
+            raise UserError("FakeQuantize.update_qparams needs an observer")
+        self.set_qparams(*self.observer.qparams(self.spec))
+
+    def real_range(self) -> tuple[Tensor, Tensor]:
+        """The real interval ``[(qmin - z) s, (qmax - z) s]`` the grid covers."""
+        scale, zero_point = self.qparams()
+        return (self.spec.qmin - zero_point) * scale, (self.spec.qmax - zero_point) * scale
+
+    def forward(self, x: Tensor, observe: bool = True) -> Tensor:
+        """Fake-quantize ``x``; ``observe=False`` re-applies the grid without observing."""
+        if _EXPORTING:
+            return self._export_forward(x)
+        tracking = self.dynamic and self.training and observe
+        if self.observer is not None and observe and (self.observing or tracking):
+            self.observer(x.detach())
+            if tracking:
+                self.update_qparams()
+        if not self.quantizing:
+            return x
+        return self._fake_quantize(x)
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.scale, self.zero_point, self.spec)
+
+    def _export_forward(self, x: Tensor) -> Tensor:
+        if not self.quantizing:
+            return x
+        scale, zero_point = (p.detach() for p in self.qparams())
+        axis = self.spec.ch_axis % x.dim() if self.channels > 1 else None
+        if self.spec.bits < MAX_BITS:
+            shape = [1] * x.dim()
+            if axis is not None:
+                shape[axis] = self.channels
+            lo, hi = (v.detach().reshape(shape) for v in self.real_range())
+            x = torch.clamp(x, lo, hi)
+        return _fake_quantize_range(x, scale, zero_point, *container_range(self.spec), axis)
+
+
+# ---------------------------------------------------------------- quantized layers
+
+
+class _QuantLayerMixin:
+    """Weight and bias quantization shared by ``QuantConv2d`` and ``QuantLinear``.
+
+    The bias of an integer layer is int32 with scale ``s_input * s_weight`` (Jacob et al.
+    2018, Sec. 2.4), which ONNX Runtime also applies: once ``link_input_quantizer`` has told
+    the layer which quantizer feeds it, the bias is rounded onto that grid as well.
+    """
+
+    weight: Tensor
+    bias: Tensor | None
+    weight_quantizer: nn.Module
+
+    def quantized_weight(self) -> Tensor:
+        return self.weight_quantizer(self.weight)
+
+    def quantized_bias(self) -> Tensor | None:
+        """The bias on the int32 grid ``s_input * s_weight`` (float if not linked/enabled)."""
+        source = self.__dict__.get("_input_quantizer")
+        weights = self.weight_quantizer
+        if self.bias is None or source is None or not isinstance(weights, FakeQuantize):
+            return self.bias
+        if not (source.quantizing and weights.quantizing):
+            return self.bias
+        scale = (source.qparams()[0] * weights.qparams()[0]).detach()
+        rounded = torch.round(self.bias / scale) * scale
+        return self.bias + (rounded - self.bias).detach()
+
+
+def link_input_quantizer(layer: QuantLayer, quantizer: FakeQuantize) -> None:
+    """Tell ``layer`` which activation quantizer feeds it (not registered as a child)."""
+    layer.__dict__["_input_quantizer"] = quantizer
+
+
+class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weight passes through ``weight_quantizer`` on every call.
+
+    Parameters keep the names ``weight`` and ``bias``, so state dicts line up with the
+    float layer; the quantizer's buffers live under ``weight_quantizer.``.
+    """
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_quantizer: nn.Module) -> QuantConv2d:
+        """A quantized layer sharing ``conv``'s parameters (not copies)."""
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+        )
+        layer.weight, layer.bias = conv.weight, conv.bias
+        layer.train(conv.training)
+        layer.weight_quantizer = weight_quantizer
+        return layer
+
+    def forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The layer's output on ``x`` with ``weight`` in place of its own."""
+        return self._conv_forward(x, weight, self.quantized_bias())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with(x, self.quantized_weight())
+
+
+class QuantLinear(_QuantLayerMixin, nn.Linear):
+    """``nn.Linear`` whose weight passes through ``weight_quantizer`` on every call."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_quantizer: nn.Module) -> QuantLinear:
+        """A quantized layer sharing ``linear``'s parameters (not copies)."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer.weight, layer.bias = linear.weight, linear.bias
+        layer.train(linear.training)
+        layer.weight_quantizer = weight_quantizer
+        return layer
+
+    def forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The layer's output on ``x`` with ``weight`` in place of its own."""
+        return F.linear(x, weight, self.quantized_bias())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with(x, self.quantized_weight())
+
+
+QuantLayer = QuantConv2d | QuantLinear
+FLOAT_LAYERS = (nn.Conv2d, nn.Linear)
+
+
+def quant_layer(layer: nn.Module, weight_quantizer: nn.Module) -> QuantLayer:
+    """Wrap a float ``nn.Conv2d`` or ``nn.Linear`` (sharing its parameters)."""
+    if isinstance(layer, nn.Conv2d):
+        return QuantConv2d.from_float(layer, weight_quantizer)
+    if isinstance(layer, nn.Linear):
+        return QuantLinear.from_float(layer, weight_quantizer)
+    raise UserError(f"cannot quantize a {type(layer).__name__}; only Conv2d and Linear")
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    """Every quantized layer of ``model`` by qualified name, in registration order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
+
+
+def fake_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
+    """Every ``FakeQuantize`` of ``model`` (weights and activations) by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantize)}
+
+
+@contextlib.contextmanager
+def fake_quant_disabled(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` in float inside the block: every ``FakeQuantize`` passes values through."""
+    quantizers = list(fake_quantizers(model).values())
+    states = [q.quantizing for q in quantizers]
+    for q in quantizers:
+        q.quantizing = False
+    try:
+        yield
+    finally:
+        for q, state in zip(quantizers, states, strict=True):
+            q.quantizing = state
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` by ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

@@ -1,0 +1,145 @@
+"""PTQ building blocks: BN folding, cross-layer equalization, bias correction, AdaRound."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from mobiledl.compress.quantize.adaround import AdaRoundConfig, round_layer
+from mobiledl.compress.quantize.bias_correction import correct_bias
+from mobiledl.compress.quantize.capture import capture
+from mobiledl.compress.quantize.config import QuantConfig
+from mobiledl.compress.quantize.equalize import equalization_pairs, equalize
+from mobiledl.compress.quantize.fold import fold_batchnorm
+from mobiledl.compress.quantize.observers import make_observer
+from mobiledl.compress.quantize.prepare import prepare
+from mobiledl.compress.quantize.ptq import calibrate, quantize
+from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantLinear, QuantSpec, quant_layers
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: a second thread only adds contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU, depthwise conv-BN-ReLU, 1x1 conv, residual add, pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        z = self.pw(torch.relu(self.bn2(self.dw(y))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(y + z, 1), 1))
+
+
+def _tiny_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = TinyNet()
+    for bn in (model.bn1, model.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 2.0)
+        bn.bias.data.uniform_(-0.3, 0.3)
+    with torch.no_grad():  # channels of very different ranges, as CLE expects
+        model.dw.weight.mul_(torch.logspace(-2, 1, 8).view(8, 1, 1, 1))
+    return model.eval()
+
+
+def test_bn_folding_equals_unfolded_output() -> None:
+    model = _tiny_net()
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 3, 8, 8)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert folded.get_submodule("conv1").bias is not None
+    with torch.no_grad():
+        assert torch.allclose(model(x), folded(x), atol=1e-5)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # input untouched
+
+
+def test_cle_preserves_output_and_equalizes_ranges() -> None:
+    prepared = prepare(_tiny_net(), QuantConfig(), torch.zeros(1, 3, 8, 8))
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        before = prepared(x)
+    assert equalization_pairs(prepared) == [("dw", "pw")]  # conv1 also feeds the residual
+    equalize(prepared)
+    with torch.no_grad():
+        assert torch.allclose(before, prepared(x), atol=1e-4)
+    r1 = prepared.get_submodule("dw").weight.abs().flatten(1).amax(1)
+    r2 = prepared.get_submodule("pw").weight.abs().transpose(0, 1).flatten(1).amax(1)
+    assert torch.allclose(r1, r2, rtol=1e-4)
+
+
+def _channel_mean_error(quantized: nn.Module, reference: nn.Module, data: torch.Tensor) -> float:
+    quantized_out = capture(quantized, quant_layers(quantized)["pw"], data, output=True)
+    reference_out = capture(reference, reference.get_submodule("pw"), data, output=True)
+    return (quantized_out - reference_out).mean(dim=(0, 2, 3)).abs().mean().item()
+
+
+def test_bias_correction_reduces_the_output_mean_error() -> None:
+    model = _tiny_net()
+    reference = fold_batchnorm(model)
+    data = torch.randn(64, 3, 8, 8) + 0.5
+    config = QuantConfig(weight_bits=3, per_channel=False)
+    plain = quantize(model, config, data=data)
+    corrected = quantize(model, config, data=data)
+    assert "pw" in correct_bias(corrected, data)
+    before = _channel_mean_error(plain, reference, data)
+    after = _channel_mean_error(corrected, reference, data)
+    assert after < 0.5 * before
+
+
+def test_adaround_beats_nearest_rounding_at_4_bits() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 16)
+    x = torch.randn(512, 8) @ torch.randn(8, 64) + 0.3 * torch.randn(512, 64) + 1.0
+    quantizer = FakeQuantize(QuantSpec(4, per_channel=True), make_observer("minmax", 0), 16)
+    quantizer.observer(linear.weight)
+    quantizer.update_qparams()
+    quantizer.enable()
+    layer = QuantLinear.from_float(linear, quantizer)
+    with torch.no_grad():
+        target = layer.forward_with(x, layer.weight)
+        nearest = (layer(x) - target).square().mean()
+    learned = round_layer(layer, x, target, AdaRoundConfig(iters=200))
+    with torch.no_grad():
+        adaround = (layer.forward_with(x, learned) - target).square().mean()
+        assert torch.allclose(quantizer(learned), learned, atol=1e-6)  # on the grid
+    assert adaround < 0.5 * nearest
+
+
+def test_quantized_model_runs_close_to_float_and_leaves_input_alone() -> None:
+    model = _tiny_net()
+    original = copy.deepcopy(model.state_dict())
+    data = torch.randn(64, 3, 8, 8)
+    quantized = quantize(model, QuantConfig(observer="mse"), data=data)
+    with torch.no_grad():
+        error = (quantized(data) - model(data)).abs().max()
+        scale = model(data).abs().max()
+    assert error < 0.05 * scale
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+
+def test_calibrate_switches_quantizers_on() -> None:
+    prepared = prepare(_tiny_net(), QuantConfig(weight_bits=2), torch.zeros(1, 3, 8, 8))
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        float_out = prepared(x)
+        calibrate(prepared, x)
+        assert not torch.allclose(float_out, prepared(x))
