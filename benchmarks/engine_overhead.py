@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +42,7 @@ from mobiledl.models import create_model, list_models  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "engine_overhead"
 NUM_CLASSES = 10
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,6 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke", action="store_true", help="two small models, batch 1 and 2, few repeats"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
+        "immune to other processes on a shared machine)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     args = parser.parse_args(argv)
     args.input_shape = _int_list(args.input_shape, "--input-shape")
@@ -67,6 +76,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1; got {args.threads}")
+    if args.clock == "thread" and args.threads != 1:
+        raise UserError("--clock thread measures one thread's CPU time; it needs --threads 1")
     return args
 
 
@@ -118,6 +129,7 @@ def measure(name: str, batch: int, args: argparse.Namespace, workdir: Path) -> d
             {"eager": lambda: model(x), "onnxruntime": lambda: runner.run(x_np)},
             warmup=args.warmup,
             repeats=args.repeats,
+            clock=CLOCKS[args.clock],
             batch_size=batch,
             threads=args.threads,
         )
@@ -152,6 +164,7 @@ def machine_info(args: argparse.Namespace, load_at_start: float | None) -> dict[
         "cpu_count": os.cpu_count(),
         "load_average_1min": {"start": load_at_start, "end": _load_average()},
         "threads": args.threads,
+        "clock": args.clock,
         "input_shape": list(args.input_shape),
         "batch_sizes": args.batch_sizes,
         "warmup": args.warmup,
@@ -183,10 +196,11 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     lines = [
         "# Engine overhead: PyTorch eager vs ONNX Runtime",
         "",
-        f"{info['cpu']} ({info['cpu_count']} CPUs), {info['threads']} threads for both "
+        f"{info['cpu']} ({info['cpu_count']} CPUs), {_plural(info['threads'], 'thread')} for both "
         f"engines; torch {info['torch']}, onnxruntime {info['onnxruntime']}; input "
         f"{'x'.join(map(str, info['input_shape']))}; {info['repeats']} timed calls per "
-        f"engine after {info['warmup']} warm-up calls, interleaved round-robin. "
+        f"engine after {_plural(info['warmup'], 'warm-up call')}, interleaved round-robin, "
+        f"{'wall time' if info['clock'] == 'wall' else 'CPU time of the calling thread'}. "
         f"Eager runs under `torch.no_grad()` in eval mode; ONNX Runtime uses opset 17, "
         f"all graph optimizations, sequential execution. {info['date']}; 1-minute load "
         f"average {info['load_average_1min']['start']} before, "
@@ -205,6 +219,10 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         )
     lines += ["", *_summary(rows), ""]
     return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[str]:

@@ -6,8 +6,8 @@ re-runs skip training), then quantizes it with the same calibration data three w
 - mobiledl ``quantize`` (W8A8: per-channel symmetric weights, asymmetric u8 activations,
   min-max calibration), run both as our fake-quant simulation and as the exported int8 QDQ
   graph in ONNX Runtime (accuracy, top-1 agreement, integer kernels used);
-- ONNX Runtime's ``quantize_static`` (QDQ, per-channel, u8 activations / s8 weights,
-  min-max, same ``reduce_range``), run in ONNX Runtime;
+- ONNX Runtime's ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8
+  activations / s8 weights, min-max, same ``reduce_range``), run in ONNX Runtime;
 - torchao's PT2E flow with ``XNNPACKQuantizer`` (per-channel symmetric), run in PyTorch.
 
 At 4-bit weights (8-bit activations) it compares mobiledl with AdaRound against
@@ -133,6 +133,7 @@ def ort_static(
     """ONNX Runtime ``quantize_static`` (QDQ, per-channel, u8/s8, min-max) accuracy."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -144,11 +145,13 @@ def ort_static(
             return next(self.batches, None)
 
     float_path = get_engine("onnxruntime").export(model, data[:1], workdir / "fp32.onnx")
+    prepared = workdir / "fp32_preprocessed.onnx"
     out = workdir / f"ort_w{weight_bits}.onnx"
     weight_type = QuantType.QInt8 if weight_bits == 8 else QuantType.QInt4
     with _quiet():
+        quant_pre_process(str(float_path), str(prepared))
         ort_quantize_static(
-            str(float_path),
+            str(prepared),
             str(out),
             Reader(),
             quant_format=QuantFormat.QDQ,

@@ -21,6 +21,7 @@ from mobiledl.cli_support import add_command, add_task_args, log
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.errors import UserError
+from mobiledl.pipeline.command import add_run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         add_prune_command,
         add_quantize_command,
+        add_run_command,
         _add_demo,
     ):
         add(commands)

@@ -54,6 +54,17 @@ def test_stats_are_sane_and_context_is_stored():
     assert (stats.batch_size, stats.threads, stats.repeats) == (4, 2, 20)
 
 
+def test_clock_is_used_for_every_timed_call():
+    ticks = iter(range(0, 10_000, 2))  # every call "takes" 2 s on this fake clock
+    log: list[str] = []
+    stats = interleaved_benchmark(
+        _counting_runners(["a", "b"], log), warmup=3, repeats=4, clock=lambda: next(ticks)
+    )
+    for result in stats.values():
+        assert result.times_ms == [2000.0] * 4
+        assert result.median_ms == result.p90_ms == result.min_ms == 2000.0
+
+
 def test_latency_stats_from_times():
     stats = LatencyStats.from_times([4.0, 1.0, 3.0, 2.0, 10.0], batch_size=2)
     assert stats.median_ms == 3.0

@@ -106,6 +106,7 @@ def interleaved_benchmark(
     warmup: int = 5,
     repeats: int = 30,
     rounds: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
     **context: object,
 ) -> dict[str, LatencyStats]:
     """Time every zero-argument callable in ``runners`` ``repeats`` times, interleaved.
@@ -113,8 +114,11 @@ def interleaved_benchmark(
     First each runner is called ``warmup`` times (round-robin, untimed). Then ``rounds``
     rounds follow; in each, every runner is called ``repeats / rounds`` times in a row
     (the remainder is spread over the first rounds), and the order of the runners is
-    rotated by one from round to round. Each call is timed on its own with
-    ``time.perf_counter``; the garbage collector is paused while timing.
+    rotated by one from round to round. Each call is timed on its own with ``clock``
+    (seconds; default ``time.perf_counter``, wall time); the garbage collector is paused
+    while timing. ``clock=time.thread_time`` gives CPU time of the calling thread, which
+    other processes cannot inflate, but is only meaningful when the runners compute on
+    the calling thread alone (one thread).
 
     ``rounds`` defaults to one round per ``CALLS_PER_ROUND`` repeats. Extra keyword
     arguments (``batch_size``, ``threads``, ``engine``) are stored in every result.
@@ -130,7 +134,7 @@ def interleaved_benchmark(
         for index, calls in enumerate(_calls_per_round(repeats, rounds)):
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
-                times[name].extend(_time_calls(runners[name], calls))
+                times[name].extend(_time_calls(runners[name], calls, clock))
     return {name: LatencyStats.from_times(times[name], **context) for name in names}
 
 
@@ -155,13 +159,15 @@ def _calls_per_round(repeats: int, rounds: int) -> list[int]:
     return [base + (1 if index < extra else 0) for index in range(rounds)]
 
 
-def _time_calls(runner: Callable[[], object], calls: int) -> list[float]:
-    """Call ``runner`` ``calls`` times; return each call's wall time in milliseconds."""
+def _time_calls(
+    runner: Callable[[], object], calls: int, clock: Callable[[], float]
+) -> list[float]:
+    """Call ``runner`` ``calls`` times; return each call's time in milliseconds."""
     times = []
     for _ in range(calls):
-        start = time.perf_counter()
+        start = clock()
         runner()
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((clock() - start) * 1e3)
     return times
 
 

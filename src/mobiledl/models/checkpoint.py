@@ -131,7 +131,11 @@ def _load_transform_providers() -> None:
 
 
 # Modules that register transforms; a provider not written yet is skipped.
-_TRANSFORM_PROVIDERS = ("mobiledl.compress.prune", "mobiledl.compress.quantize")
+_TRANSFORM_PROVIDERS = (
+    "mobiledl.compress.prune",
+    "mobiledl.compress.quantize",
+    "mobiledl.compress.factorize",
+)
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
@@ -169,6 +173,31 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         if replacement is None:
             raise UserError(f"layer '{name}' ({type(module).__name__}) cannot be resized")
         _set_submodule(model, name, replacement)
+    _resize_folded_norms(model, state)
+
+
+_NORMS = (nn.BatchNorm2d, nn.BatchNorm1d)
+
+
+def _resize_folded_norms(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give each batch norm with no stored tensors the width of the layer before it.
+
+    Quantization folds batch norms into the preceding convolution, so the file of a
+    channel-pruned, quantized model holds no batch-norm tensors; the rebuilt norms must
+    still match their (resized) convolution for the fold to be re-applied.
+    """
+    previous: nn.Module | None = None
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            previous = module
+            continue
+        if not isinstance(module, _NORMS) or previous is None:
+            continue
+        if any(key.startswith(f"{name}.") for key in state):
+            continue
+        width = previous.out_channels if isinstance(previous, nn.Conv2d) else previous.out_features
+        if module.num_features != width:
+            _set_submodule(model, name, type(module)(width, module.eps, module.momentum))
 
 
 def _layer_of_shape(module: nn.Module, weight: torch.Tensor, bias: bool) -> nn.Module | None:

@@ -1,7 +1,17 @@
-"""Training: the trainer (with knowledge distillation) and, later, on-device training."""
+"""Training: the trainer with knowledge distillation (logit, FitNets hints, attention
+transfer); on-device training comes next."""
 
-from mobiledl.train.distill import logit_distillation_loss
+from mobiledl.train.distill import (
+    FeatureDistiller,
+    HintAdapter,
+    attention_map,
+    attention_transfer_loss,
+    default_feature_layers,
+    hint_loss,
+    logit_distillation_loss,
+)
 from mobiledl.train.trainer import (
+    ExtraLoss,
     TrainConfig,
     TrainResult,
     evaluate,
@@ -11,9 +21,16 @@ from mobiledl.train.trainer import (
 )
 
 __all__ = [
+    "ExtraLoss",
+    "FeatureDistiller",
+    "HintAdapter",
     "TrainConfig",
     "TrainResult",
+    "attention_map",
+    "attention_transfer_loss",
+    "default_feature_layers",
     "evaluate",
+    "hint_loss",
     "logit_distillation_loss",
     "predict",
     "seed_everything",

@@ -2,7 +2,8 @@
 
 SGD (Nesterov momentum) or AdamW, a cosine learning-rate schedule with linear warm-up,
 label smoothing, optional Hinton knowledge distillation from a teacher, deterministic
-seeds, and best-on-validation checkpointing written atomically.
+seeds, and best-on-validation checkpointing written atomically. ``extra_loss`` adds any
+further term (e.g. feature distillation, ``train.distill.FeatureDistiller``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from tqdm.auto import tqdm
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.train.distill import logit_distillation_loss
+
+#: ``extra_loss(model, x, logits) -> scalar`` is added to the loss of every batch; if it is
+#: an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -104,16 +109,18 @@ def train(
     config: TrainConfig | None = None,
     teacher: nn.Module | None = None,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
+    extra_loss: ExtraLoss | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place and leave it holding its best-on-val weights.
 
     With a ``teacher``, the loss is ``alpha * KD + (1 - alpha) * task loss`` (Hinton et
-    al. 2015). ``on_best(model, epoch, val_accuracy)`` is called whenever validation
-    accuracy improves, e.g. to write a checkpoint atomically.
+    al. 2015). ``extra_loss(model, x, logits)``, if given, is added to every batch's loss
+    (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
+    validation accuracy improves, e.g. to write a checkpoint atomically.
     """
     config = config or TrainConfig()
     seed_everything(config.seed)
-    optimizer = _make_optimizer(model, config)
+    optimizer = _make_optimizer(model, config, extra_loss)
     steps_per_epoch = math.ceil(len(task.x_train) / config.batch_size)
     schedule = _cosine_with_warmup(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
@@ -125,7 +132,9 @@ def train(
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.epochs), desc="train", disable=not config.progress, leave=False)
     for epoch in epochs:
-        loss = _train_one_epoch(model, task, config, optimizer, scheduler, teacher, epoch)
+        loss = _train_one_epoch(
+            model, task, config, optimizer, scheduler, teacher, epoch, extra_loss
+        )
         val_acc = evaluate(model, task, "val")
         history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc})
         epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.4f}")
@@ -147,6 +156,7 @@ def _train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     teacher: nn.Module | None,
     epoch: int,
+    extra_loss: ExtraLoss | None = None,
 ) -> float:
     """One pass over the shuffled training split; returns the mean loss."""
     model.train()
@@ -160,6 +170,8 @@ def _train_one_epoch(
                 teacher_logits = teacher(x)
             kd = logit_distillation_loss(logits, teacher_logits, config.kd_temperature)
             loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
+        if extra_loss is not None:
+            loss = loss + extra_loss(model, x, logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -169,10 +181,18 @@ def _train_one_epoch(
     return total / max(count, 1)
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW; no weight decay on biases and normalization parameters."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+def _make_optimizer(
+    model: nn.Module, config: TrainConfig, extra_loss: ExtraLoss | None = None
+) -> torch.optim.Optimizer:
+    """SGD or AdamW; no weight decay on biases and normalization parameters.
+
+    An ``extra_loss`` that is an ``nn.Module`` contributes its parameters.
+    """
+    params = list(model.parameters())
+    if isinstance(extra_loss, nn.Module):
+        params += list(extra_loss.parameters())
+    decay = [p for p in params if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in params if p.requires_grad and p.dim() <= 1]
     if not decay and not no_decay:
         raise UserError("the model has no trainable parameters")
     groups = [

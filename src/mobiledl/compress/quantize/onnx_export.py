@@ -10,7 +10,9 @@ float semantics are exactly our simulation's. Then the graph is tidied for the e
   (QLinearAdd, QLinearConcat, ...) require;
 - biases of convolutions and linear layers become int32 with scale ``s_input * s_weight``
   (the grid our simulation rounds them to), so a final linear layer with float output
-  still fuses into an integer ``QGemm``.
+  still fuses into an integer ``QGemm``;
+- intermediate tensors get short names and nodes none (the exporter's scoped names take
+  tens of kilobytes, a few percent of a small int8 model).
 
 ONNX Runtime then fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` (u8 activations, s8
 weights), ``DQ -> Add -> Q`` into ``QLinearAdd`` and so on; ``integer_ops`` reads the
@@ -80,6 +82,7 @@ def export_int8_onnx(model: nn.Module, example_input: torch.Tensor, path: str | 
     _scalar_per_tensor_params(graph.graph)
     _integer_biases(graph.graph)
     _drop_unused_initializers(graph.graph)
+    _compact_names(graph.graph)
     onnx.checker.check_model(graph)
     target = Path(path)
     with atomic_path(target) as tmp_path:
@@ -224,6 +227,22 @@ def _is_constant_dq(node: onnx.NodeProto | None, inits: dict[str, onnx.TensorPro
         and len(node.input) > 1
         and node.input[1] in inits
     )
+
+
+def _compact_names(graph: onnx.GraphProto) -> None:
+    """Name every intermediate tensor ``t<i>`` and drop node names (graph I/O keep theirs)."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    keep |= {init.name for init in graph.initializer}
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        node.name = ""
+        for index, name in enumerate(node.output):
+            if name and name not in keep:
+                renamed[name] = node.output[index] = f"t{len(renamed)}"
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+    del graph.value_info[:]
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:

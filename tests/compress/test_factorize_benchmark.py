@@ -1,0 +1,49 @@
+"""benchmarks/factorize.py and benchmarks/distill.py --smoke run end to end and write JSON
+and markdown."""
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_factorize_smoke_run_writes_results(tmp_path: Path) -> None:
+    report = load("factorize").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    data = json.loads((tmp_path / "factorize.json").read_text())
+    assert data["results"] == json.loads(json.dumps(report["results"]))
+    by_model = {row["model"]: row for row in data["results"]}
+    assert set(by_model) == {"resnet20", "lenet300"}
+    for row in by_model.values():
+        assert row["macs_ratio"] <= 0.5 and row["ranks"]
+        assert set(row["latency"]["factorized"]) == {"t1_b1", "t1_b32"}
+        assert set(row["checks"]) == {"macs_at_most_half", "within_1_point", "speedup_at_least_1.4"}
+    assert "| resnet20 | tucker2 |" in (tmp_path / "factorize.md").read_text()
+
+
+def test_distill_smoke_run_writes_results(tmp_path: Path) -> None:
+    load("distill").main(["--smoke", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "distill.json").read_text())
+    assert {run["variant"] for run in data["runs"]} == {"none", "logits", "logits+attention"}
+    assert "| logits |" in (tmp_path / "distill.md").read_text()

@@ -1,0 +1,94 @@
+"""Recipe validation: an unknown step or field, or a bad value, is one line naming it."""
+
+from pathlib import Path
+
+import pytest
+
+from mobiledl.errors import UserError
+from mobiledl.pipeline import load_recipe, parse_recipe
+
+BASE = {
+    "name": "r",
+    "task": {"name": "digits"},
+    "model": {"arch": "lenet300"},
+    "steps": [{"step": "train", "epochs": 1}],
+}
+
+
+def with_(**changes: object) -> dict:
+    return {**BASE, **changes}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            with_(steps=[{"step": "train"}, {"step": "factorize", "rnk": 3, "energy": 0.9}]),
+            "steps[1] (factorize): unknown field 'rnk'",
+        ),
+        (with_(steps=[{"step": "distil"}]), "steps[0]: unknown step 'distil'; choose one of"),
+        (with_(steps=[{"epochs": 1}]), "steps[0]: missing 'step'"),
+        (
+            with_(steps=[{"step": "factorize", "macs_ratio": 1.5}]),
+            "steps[0] (factorize): macs_ratio must lie in (0, 1]; got 1.5",
+        ),
+        (
+            with_(steps=[{"step": "prune", "sparsity": 0.5, "finetune": {"lrr": 1}}]),
+            "steps[0] (prune): unknown field 'finetune.lrr'",
+        ),
+        (
+            with_(steps=[{"step": "finetune", "kd": {"feature": "gram"}}]),
+            "steps[0] (finetune): kd.feature: Input should be 'none', 'hint' or 'attention'",
+        ),
+        (
+            with_(steps=[{"step": "quantize", "weight_bits": 12}]),
+            "steps[0] (quantize): weight_bits must be an integer in [2, 8]; got 12",
+        ),
+        (with_(task={"nme": "digits"}), "task: missing field 'name'"),
+        (with_(model={"arch": "a", "file": "b"}), "model: set exactly one of 'arch' and 'file'"),
+        (with_(extra=1), "recipe: unknown field 'extra'"),
+        (
+            with_(steps=[{"step": "train"}, {"step": "train", "name": "train"}]),
+            "steps[1]: duplicate step name 'train'",
+        ),
+        (
+            with_(
+                steps=[
+                    {"step": "finetune", "kd": {"teacher": "later"}},
+                    {"step": "train", "name": "later"},
+                ]
+            ),
+            "steps[0]: kd.teacher 'later' is not earlier",
+        ),
+    ],
+)
+def test_errors_name_the_step_and_field(data: dict, message: str) -> None:
+    with pytest.raises(UserError) as error:
+        parse_recipe(data, "r.yaml")
+    text = str(error.value)
+    assert text == f"r.yaml: {message}" or text.startswith(f"r.yaml: {message}")
+    assert "\n" not in text
+
+
+def test_yaml_errors_give_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsteps: [\n  {step: train\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.yaml: not valid YAML at line \d+"):
+        load_recipe(path)
+    with pytest.raises(UserError, match="recipe not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_shipped_recipes_are_valid() -> None:
+    recipes = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 3
+    kinds = {load_recipe(path).name: [s.step for s in load_recipe(path).steps] for path in recipes}
+    assert any(k[-4:] == ["kmeans", "encode", "export", "benchmark"] for k in kinds.values())
+    assert sum("finetune" in k and "quantize" in k for k in kinds.values()) >= 2
+
+
+def test_step_names_default_to_kinds_numbered_on_repeat() -> None:
+    recipe = parse_recipe(
+        with_(steps=[{"step": "train"}, {"step": "finetune"}, {"step": "finetune"}])
+    )
+    assert recipe.step_names() == ["train", "finetune", "finetune-2"]

@@ -1,0 +1,113 @@
+"""The run report is one self-contained HTML file whose plots render in headless Chromium
+without console errors."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobiledl.models import create_model
+from mobiledl.profile import Measurement, profile_model
+from mobiledl.report.run import RunReport, Sensitivity, StepRow, write_run_report
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+FACTORIZE_INFO = {"layers": {"features.1.conv1.conv": {"method": "tucker2", "ranks": [8, 8]}}}
+
+
+def sample_report() -> RunReport:
+    example = torch.randn(1, 1, 8, 8)
+    before = create_model("resnet8", 10, 1, 8)
+    after = create_model("resnet8", 10, 1, 8, width_mult=0.5)
+    steps = [
+        StepRow(
+            kind,
+            1.5,
+            Measurement(name, accuracy, 70_000, macs, bytes_, 12_288, latency, latency * 1.2),
+            info,
+        )
+        for name, kind, accuracy, macs, bytes_, latency, info in [
+            ("train", "train", 0.97, 760_000, 300_000, 0.09, {}),
+            ("factorize", "factorize", 0.90, 380_000, 200_000, 0.06, FACTORIZE_INFO),
+            ("finetune", "finetune", 0.96, 380_000, 200_000, 0.06, {"kd": {"alpha": 0.9}}),
+            ("quantize", "quantize", 0.96, 380_000, 50_000, 0.04, {}),
+        ]
+    ]  # fmt: skip
+    sensitivity = Sensitivity(
+        0.97, [0.5, 0.9], {"features.0.conv": [0.96, 0.5], "classifier": [0.97, 0.9]}, "test"
+    )
+    return RunReport(
+        title="run <test> & report",
+        description="a synthetic run",
+        steps=steps,
+        layers_before=profile_model(before, example).layers,
+        layers_after=profile_model(after, example).layers,
+        sensitivity=sensitivity,
+    )
+
+
+def test_report_is_self_contained(tmp_path: Path) -> None:
+    path = write_run_report(tmp_path / "report.html", sample_report())
+    html = path.read_text(encoding="utf-8")
+    assert html.count("<svg") == 5  # latency, size, blocks, layers, sensitivity
+    assert "run &lt;test&gt; &amp; report" in html
+    assert not re.search(r"(src|href)=['\"]?(https?:)?//", html)  # nothing to fetch
+    assert "<script" not in html
+    for heading in ("Steps", "Trade-offs", "Per-layer profile", "Factorization (factorize)"):
+        assert f"<h2>{heading}</h2>" in html
+
+
+def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={user_dir}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line
+    ]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    page = write_run_report(tmp_path / "report.html", sample_report())
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>console.error('boom')</script></body></html>")
+    check = chromium("--dump-dom", broken.as_uri(), user_dir=tmp_path / "profile-check")
+    assert console_errors(check.stderr), "the console check must see a deliberate error"
+
+    result = chromium("--dump-dom", page.as_uri(), user_dir=tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert dom.count("<svg") == 5
+    assert len(re.findall(r"<path", dom)) > 50  # the plots' lines, bars and markers
+    assert dom.count("<tr>") >= 1 + 4  # the step table at least
+    assert not console_errors(result.stderr), console_errors(result.stderr)
+
+    shot = tmp_path / "report.png"
+    chromium(
+        f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri(), user_dir=tmp_path / "p2"
+    )
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a real picture, not a blank page
