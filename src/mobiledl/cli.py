@@ -22,6 +22,7 @@ from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.errors import UserError
 from mobiledl.pipeline.command import add_run_command
+from mobiledl.train.command import add_adapt_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         add_prune_command,
         add_quantize_command,
+        add_adapt_command,
         add_run_command,
         _add_demo,
     ):

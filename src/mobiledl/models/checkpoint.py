@@ -135,6 +135,8 @@ _TRANSFORM_PROVIDERS = (
     "mobiledl.compress.prune",
     "mobiledl.compress.quantize",
     "mobiledl.compress.factorize",
+    "mobiledl.train.tinytl",
+    "mobiledl.train.sparse_update",
 )
 
 

@@ -1,6 +1,11 @@
-"""Training: the trainer with knowledge distillation (logit, FitNets hints, attention
-transfer); on-device training comes next."""
+"""Training: the trainer (with knowledge distillation) and on-device training.
 
+On-device training (Cai et al. 2022, Sec. 4): ``adapt`` a pretrained model to a new task with
+the TinyTL baselines (``full``, ``last``, ``bias``), TinyTL (Cai et al. 2020) or sparse update
+under a memory budget (Lin et al. 2022), all trained by the lean engine of ``lean`` / ``step``.
+"""
+
+from mobiledl.train.adapt import METHODS, AdaptConfig, AdaptResult, adapt
 from mobiledl.train.distill import (
     FeatureDistiller,
     HintAdapter,
@@ -10,6 +15,21 @@ from mobiledl.train.distill import (
     hint_loss,
     logit_distillation_loss,
 )
+from mobiledl.train.lean import LeanAutograd, fused_layers, gradient_checkpointing
+from mobiledl.train.ondevice import FineTuneConfig, fine_tune
+from mobiledl.train.sparse_update import (
+    Contribution,
+    QuantizedConv2d,
+    QuantizedLinear,
+    SparsePlan,
+    SparseUpdateConfig,
+    apply_plan,
+    quantize_for_sparse_update,
+    select_update,
+    sparse_update,
+)
+from mobiledl.train.step import MeasuredStep, make_optimizer, measure_training_step, training_step
+from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, tinytl
 from mobiledl.train.trainer import (
     ExtraLoss,
     TrainConfig,
@@ -19,20 +39,49 @@ from mobiledl.train.trainer import (
     seed_everything,
     train,
 )
+from mobiledl.train.transfer import classifier_layer, freeze, replace_classifier
 
 __all__ = [
+    "METHODS",
+    "AdaptConfig",
+    "AdaptResult",
+    "Contribution",
     "ExtraLoss",
     "FeatureDistiller",
+    "FineTuneConfig",
     "HintAdapter",
+    "LeanAutograd",
+    "LiteResidual",
+    "MeasuredStep",
+    "QuantizedConv2d",
+    "QuantizedLinear",
+    "SparsePlan",
+    "SparseUpdateConfig",
+    "TinyTLConfig",
     "TrainConfig",
     "TrainResult",
+    "adapt",
+    "apply_plan",
     "attention_map",
     "attention_transfer_loss",
+    "classifier_layer",
     "default_feature_layers",
     "evaluate",
+    "fine_tune",
+    "freeze",
+    "fused_layers",
+    "gradient_checkpointing",
     "hint_loss",
     "logit_distillation_loss",
+    "make_optimizer",
+    "measure_training_step",
     "predict",
+    "quantize_for_sparse_update",
+    "replace_classifier",
     "seed_everything",
+    "select_update",
+    "sparse_update",
+    "tinytl",
     "train",
+    "training_step",
 ]

@@ -1,0 +1,145 @@
+"""Adapt a pretrained model to a new task on the device, with one of five methods.
+
+``full``, ``last`` and ``bias`` are TinyTL's baselines (``transfer``), ``tinytl`` is Cai et al.
+2020 (``tinytl``) and ``sparse`` is MCUNetV3's sparse update under a memory budget (Lin et al.
+2022, ``sparse_update``). Every method trains with the same lean engine (``ondevice``), and every
+result reports the profiler's predicted training peak next to the peak measured on a real step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from mobiledl.data.task import Task
+from mobiledl.errors import UserError
+from mobiledl.profile import Measurement
+from mobiledl.profile.training_memory import TrainingMemoryProfile, training_memory
+from mobiledl.train.ondevice import FineTuneConfig, fine_tune
+from mobiledl.train.sparse_update import SparseUpdateConfig, sparse_update
+from mobiledl.train.step import MeasuredStep, measure_training_step
+from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, tinytl
+from mobiledl.train.trainer import evaluate
+from mobiledl.train.transfer import BASELINES, freeze, replace_classifier
+
+METHODS = (*BASELINES, "tinytl", "sparse")
+
+#: Learning rates that worked for each method (SGD with momentum, cosine schedule).
+DEFAULT_LR = {"full": 0.01, "last": 0.05, "bias": 0.05, "tinytl": 0.05, "sparse": 0.05}
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Method, training recipe, and the memory budget (bytes of training peak)."""
+
+    method: str = "tinytl"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    optimizer: str = "momentum"
+    memory_budget: int | None = None
+    checkpoint_segments: int | None = None
+    seed: int = 0
+    tinytl: TinyTLConfig = field(default_factory=TinyTLConfig)
+    sparse: SparseUpdateConfig = field(default_factory=SparseUpdateConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        if self.method == "sparse" and self.memory_budget is None:
+            raise UserError("method 'sparse' needs a memory budget (--memory-budget-kb)")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+@dataclass
+class AdaptResult:
+    """The adapted model, its test accuracy and its training memory (predicted and measured)."""
+
+    model: nn.Module
+    method: str
+    accuracy: float
+    predicted: TrainingMemoryProfile
+    measured: MeasuredStep
+    plan: dict[str, Any]
+    history: list[dict[str, float]]
+
+    def measurement(self, name: str = "model") -> Measurement:
+        """``peak_memory_bytes`` is the predicted training peak; ``extra`` has the measured one."""
+        measurement = self.predicted.measurement(name)
+        measurement.accuracy = self.accuracy
+        measurement.extra.update(
+            method=self.method,
+            measured_peak_memory_bytes=self.measured.peak_bytes,
+            trainable_params=self.predicted.trainable_params,
+            plan=self.plan,
+        )
+        return measurement
+
+
+def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
+    """Adapt ``model`` to ``task`` in place with ``config.method`` and measure the result."""
+    _check_input(model, task)
+    replace_classifier(model, task.num_classes)
+    plan = _prepare(model, task, config)
+    x, y = (t[: config.batch_size] for t in task.split("train"))
+    predicted = training_memory(
+        model, x, y, config.optimizer, config.checkpoint_segments, task.loss
+    )
+    budget = config.memory_budget
+    if budget is not None and config.method != "sparse" and predicted.peak_bytes > budget:
+        raise UserError(
+            f"method '{config.method}' needs {predicted.peak_bytes / 1024:.0f} KB of training "
+            f"memory at batch size {config.batch_size}, over the budget of {budget / 1024:.0f} KB"
+        )
+    settings = FineTuneConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        lr=config.learning_rate,
+        checkpoint_segments=config.checkpoint_segments,
+        seed=config.seed,
+    )
+    history = fine_tune(model, task, settings)
+    measured = measure_training_step(
+        model, x, y, config.optimizer, config.checkpoint_segments, task.loss
+    )
+    accuracy = evaluate(model, task, "test")
+    return AdaptResult(model, config.method, accuracy, predicted, measured, plan, history)
+
+
+def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any]:
+    """Freeze / wrap / quantize ``model`` for the method; returns what was chosen."""
+    if config.method in BASELINES:
+        freeze(model, config.method)
+        return {}
+    if config.method == "tinytl":
+        tinytl(model, config.tinytl)
+        blocks = [name for name, m in model.named_modules() if isinstance(m, LiteResidual)]
+        return {"lite_residual_blocks": blocks}
+    sparse = dataclasses.replace(
+        config.sparse,
+        memory_budget=config.memory_budget,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        seed=config.seed,
+    )
+    _, plan = sparse_update(model, task, sparse)
+    return {"bias_depth": plan.bias_depth, "layers": plan.layers}
+
+
+def _check_input(model: nn.Module, task: Task) -> None:
+    arch = getattr(model, "mobiledl_arch", None)
+    if not arch:
+        return
+    expected = (arch["in_channels"], *arch["image_size"])
+    if tuple(task.input_shape) != tuple(expected):
+        raise UserError(
+            f"the model takes inputs shaped {list(expected)} but task '{task.name}' gives "
+            f"{list(task.input_shape)}"
+        )

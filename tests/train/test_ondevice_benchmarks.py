@@ -1,0 +1,50 @@
+"""benchmarks/ondevice_transfer.py and benchmarks/training_memory.py --smoke run end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(stem: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{stem}_benchmark", BENCHMARKS / f"{stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transfer_smoke_run_writes_results(tmp_path: Path) -> None:
+    module = load("ondevice_transfer")
+    assert module.main(["--smoke", "--threads", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "ondevice_transfer.json").read_text())
+    methods = [row["method"] for row in data["rows"]]
+    assert methods == ["full", "last", "bias", "tinytl", "sparse"]
+    for row in data["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["measured_peak_bytes"] > 0
+    assert data["summary"]["sparse_all_within_budget"]
+    assert "| tinytl |" in (tmp_path / "ondevice_transfer.md").read_text()
+
+
+def test_training_memory_smoke_run_writes_results(tmp_path: Path) -> None:
+    module = load("training_memory")
+    assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "training_memory.json").read_text())
+    assert len(data["rows"]) == 2 * len(module.METHODS)
+    assert all(row["within_tolerance"] for row in data["rows"])
