@@ -1,18 +1,21 @@
 """Low-rank factorization to half the MACs, recovered by fine-tuning with distillation.
 
-Two cases of the issue's target (<= 1 point accuracy loss after fine-tuning with KD, >= 1.4x
-faster in ONNX Runtime at batch 1 and 32):
+The issue's target: <= 1 point accuracy loss after fine-tuning with KD and >= 1.4x faster in
+ONNX Runtime at batch 1 and 32, at half the MACs. Rows:
 
-- ResNet-20: Tucker-2 decomposition of the 3x3 convolutions (Kim et al. 2016; 1x1 shortcuts
-  and the classifier may take a channel SVD), fine-tuned with Hinton logit KD plus attention
-  transfer from the unfactorized model;
-- LeNet-300-100: truncated SVD of its linear layers (Denton et al. 2014), fine-tuned with
-  logit KD.
+- ResNet-20, ``tucker2+spatial`` (the target row): data-aware Tucker-2 (Kim et al. 2016;
+  Zhang et al. 2016) with ranks in multiples of 16; the greedy may take Jaderberg et al.'s
+  spatial factorization instead where Tucker-2 has no such rank (the 16-channel stage);
+  fine-tuned with Hinton logit KD plus attention transfer from the unfactorized model;
+- ResNet-20, ``tucker2`` with ranks in multiples of 8 (comparison: on AVX-512 an 8-channel
+  tensor fills half of ONNX Runtime's 16-channel NCHWc block; on AVX2 the block is 8);
+- LeNet-300-100, ``svd``: truncated SVD of its linear layers (Denton et al. 2014; data-aware),
+  fine-tuned with logit KD.
 
 For each model the script trains a baseline, factorizes it with
-``FactorizeConfig(macs_ratio=0.5, round_to=8)`` (ranks chosen greedily by energy kept per MAC
-saved, multiples of 8), fine-tunes the factorized model with KD, and also fine-tunes the
-baseline with the same budget (no KD) as a reference. Accuracy is on the test split; the loss
+``FactorizeConfig(macs_ratio=0.5, ...)`` (ranks chosen greedily by energy kept per MAC
+saved), fine-tunes the factorized model with KD, and also fine-tunes the baseline with the
+same budget (no KD) as a reference. Accuracy is on the test split; the loss
 is measured against the better of the baseline and the fine-tuned baseline. Latency: fp32
 ONNX exports timed with ``interleaved_benchmark`` (medians) at every batch size and ONNX
 Runtime thread count; speedup = baseline median / factorized median.
@@ -79,25 +82,36 @@ NOTES = [
     "microseconds per call whatever the ranks), and digits resized to 32×32 would be "
     "upsampled 8×8 images with only 360 test samples (one point = 3.6 images).",
     "",
-    "Ranks are multiples of 8 (NOTES.md: ONNX Runtime runs such channel counts much faster). "
-    "A Tucker-2 factor whose rank equals its channel count is left out, so some layers become "
-    "a 3×3 conv followed by one 1×1 conv.",
+    "## Why ranks in multiples of 16",
+    "",
+    "ONNX Runtime runs convolutions in NCHWc layout with channel blocks of 8 (AVX2) or 16 "
+    "(AVX-512); a tensor whose channels are not a multiple of the block is padded, so cuts "
+    "that leave a partial block save MACs but little time. Ranks in multiples of 16 fill "
+    "whole blocks on both. They leave ResNet-20's "
+    "16-channel stage no Tucker-2 rank that saves MACs, so the greedy is also offered "
+    "spatial factorization (3×1 then 1×3 at 16 channels) and uses it there. A Tucker-2 "
+    "factor whose rank equals its channel count is left out, so some layers become a 3×3 "
+    "conv followed by one 1×1 conv.",
 ]
 
 
 @dataclass(frozen=True)
 class Case:
-    """One model of the benchmark and how it is factorized and distilled."""
+    """One row: how a model is factorized and distilled."""
 
-    model: str
-    method: str
+    label: str
+    methods: tuple[str, ...]
+    round_to: int
     feature: str | None  # feature KD on top of logit KD ("attention", "hint") or None
-    layers: tuple[str, ...] | None = None  # factorize only these (None: all eligible)
+    target: bool = True  # a row the issue's targets apply to (else a comparison)
 
 
 CASES = {
-    "resnet20": Case("resnet20", "tucker2", "attention"),
-    "lenet300": Case("lenet300", "svd", None),
+    "resnet20": [
+        Case("tucker2+spatial", ("tucker2", "spatial"), 16, "attention"),
+        Case("tucker2", ("tucker2",), 8, "attention", target=False),
+    ],
+    "lenet300": [Case("svd", ("svd",), 16, None)],
 }
 
 
@@ -110,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default 6")
     parser.add_argument("--finetune-lr", type=float, default=0.01)
     parser.add_argument("--macs-ratio", type=float, default=0.5)
-    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--no-comparison", action="store_true", help="target rows only")
     parser.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op threads")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
@@ -222,21 +236,46 @@ def latencies(
     return results
 
 
-def ranks_of(model: nn.Module) -> dict[str, list[int]]:
-    return {name: list(layer.spec.ranks) for name, layer in factorized_layers(model).items()}
+def ranks_of(model: nn.Module) -> dict[str, str]:
+    """``{layer: "tucker2 [16, 16]"}`` for every factorized layer."""
+    return {
+        name: f"{layer.spec.method} {list(layer.spec.ranks)}"
+        for name, layer in factorized_layers(model).items()
+    }
 
 
-def run_case(case: Case, task: Task, args: argparse.Namespace) -> dict[str, Any]:
-    """Train, factorize, fine-tune both with one budget, measure."""
+def run_model(name: str, task: Task, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train a baseline; per case: factorize, fine-tune with KD; time all together."""
     started = time.perf_counter()
     seed_everything(args.seed)
-    baseline = create_model(case.model, task.num_classes, task.in_channels, task.image_size)
+    baseline = create_model(name, task.num_classes, task.in_channels, task.image_size)
     train(baseline, task, TrainConfig(epochs=args.epochs, seed=args.seed, progress=False))
-    train_seconds = time.perf_counter() - started
-    baseline_accuracy = evaluate(baseline, task)
+    common = {
+        "model": name,
+        "train_seconds": time.perf_counter() - started,
+        "baseline_accuracy": evaluate(baseline, task),
+    }
+    reference = copy.deepcopy(baseline)
+    train(reference, task, finetune_config(args))
+    common["baseline_finetuned_accuracy"] = evaluate(reference, task)
+    cases = [c for c in CASES[name] if c.target or not args.no_comparison]
+    rows, models = [], {"baseline": baseline}
+    for case in cases:
+        row, models[case.label] = run_case(case, baseline, task, args)
+        rows.append({**common, **row})
+    timing = latencies(models, task, args)
+    for row in rows:
+        row["latency"] = {"baseline": timing["baseline"], "factorized": timing[row["variant"]]}
+    return rows
+
+
+def run_case(
+    case: Case, baseline: nn.Module, task: Task, args: argparse.Namespace
+) -> tuple[dict[str, Any], nn.Module]:
+    """Factorize ``baseline`` as ``case`` says and fine-tune it with KD."""
     example = task.example_input(1)
     config = FactorizeConfig(
-        method=case.method, macs_ratio=args.macs_ratio, round_to=args.round_to, layers=case.layers
+        method=case.methods, macs_ratio=args.macs_ratio, round_to=case.round_to
     )
     begin = time.perf_counter()
     factorized = factorize(baseline, config, task)
@@ -244,20 +283,15 @@ def run_case(case: Case, task: Task, args: argparse.Namespace) -> dict[str, Any]
     before_finetune = evaluate(factorized, task)
     begin = time.perf_counter()
     finetune_with_kd(factorized, baseline, task, case, args)
-    finetune_seconds = time.perf_counter() - begin
-    reference = copy.deepcopy(baseline)
-    train(reference, task, finetune_config(args))
     base_profile, fact_profile = (
         profile_model(baseline, example),
         profile_model(factorized, example),
     )
-    timing = latencies({"baseline": baseline, "factorized": factorized}, task, args)
-    return {
-        "model": case.model,
-        "method": case.method,
+    row = {
+        "variant": case.label,
+        "target_row": case.target,
+        "round_to": case.round_to,
         "kd": "logits" + (f" + {case.feature}" if case.feature else ""),
-        "baseline_accuracy": baseline_accuracy,
-        "baseline_finetuned_accuracy": evaluate(reference, task),
         "accuracy_before_finetune": before_finetune,
         "accuracy": evaluate(factorized, task),
         "baseline_macs": base_profile.macs,
@@ -266,12 +300,10 @@ def run_case(case: Case, task: Task, args: argparse.Namespace) -> dict[str, Any]
         "baseline_params": count_params(baseline),
         "params": count_params(factorized),
         "ranks": ranks_of(factorized),
-        "latency": timing,
-        "train_seconds": train_seconds,
         "factorize_seconds": factorize_seconds,
-        "finetune_seconds": finetune_seconds,
-        "seconds": time.perf_counter() - started,
+        "finetune_seconds": time.perf_counter() - begin,
     }
+    return row, factorized
 
 
 # ---------------------------------------------------------------------------- report
@@ -315,14 +347,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{config['epochs']} epochs; the factorized model is fine-tuned "
         f"{config['finetune_epochs']} epochs with KD (lr {config['finetune_lr']}), the baseline "
         f"{config['finetune_epochs']} epochs without (reference). Target: "
-        f"{config['macs_ratio']} of the MACs, ranks in multiples of {config['round_to']}. "
+        f"{config['macs_ratio']} of the MACs. "
         "Accuracy on the test split; Δ in points against the better of baseline and "
         "fine-tuned baseline. Latency: ONNX Runtime fp32 medians, "
         "`tT_bB` = T intra-op threads at batch B, ×speedup over the baseline, timed interleaved.",
         "",
-        "| model | method | KD | base acc. | base+FT acc. | before FT | after FT | Δ | "
+        "| model | method | ranks × | KD | base acc. | base+FT acc. | before FT | after FT | Δ | "
         "MACs (M) | params (k) | " + " | ".join(cells) + " |",
-        "|" + "---|" * (10 + len(cells)),
+        "|" + "---|" * (11 + len(cells)),
     ]
     for result in report["results"]:
         lines.append(_row(result, cells))
@@ -330,7 +362,11 @@ def markdown(report: dict[str, Any]) -> str:
     for result in report["results"]:
         verdict = ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in result["checks"].items())
         ranks = "; ".join(f"{n}: {r}" for n, r in result["ranks"].items())
-        lines += [f"- **{result['model']}** checks: {verdict}", f"  - ranks: {ranks}"]
+        role = "target row" if result["target_row"] else "comparison row"
+        lines += [
+            f"- **{result['model']} {result['variant']}** ({role}) checks: {verdict}",
+            f"  - ranks: {ranks}",
+        ]
     lines += [
         "",
         f"Total wall time {report['seconds']:.0f} s on {report['machine']['cpu_count']} cores "
@@ -350,7 +386,7 @@ def _row(result: dict[str, Any], cells: list[str]) -> str:
         for c in cells
     )
     return (
-        f"| {result['model']} | {result['method']} | {result['kd']} | "
+        f"| {result['model']} | {result['variant']} | {result['round_to']} | {result['kd']} | "
         f"{100 * result['baseline_accuracy']:.1f} | "
         f"{100 * result['baseline_finetuned_accuracy']:.1f} | "
         f"{100 * result['accuracy_before_finetune']:.1f} | {100 * result['accuracy']:.1f} | "
@@ -368,9 +404,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = []
     for name in args.models:
         print(f"[{STEM}] {name}: train, factorize, fine-tune with KD, time", file=sys.stderr)
-        result = run_case(CASES[name], task, args)
-        result["checks"] = checks(result)
-        results.append(result)
+        for result in run_model(name, task, args):
+            result["checks"] = checks(result)
+            results.append(result)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {
         "benchmark": STEM,

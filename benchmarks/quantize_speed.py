@@ -209,7 +209,8 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         f"{info['cpu']} ({info['cpu_count']} CPUs, {vnni}), {info['threads']} threads; "
         f"onnxruntime {info['onnxruntime']}; random weights, 1000 classes. Medians of "
         "interleaved timed calls. `int8` is mobiledl's QDQ export, `ORT int8` ONNX Runtime's "
-        "own `quantize_static` for reference. Targets: >= "
+        "own `quantize_static` for reference. Sizes are the ONNX files: the int8 file holds "
+        "int8 weights, int32 biases, per-channel scales and short tensor names. Targets: >= "
         f"{SPEEDUP_TARGET}x faster, >= {SIZE_TARGET}x smaller. {info['date']}; 1-minute load "
         f"average {info['load_average_1min']['start']} before, "
         f"{info['load_average_1min']['end']} after.",

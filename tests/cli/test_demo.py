@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mobiledl.cli import main
+from mobiledl.compress.quantize import integer_ops
 
 
 def test_demo_writes_model_onnx_json_and_report(
@@ -15,10 +16,15 @@ def test_demo_writes_model_onnx_json_and_report(
     assert main(["demo", "--out", str(out), "--epochs", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list) and rows
-    fp32 = rows[0]
+    fp32, pruned, int8 = rows
     assert fp32["latency_ms_median"] > 0 and fp32["macs"] > 0 and 0 <= fp32["accuracy"] <= 1
-    assert fp32["extra"]["max_abs_diff"] < 1e-4
-    for name in ("model.pt", "model.onnx", "demo.json", "report.html"):
+    assert fp32["extra"]["max_abs_diff"] < 1e-4 and pruned["extra"]["max_abs_diff"] < 1e-4
+    # channel pruning removed half the MACs physically; int8 shrank the file about 4x
+    assert pruned["macs"] <= 0.55 * fp32["macs"] and pruned["params"] < fp32["params"]
+    assert int8["bytes"] < 0.4 * pruned["bytes"]
+    assert int8["extra"]["top1_agreement"] >= 0.95
+    assert integer_ops(out / "pruned_int8.onnx")["QLinearConv"] > 0
+    for name in ("model.pt", "model.onnx", "pruned.pt", "pruned.onnx", "pruned_int8.onnx"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "demo.json").read_text())
     assert summary["measurements"][0]["name"] == fp32["name"]

@@ -190,3 +190,24 @@ def test_batchnorm_statistics_are_re_estimated(resnet: nn.Module) -> None:
     before = resnet.features[1].conv1.bn.running_var
     assert torch.equal(stale.features[1].conv1.bn.running_var, before)
     assert not torch.equal(fresh.features[1].conv1.bn.running_var, before)
+
+
+def test_greedy_picks_a_method_per_layer(resnet: nn.Module) -> None:
+    """With ranks in multiples of 16, Tucker-2 cannot cut a 16-channel layer: the greedy
+    takes the spatial factorization there and Tucker-2 elsewhere."""
+    data = torch.randn(64, 1, 16, 16)
+    config = FactorizeConfig(method=("tucker2", "spatial"), macs_ratio=0.6, round_to=16)
+    result = factorize(resnet, config, data=data)
+    specs = {name: layer.spec for name, layer in factorized_layers(result).items()}
+    assert count_macs(result, data[:1]) <= 0.6 * count_macs(resnet, data[:1])
+    assert {s.method for n, s in specs.items() if n.startswith("features.1.")} <= {"spatial"}
+    assert all(r % 16 == 0 for s in specs.values() for r in s.ranks)
+    with pytest.raises(UserError, match="unknown method 'qr'"):
+        FactorizeConfig(method=("tucker2", "qr"), energy=0.9)
+
+
+def test_min_saving_leaves_small_cuts_out(resnet: nn.Module) -> None:
+    data = torch.randn(64, 1, 16, 16)
+    loose = factorize(resnet, FactorizeConfig(energy=0.95, round_to=8), data=data)
+    strict = factorize(resnet, FactorizeConfig(energy=0.95, round_to=8, min_saving=0.6), data=data)
+    assert set(factorized_layers(strict)) < set(factorized_layers(loose))

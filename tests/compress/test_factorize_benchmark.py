@@ -30,16 +30,17 @@ def load(name: str) -> ModuleType:
 
 
 def test_factorize_smoke_run_writes_results(tmp_path: Path) -> None:
-    report = load("factorize").main(["--smoke", "--out", str(tmp_path), "--threads", "1"])
+    args = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--no-comparison"]
+    report = load("factorize").main(args)
     data = json.loads((tmp_path / "factorize.json").read_text())
     assert data["results"] == json.loads(json.dumps(report["results"]))
-    by_model = {row["model"]: row for row in data["results"]}
-    assert set(by_model) == {"resnet20", "lenet300"}
-    for row in by_model.values():
+    rows = {(row["model"], row["variant"]): row for row in data["results"]}
+    assert set(rows) == {("resnet20", "tucker2+spatial"), ("lenet300", "svd")}
+    for row in rows.values():
         assert row["macs_ratio"] <= 0.5 and row["ranks"]
         assert set(row["latency"]["factorized"]) == {"t1_b1", "t1_b32"}
         assert set(row["checks"]) == {"macs_at_most_half", "within_1_point", "speedup_at_least_1.4"}
-    assert "| resnet20 | tucker2 |" in (tmp_path / "factorize.md").read_text()
+    assert "| resnet20 | tucker2+spatial | 16 |" in (tmp_path / "factorize.md").read_text()
 
 
 def test_distill_smoke_run_writes_results(tmp_path: Path) -> None:

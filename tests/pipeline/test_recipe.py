@@ -92,3 +92,19 @@ def test_step_names_default_to_kinds_numbered_on_repeat() -> None:
         with_(steps=[{"step": "train"}, {"step": "finetune"}, {"step": "finetune"}])
     )
     assert recipe.step_names() == ["train", "finetune", "finetune-2"]
+
+
+def test_cli_reports_a_bad_recipe_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from mobiledl.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: r\ntask: {name: digits}\nmodel: {arch: lenet300}\n"
+        "steps:\n  - {step: factorize, macs_ratio: 0.5, rnk: 8}\n",
+        encoding="utf-8",
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"mobiledl run: error: {path}: steps[0] (factorize): unknown field 'rnk'"

@@ -102,7 +102,7 @@ def wait_for_running_step(state_file: Path, index: int, process: subprocess.Pope
             state = json.loads(state_file.read_text())
             if state["running"] and state["running"]["index"] == index:
                 return state
-        time.sleep(0.05)
+        time.sleep(0.02)
     process.kill()
     pytest.fail("the run never reached the step to interrupt")
 
@@ -112,14 +112,13 @@ def test_kill_9_mid_step_loses_no_finished_step(tmp_path: Path) -> None:
         tmp_path / "r.yaml",
         [
             {"step": "train", "epochs": 1},
-            {"step": "finetune", "epochs": 40},
+            {"step": "finetune", "epochs": 10},
             {"step": "factorize", "energy": 0.6},
         ],
     )
     out = tmp_path / "run"
     process = run_cli(str(recipe), "--out", str(out))
-    wait_for_running_step(out / "state.json", 1, process)
-    time.sleep(0.3)  # well inside the 40 epochs of step 1
+    wait_for_running_step(out / "state.json", 1, process)  # step 1 has started: kill it
     process.send_signal(signal.SIGKILL)
     process.wait()
     state = json.loads((out / "state.json").read_text())  # intact: written atomically

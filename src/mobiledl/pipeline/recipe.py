@@ -184,7 +184,7 @@ class FactorizeStep(StepBase):
     """``mobiledl.compress.factorize.factorize`` with a ``FactorizeConfig`` of these fields."""
 
     step: Literal["factorize"]
-    method: str = "tucker2"
+    method: str | list[str] = "tucker2"
     energy: float | None = None
     macs_ratio: float | None = None
     vbmf: bool = False

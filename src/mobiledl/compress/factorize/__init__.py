@@ -22,7 +22,7 @@ from mobiledl.compress.factorize import ranks as rank_rules
 from mobiledl.compress.factorize.config import FactorizeConfig
 from mobiledl.compress.factorize.decompose import decompose
 from mobiledl.compress.factorize.layers import METHODS, Factorized, LayerSpec, Pair
-from mobiledl.compress.factorize.ranks import Candidate, Ranks
+from mobiledl.compress.factorize.ranks import Candidate, Choice
 from mobiledl.compress.factorize.statistics import channel_moments, recalibrate_batchnorm
 from mobiledl.compress.factorize.vbmf import evbmf_rank
 from mobiledl.data.task import Task
@@ -60,12 +60,11 @@ def factorize(
     real = task is not None or data is not None
     data = _calibration_data(model, config, task, data)
     result = copy.deepcopy(model).eval()
-    layers = _candidates(result, config, data)
-    chosen = _choose_ranks(result, layers, config, data[:1])
+    options = _candidates(result, config, data)
     specs = []
-    for layer in layers:
-        if chosen[layer.name] != layer.full:
-            spec = layer.spec(chosen[layer.name])
+    for choice in _choose(result, options, config, data[:1]).values():
+        if choice is not None and choice[1] != choice[0].full:
+            layer, spec = choice[0], choice[0].spec(choice[1])
             module = decompose(layer.layer, spec, config.iterations, layer.bases)
             _set_submodule(result, layer.name, module)
             specs.append(spec)
@@ -139,27 +138,27 @@ def _selected(model: nn.Module, config: FactorizeConfig) -> dict[str, nn.Conv2d 
     return {n: available[n] for n in wanted if n not in config.exclude}
 
 
-def _method_for(layer: nn.Module, method: str) -> str:
+def _methods_for(layer: nn.Module, methods: tuple[str, ...]) -> list[str]:
+    """The methods ``layer`` can use, in the configured order (1x1 and linear: SVD)."""
     if isinstance(layer, nn.Linear) or tuple(layer.kernel_size) == (1, 1):
-        return "svd"
-    if method == "spatial" and 1 in tuple(layer.kernel_size):
-        return "svd"
-    return method
+        return ["svd"]
+    kernel_has_a_side_of_1 = 1 in tuple(layer.kernel_size)
+    resolved = ["svd" if m == "spatial" and kernel_has_a_side_of_1 else m for m in methods]
+    return list(dict.fromkeys(resolved))
 
 
-def _candidates(model: nn.Module, config: FactorizeConfig, data: Tensor) -> list[Candidate]:
+def _candidates(model: nn.Module, config: FactorizeConfig, data: Tensor) -> list[list[Candidate]]:
+    """Per selected layer, one candidate per method it may use."""
     selected = _selected(model, config)
     shapes = _feature_sizes(model, selected, data[:1])
     moments = channel_moments(model, selected, data) if config.data_aware else {}
     return [
-        rank_rules.candidate(
-            name,
-            layer,
-            _method_for(layer, config.method),
-            shapes[name],
-            config.round_to,
-            moments.get(name),
-        )
+        [
+            rank_rules.candidate(
+                name, layer, method, shapes[name], config.round_to, moments.get(name)
+            )
+            for method in _methods_for(layer, config.methods)
+        ]
         for name, layer in selected.items()
     ]
 
@@ -193,25 +192,27 @@ def _feature_sizes(
     return sizes
 
 
-def _choose_ranks(
-    model: nn.Module, layers: list[Candidate], config: FactorizeConfig, example: Tensor
-) -> dict[str, Ranks]:
+def _choose(
+    model: nn.Module, options: list[list[Candidate]], config: FactorizeConfig, example: Tensor
+) -> dict[str, Choice | None]:
+    """Per layer, the method and ranks the rank rule picks (``None``: leave it)."""
+    if config.macs_ratio is not None:
+        total = count_macs(model, example)
+        fixed = total - sum(layers[0].original_macs for layers in options)
+        budget = int(config.macs_ratio * total) - fixed
+        return rank_rules.for_macs(options, budget, config.min_saving)
+    return {layers[0].name: _rule_choice(layers, config) for layers in options}
+
+
+def _rule_choice(layers: list[Candidate], config: FactorizeConfig) -> Choice | None:
+    """Explicit ranks use the first method; energy and EVBMF the method saving most MACs."""
     if config.ranks is not None:
-        return {
-            layer.name: rank_rules.check_explicit(layer, config.ranks[layer.name])
-            for layer in layers
-        }
+        return layers[0], rank_rules.check_explicit(layers[0], config.ranks[layers[0].name])
     if config.energy is not None:
-        return {
-            layer.name: rank_rules.by_energy(layer, config.energy, config.min_saving)
-            for layer in layers
-        }
-    if config.vbmf:
-        return {layer.name: rank_rules.by_vbmf(layer, config.min_saving) for layer in layers}
-    total = count_macs(model, example)
-    fixed = total - sum(layer.original_macs for layer in layers)
-    budget = int(config.macs_ratio * total) - fixed
-    return rank_rules.for_macs(layers, budget, config.min_saving)
+        choices = [(c, rank_rules.by_energy(c, config.energy, config.min_saving)) for c in layers]
+    else:
+        choices = [(c, rank_rules.by_vbmf(c, config.min_saving)) for c in layers]
+    return min(choices, key=lambda choice: choice[0].macs(choice[1]))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mobiledl.compress.factorize.layers import METHODS
@@ -15,7 +16,9 @@ class FactorizeConfig:
 
     - ``method``: how a ``kh x kw`` convolution is decomposed — ``tucker2`` (Kim et al.
       2016), ``cp`` (Lebedev et al. 2015), ``spatial`` (Jaderberg et al. 2014) or ``svd``
-      (channel SVD). ``Linear`` layers and 1x1 convolutions always use ``svd`` (Denton et
+      (channel SVD) — or a sequence of these to choose from per layer (by MAC target: the
+      greedy cut decides; by energy or EVBMF: the method saving most MACs; explicit ranks:
+      the first). ``Linear`` layers and 1x1 convolutions always use ``svd`` (Denton et
       al. 2014); ``spatial`` falls back to ``svd`` for kernels with a side of 1.
     - ``energy``: keep this fraction of each decomposed matrix's squared singular values.
     - ``macs_ratio``: the whole model keeps at most this fraction of its MACs; ranks are
@@ -36,7 +39,7 @@ class FactorizeConfig:
     - ``iterations``: HOOI / CP-ALS iterations.
     """
 
-    method: str = "tucker2"
+    method: str | Sequence[str] = "tucker2"
     energy: float | None = None
     macs_ratio: float | None = None
     vbmf: bool = False
@@ -50,11 +53,18 @@ class FactorizeConfig:
     calibration_samples: int = 512
     recalibrate_bn: bool = True
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """``method`` as a tuple of method names."""
+        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+
     def __post_init__(self) -> None:
         self.exclude = tuple(self.exclude)
         self.layers = None if self.layers is None else tuple(self.layers)
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            name = unknown[0] if unknown else ""
+            raise UserError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
         rules = [
             self.energy is not None,
             self.macs_ratio is not None,

@@ -105,10 +105,6 @@ class LayerSpec:
             raise UserError(f"layer '{spec.name}': unknown factorization '{spec.method}'")
         return spec
 
-    @property
-    def is_pointwise(self) -> bool:
-        return self.linear or self.kernel == (1, 1)
-
 
 class Factorized(nn.Sequential):
     """A layer replaced by a chain of smaller standard layers; ``spec`` says how."""

@@ -94,6 +94,10 @@ class Candidate:
         return -math.log(max(self.energy(ranks), 1e-12))
 
 
+#: A layer's decision: the candidate (its method) and the ranks.
+Choice = tuple[Candidate, Ranks]
+
+
 def _squared_singular_values(matrix: Tensor) -> Tensor:
     """Descending squared singular values (NumPy, one BLAS thread: see ``decompose``)."""
     with threadpool_limits(1, user_api="blas"):
@@ -211,36 +215,48 @@ def check_explicit(layer: Candidate, ranks: int | list[int]) -> Ranks:
     return given
 
 
-def for_macs(layers: list[Candidate], budget: int, min_saving: float = 0.0) -> dict[str, Ranks]:
-    """Ranks whose total MACs fit ``budget`` (the MACs allowed for these layers), chosen
-    greedily by least energy lost per MAC saved (Zhang et al. 2016)."""
-    state = {layer.name: layer.full for layer in layers}
-    total = sum(layer.original_macs for layer in layers)
+def for_macs(
+    options: list[list[Candidate]], budget: int, min_saving: float = 0.0
+) -> dict[str, Choice | None]:
+    """Per layer, a method and ranks whose total MACs fit ``budget`` (the MACs allowed for
+    these layers), chosen greedily by least energy lost per MAC saved (Zhang et al. 2016).
+
+    ``options`` holds, per layer, one candidate per method it may use; a layer keeps the
+    method of its first cut. ``None`` means "not factorized".
+    """
+    state: dict[str, Choice | None] = {layer[0].name: None for layer in options}
+    total = sum(layer[0].original_macs for layer in options)
     while total > budget:
-        step = _best_cut(layers, state, min_saving)
+        step = _best_cut(options, state, min_saving)
         if step is None:
             raise UserError(
                 f"MAC target out of reach: the factorizable layers need at least {total:,} "
                 f"MACs, the target leaves them {budget:,}"
             )
         layer, ranks = step
-        total -= layer.macs(state[layer.name]) - layer.macs(ranks)
-        state[layer.name] = ranks
+        total -= _macs(layer, state[layer.name]) - layer.macs(ranks)
+        state[layer.name] = (layer, ranks)
     return state
 
 
+def _macs(layer: Candidate, choice: Choice | None) -> int:
+    return layer.original_macs if choice is None else choice[0].macs(choice[1])
+
+
 def _best_cut(
-    layers: list[Candidate], state: dict[str, Ranks], min_saving: float
-) -> tuple[Candidate, Ranks] | None:
-    """The next cut (one mode, one allowed rank down, skipping cuts that save nothing)."""
+    options: list[list[Candidate]], state: dict[str, Choice | None], min_saving: float
+) -> Choice | None:
+    """The next cut: one mode, one allowed rank down (skipping cuts that save nothing)."""
     best: tuple[float, Candidate, Ranks] | None = None
-    for layer in layers:
-        current = state[layer.name]
-        for cut in _cuts(layer, current, min_saving):
-            saved = layer.macs(current) - layer.macs(cut)
-            cost = max(layer.loss(cut) - layer.loss(current), 0.0) / saved
-            if best is None or cost < best[0]:
-                best = (cost, layer, cut)
+    for layers in options:
+        choice = state[layers[0].name]
+        starts = [(layer, layer.full) for layer in layers] if choice is None else [choice]
+        for layer, current in starts:
+            for cut in _cuts(layer, current, min_saving):
+                saved = layer.macs(current) - layer.macs(cut)
+                cost = max(layer.loss(cut) - layer.loss(current), 0.0) / saved
+                if best is None or cost < best[0]:
+                    best = (cost, layer, cut)
     return None if best is None else (best[1], best[2])
 
 

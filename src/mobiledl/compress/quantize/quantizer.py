@@ -374,7 +374,6 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
 
 
 QuantLayer = QuantConv2d | QuantLinear
-FLOAT_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 def quant_layer(layer: nn.Module, weight_quantizer: nn.Module) -> QuantLayer:
