@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from mobiledl.deploy import get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model, list_models  # noqa: E402
@@ -42,7 +41,6 @@ from mobiledl.models import create_model, list_models  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "engine_overhead"
 NUM_CLASSES = 10
-CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -76,8 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1; got {args.threads}")
-    if args.clock == "thread" and args.threads != 1:
-        raise UserError("--clock thread measures one thread's CPU time; it needs --threads 1")
+    clock_for(args.clock, [args.threads])
     return args
 
 

@@ -55,7 +55,7 @@ from mobiledl.compress.factorize import (  # noqa: E402
     factorized_layers,
 )
 from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.deploy import get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
@@ -137,6 +137,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny data and epochs, 8x8 input")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
+        "immune to other processes on a shared machine)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
     args.models = _names(args.models)
@@ -144,6 +151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown:
         raise UserError(f"--models: unknown '{unknown[0]}'; choose from {', '.join(CASES)}")
     args.threads = _ints(args.threads, "--threads")
+    clock_for(args.clock, args.threads)
     args.batch_sizes = _ints(args.batch_sizes, "--batch-sizes")
     args.task = args.task or ("digits" if args.smoke else "mnist5k")
     args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 12)
@@ -225,7 +233,9 @@ def latencies(
                 runners = {n: engine.load(p, threads=threads) for n, p in paths.items()}
                 calls = {n: (lambda r=r, x=x: r.run(x)) for n, r in runners.items()}
                 repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
-                stats = interleaved_benchmark(calls, warmup=min(10, repeats), repeats=repeats)
+                stats = interleaved_benchmark(
+                    calls, warmup=min(10, repeats), repeats=repeats, clock=CLOCKS[args.clock]
+                )
                 reference = stats["baseline"].median_ms
                 for name, stat in stats.items():
                     results[name][f"t{threads}_b{batch}"] = {
@@ -336,6 +346,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def clock_text(clock: str) -> str:
+    """How the latency cells were timed, for the results' prose."""
+    return "CPU time of the calling thread" if clock == "thread" else "wall time"
+
+
 def markdown(report: dict[str, Any]) -> str:
     config = report["config"]
     cells = [f"t{t}_b{b}" for t in config["threads"] for b in config["batch_sizes"]]
@@ -350,7 +365,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{config['macs_ratio']} of the MACs. "
         "Accuracy on the test split; Δ in points against the better of baseline and "
         "fine-tuned baseline. Latency: ONNX Runtime fp32 medians, "
-        "`tT_bB` = T intra-op threads at batch B, ×speedup over the baseline, timed interleaved.",
+        "`tT_bB` = T intra-op threads at batch B, ×speedup over the baseline, timed interleaved "
+        f"({clock_text(config.get('clock', 'wall'))}).",
         "",
         "| model | method | ranks × | KD | base acc. | base+FT acc. | before FT | after FT | Δ | "
         "MACs (M) | params (k) | " + " | ".join(cells) + " |",

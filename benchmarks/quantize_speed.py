@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from mobiledl.compress.quantize import QuantConfig, export_int8_onnx, quantize  # noqa: E402
 from mobiledl.compress.quantize.config import int8_products_saturate  # noqa: E402
 from mobiledl.compress.quantize.onnx_export import integer_ops  # noqa: E402
-from mobiledl.deploy import get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
 
@@ -58,6 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
+        "immune to other processes on a shared machine)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
     parser.add_argument("--smoke", action="store_true", help="ResNet-20 at 16x16, batch 1 and 2")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
@@ -66,6 +73,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.models, args.image_size, args.batch_sizes = "resnet20", 16, "1,2"
         args.repeats = args.repeats or 3
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    clock_for(args.clock, [args.threads])
     return args
 
 
@@ -139,6 +147,7 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[str
             {k: (lambda r=r, x=x: r.run(x)) for k, r in runners.items()},
             warmup=2 if batch > 1 else 5,
             repeats=repeats,
+            clock=CLOCKS[args.clock],
         )
         rows.append(
             {
@@ -181,6 +190,7 @@ def machine_info(args: argparse.Namespace, load_start: float | None) -> dict[str
         "cpu_count": os.cpu_count(),
         "int8_products_saturate": int8_products_saturate(),
         "threads": args.threads,
+        "clock": args.clock,
         "load_average_1min": {"start": load_start, "end": _load()},
         "smoke": args.smoke,
     }
@@ -203,12 +213,14 @@ def _cpu_name() -> str:
 
 def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     vnni = "without VNNI (so 7-bit weights)" if info["int8_products_saturate"] else "with VNNI"
+    clock = "CPU time of the calling thread" if info.get("clock") == "thread" else "wall time"
     lines = [
         "# Int8 vs FP32 in ONNX Runtime",
         "",
         f"{info['cpu']} ({info['cpu_count']} CPUs, {vnni}), {info['threads']} threads; "
         f"onnxruntime {info['onnxruntime']}; random weights, 1000 classes. Medians of "
-        "interleaved timed calls. `int8` is mobiledl's QDQ export, `ORT int8` ONNX Runtime's "
+        f"interleaved timed calls ({clock}). `int8` is mobiledl's QDQ export, `ORT int8` "
+        "ONNX Runtime's "
         "own `quantize_static` for reference. Sizes are the ONNX files: the int8 file holds "
         "int8 weights, int32 biases, per-channel scales and short tensor names. Targets: >= "
         f"{SPEEDUP_TARGET}x faster, >= {SIZE_TARGET}x smaller. {info['date']}; 1-minute load "

@@ -13,6 +13,9 @@ from mobiledl.cli import main
 from mobiledl.models import create_model, load_model, save_model
 
 
+# Deliberately not the shared module-scoped ``single_thread`` (tests/conftest.py): this copy
+# was per-test, so the module-scoped ``pretrained`` fixture builds its model with the default
+# thread count, and the count is restored after every test. It overrides the shared one here.
 @pytest.fixture(autouse=True)
 def single_thread() -> Iterator[None]:
     threads = torch.get_num_threads()

@@ -1,7 +1,6 @@
 """Low-rank factorization: approximation, rank rules, MAC target, ONNX export, model files."""
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.profile import count_macs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def relative_error(layer: nn.Module, approx: nn.Module, x: torch.Tensor) -> float:

@@ -1,37 +1,21 @@
 """benchmarks/factorize.py and benchmarks/distill.py --smoke run end to end and write JSON
 and markdown."""
 
-import importlib.util
 import json
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def restore_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_factorize_smoke_run_writes_results(tmp_path: Path) -> None:
+def test_factorize_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
     args = ["--smoke", "--out", str(tmp_path), "--threads", "1", "--no-comparison"]
-    report = load("factorize").main(args)
+    report = load_benchmark("factorize").main(args)
     data = json.loads((tmp_path / "factorize.json").read_text())
     assert data["results"] == json.loads(json.dumps(report["results"]))
     rows = {(row["model"], row["variant"]): row for row in data["results"]}
@@ -43,8 +27,10 @@ def test_factorize_smoke_run_writes_results(tmp_path: Path) -> None:
     assert "| resnet20 | tucker2+spatial | 16 |" in (tmp_path / "factorize.md").read_text()
 
 
-def test_distill_smoke_run_writes_results(tmp_path: Path) -> None:
-    load("distill").main(["--smoke", "--out", str(tmp_path)])
+def test_distill_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    load_benchmark("distill").main(["--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "distill.json").read_text())
     assert {run["variant"] for run in data["runs"]} == {"none", "logits", "logits+attention"}
     assert "| logits |" in (tmp_path / "distill.md").read_text()

@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prune_channel.py"
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 @pytest.fixture
-def benchmark():
+def benchmark(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
     pytest.importorskip("torch_pruning")
-    spec = importlib.util.spec_from_file_location("prune_channel_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("prune_channel")
 
 
 def test_smoke_run_writes_results(benchmark, tmp_path: Path):
-    threads = torch.get_num_threads()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            report = benchmark.main(["--smoke", "--models", "resnet20", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = benchmark.main(["--smoke", "--models", "resnet20", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "prune_channel.json").read_text())
     assert saved["config"]["smoke"] and saved["results"][0]["model"] == "resnet20"
     variants = {row["variant"]: row for row in report["results"][0]["variants"]}

@@ -20,13 +20,7 @@ from mobiledl.errors import UserError
 from mobiledl.models import create_model
 from mobiledl.profile import profile_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class FunctionalNet(nn.Module):

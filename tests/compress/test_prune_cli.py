@@ -1,7 +1,6 @@
 """``mobiledl prune``: a round trip through a saved model, --json, and one-line user errors."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,7 @@ from mobiledl.data import build_task
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.train import TrainConfig, evaluate, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 """Schedules: AGP values, iterative rounds, lottery rewinding, targets reached, config errors."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -25,13 +23,7 @@ from mobiledl.data import Task
 from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def blob_task() -> Task:

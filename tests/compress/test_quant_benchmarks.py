@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def restore_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ptq_smoke_run_writes_results(tmp_path: Path) -> None:
-    assert _load("quantize_ptq").main(["--smoke", "--out", str(tmp_path)]) == 0
+def test_ptq_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    assert load_benchmark("quantize_ptq").main(["--smoke", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "quantize_ptq.json").read_text())["rows"]
     assert row["model"] == "resnet8" and row["agreement"] >= 0.99
     assert abs(row["ours_w8a8"] - row["fp32"]) <= 0.02
@@ -39,8 +23,10 @@ def test_ptq_smoke_run_writes_results(tmp_path: Path) -> None:
     assert "| digits | resnet8 |" in (tmp_path / "quantize_ptq.md").read_text()
 
 
-def test_speed_smoke_run_writes_results(tmp_path: Path) -> None:
-    assert _load("quantize_speed").main(["--smoke", "--out", str(tmp_path)]) == 0
+def test_speed_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    assert load_benchmark("quantize_speed").main(["--smoke", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "quantize_speed.json").read_text())["rows"]
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert all(r["size_ratio"] > 3.0 and r["integer_ops"] > 0 for r in rows)

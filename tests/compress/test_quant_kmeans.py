@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,15 +30,7 @@ from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.train import evaluate
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "deep_compression.py"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def blob_task() -> Task:
@@ -213,11 +204,8 @@ def test_deep_compression_pipeline_prunes_quantizes_and_reports() -> None:
     assert 0.0 <= evaluate(compressed, task) <= 1.0
 
 
-def test_benchmark_smoke(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("deep_compression_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_benchmark_smoke(load_benchmark: Callable[[str], ModuleType], tmp_path: Path) -> None:
+    module = load_benchmark("deep_compression")
     module.main(["--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "deep_compression.json").read_text())
     assert data["smoke"] is True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,14 +19,7 @@ from mobiledl.compress.quantize.prepare import prepare
 from mobiledl.compress.quantize.ptq import calibrate, quantize
 from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantLinear, QuantSpec, quant_layers
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: a second thread only adds contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class TinyNet(nn.Module):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -49,10 +50,10 @@ def test_smoke_run_writes_results(tmp_path):
 
 
 @pytest.mark.skipif(not _zoo_importable(), reason="model zoo not importable yet")
-def test_unknown_model_exits_with_user_error(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("engine_overhead", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_unknown_model_exits_with_user_error(
+    load_benchmark: Callable[[str], ModuleType], tmp_path, capsys
+):
+    script = load_benchmark("engine_overhead")
     assert script.main(["--models", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown model(s) nope" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from mobiledl.deploy import LatencyStats, interleaved_benchmark
+from mobiledl.deploy import LatencyStats, clock_for, interleaved_benchmark
 from mobiledl.errors import UserError
 
 
@@ -103,3 +105,12 @@ def test_bad_arguments_raise_user_error(kwargs, word):
 def test_no_runners_is_a_user_error():
     with pytest.raises(UserError, match="runner"):
         interleaved_benchmark({})
+
+
+def test_clock_for_names_the_clock_and_refuses_thread_time_on_several_threads() -> None:
+    assert clock_for("wall", [1, 2]) is time.perf_counter
+    assert clock_for("thread", [1]) is time.thread_time
+    with pytest.raises(UserError, match="needs 1 thread"):
+        clock_for("thread", [1, 2])
+    with pytest.raises(UserError, match="unknown clock 'cpu'"):
+        clock_for("cpu")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,7 @@ TRAIN_SHAPES = [(1, 8, 8), (1, 1, 40), (3, 32, 32)]
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """These nets are tiny: one thread is as fast and avoids thrashing on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(name: str, shape: tuple[int, int, int], width_mult: float = 1.0) -> nn.Module:

@@ -1,16 +1,5 @@
-"""Profiler tests run single-threaded: on a shared, loaded CPU two threads are far slower."""
+"""Profiler tests run single-threaded: on a shared, loaded CPU two threads are far slower.
 
-from __future__ import annotations
-
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+Each module opts in to the shared ``single_thread`` fixture (tests/conftest.py) with
+``pytestmark = pytest.mark.usefixtures("single_thread")``.
+"""

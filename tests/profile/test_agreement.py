@@ -17,6 +17,8 @@ from torch import nn
 
 from mobiledl.profile import profile_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TOLERANCE = 0.01
 
 FVCORE_OPS = {"conv", "linear", "matmul", "addmm", "bmm", "einsum", "mm"}

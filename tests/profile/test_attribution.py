@@ -11,6 +11,8 @@ from torch import nn
 from mobiledl.errors import UserError
 from mobiledl.profile import Measurement, count_params, profile_model, weight_bytes
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:

@@ -9,6 +9,8 @@ from torch import nn
 
 from mobiledl.profile import count_macs, profile_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize(
     ("conv", "shape", "expected"),

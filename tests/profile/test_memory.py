@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from mobiledl.profile import peak_activation_memory, profile_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 F32 = 4
 

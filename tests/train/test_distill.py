@@ -1,7 +1,5 @@
 """Feature distillation: FitNets hints with a learned adapter and attention transfer."""
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -20,13 +18,7 @@ from mobiledl.train import (
     train,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_attention_map_by_hand() -> None:

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(autouse=True)
-def restore_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
-def load(stem: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{stem}_benchmark", BENCHMARKS / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_transfer_smoke_run_writes_results(tmp_path: Path) -> None:
-    module = load("ondevice_transfer")
+def test_transfer_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    module = load_benchmark("ondevice_transfer")
     assert module.main(["--smoke", "--threads", "1", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ondevice_transfer.json").read_text())
     methods = [row["method"] for row in data["rows"]]
@@ -42,8 +26,10 @@ def test_transfer_smoke_run_writes_results(tmp_path: Path) -> None:
     assert "| tinytl |" in (tmp_path / "ondevice_transfer.md").read_text()
 
 
-def test_training_memory_smoke_run_writes_results(tmp_path: Path) -> None:
-    module = load("training_memory")
+def test_training_memory_smoke_run_writes_results(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    module = load_benchmark("training_memory")
     assert module.main(["--smoke", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "training_memory.json").read_text())
     assert len(data["rows"]) == 2 * len(module.METHODS)

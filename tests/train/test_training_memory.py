@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -13,13 +11,7 @@ from mobiledl.models import create_model, list_models
 from mobiledl.profile import trace_training, training_memory
 from mobiledl.train import freeze, measure_training_step, tinytl
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # A 2-layer net on a batch of 8: x (8x16) -> Linear(16, 32) -> ReLU -> Linear(32, 4) -> loss.

@@ -14,15 +14,17 @@ from mobiledl.deploy.engine import (
     register_engine,
 )
 from mobiledl.deploy.onnxruntime import OnnxRuntimeEngine, OrtRunner, parity_check
-from mobiledl.deploy.timing import LatencyStats, interleaved_benchmark
+from mobiledl.deploy.timing import CLOCKS, LatencyStats, clock_for, interleaved_benchmark
 
 __all__ = [
+    "CLOCKS",
     "DEFAULT_ENGINE",
     "Engine",
     "LatencyStats",
     "OnnxRuntimeEngine",
     "OrtRunner",
     "Runner",
+    "clock_for",
     "eager_output",
     "get_engine",
     "interleaved_benchmark",

@@ -20,7 +20,7 @@ import dataclasses
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -99,6 +99,21 @@ class LatencyStats:
         if not with_times:
             data.pop("times_ms")
         return data
+
+
+#: Clocks for ``interleaved_benchmark``: wall time, or CPU time of the calling thread.
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def clock_for(name: str, threads: Sequence[int] = (1,)) -> Callable[[], float]:
+    """The clock called ``name`` (``wall`` or ``thread``). ``thread`` measures the CPU time of
+    the calling thread: immune to other processes on a shared machine, but meaningful only
+    when the engine computes on that thread alone, so every entry of ``threads`` must be 1."""
+    if name not in CLOCKS:
+        raise UserError(f"unknown clock '{name}'; choose from {', '.join(CLOCKS)}")
+    if name == "thread" and any(count != 1 for count in threads):
+        raise UserError("the thread clock measures one thread's CPU time; it needs 1 thread")
+    return CLOCKS[name]
 
 
 def interleaved_benchmark(
