@@ -79,7 +79,8 @@ class Recipe:
 
 
 # Per-layer sparsities in the spirit of the paper's Tables 2 and 3: the big hidden layers are
-# pruned hardest, the small first and last layers least. One recipe per model, for both tasks;
+# pruned hardest, the small first and last layers least. One recipe per model, for both tasks
+# (but see TASK_RECIPES);
 # 4-bit codebooks, because a 256-entry fp32 codebook (1 KB) outweighs a small pruned layer.
 RECIPES = {
     "lenet300": Recipe(
@@ -99,6 +100,22 @@ RECIPES = {
         fc_bits=4,
     ),
 }
+
+# Per-task overrides, chosen on the validation split: on mnist1d's 40 inputs LeNet-300-100's
+# first layer is small and sensitive, so it keeps more weights and the 300x100 layer fewer
+# (validation accuracy 63.0% against 58.2% with the shared recipe, same size).
+TASK_RECIPES = {
+    ("lenet300", "mnist1d"): Recipe(
+        sparsity={"features.0": 0.88, "features.2": 0.98, "classifier": 0.6},
+        conv_bits=4,
+        fc_bits=4,
+    ),
+}
+
+
+def recipe_for(name: str, task: str) -> Recipe:
+    """The Deep Compression recipe of model ``name`` on task ``task``."""
+    return TASK_RECIPES.get((name, task), RECIPES[name])
 
 
 @dataclass(frozen=True)
@@ -155,7 +172,7 @@ def deep_compression_row(
     name: str, task: Task, base: nn.Module, budget: Budget, seed: int
 ) -> dict[str, Any]:
     """Compress ``base`` with its recipe; accuracy and storage after every stage."""
-    recipe = RECIPES[name]
+    recipe = recipe_for(name, task.name)
     start = time.perf_counter()
     compressed, report = deep_compression(
         base,
@@ -369,7 +386,8 @@ NOTES = [
     "0.28 points, one mnist1d test sample 0.1 points. The standard error of an accuracy near "
     "97% on 359 digits samples is about 0.8 points, above the 0.5-point target, so the "
     "validation drop (359 digits / 999 mnist1d samples, also used to pick the best epoch) is "
-    "shown beside it. One recipe per model (in the JSON) serves both tasks.",
+    "shown beside it. One recipe per model (in the JSON) serves both tasks, except "
+    "LeNet-300-100 on mnist1d, whose layer sparsities were chosen on the validation split.",
     "- Sizes: 'pruned' stores nonzeros at fp32 with relative indices (8-bit gaps for conv, "
     "5-bit for fc, filler entries counted); '+k-means' replaces values by cluster indices "
     "plus an fp32 codebook per layer; '+Huffman' codes gaps and cluster indices and counts "
