@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mobiledl.automl.nas.command import add_nas_command
 from mobiledl.cli_support import add_command, add_task_args, log
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_quantize_command,
         add_adapt_command,
         add_run_command,
+        add_nas_command,
         _add_demo,
     ):
         add(commands)

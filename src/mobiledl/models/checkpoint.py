@@ -137,6 +137,7 @@ _TRANSFORM_PROVIDERS = (
     "mobiledl.compress.factorize",
     "mobiledl.train.tinytl",
     "mobiledl.train.sparse_update",
+    "mobiledl.automl.nas",
 )
 
 

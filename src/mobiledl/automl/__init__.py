@@ -1,0 +1,1 @@
+"""AutoML (Cai et al. 2022, Sec. 3): neural architecture search in :mod:`mobiledl.automl.nas`."""

@@ -1,0 +1,25 @@
+"""``benchmarks/nas_latency_predictor.py --smoke`` runs end to end and writes its results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_predictor_smoke(tmp_path):
+    report = _load("nas_latency_predictor").main(["--smoke", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "nas_latency_predictor.json").read_text())
+    assert saved["config"]["smoke"] and saved["result"]["test_samples"] == 6
+    assert set(report["result"]["mape"]) == {"predictor", "lut_sum", "macs_linear"}
+    assert "mape_at_most_10" in report["checks"]
+    assert "| learned predictor" in (tmp_path / "nas_latency_predictor.md").read_text()
