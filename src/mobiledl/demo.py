@@ -62,7 +62,13 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     console.print("[4/5] int8 post-training quantization, running the int8 graph ...")
     int8 = quantize(pruned, QuantConfig(), task)
     int8_row = deployed_measurement(
-        int8, task, out_dir / "pruned_int8.onnx", f"{DEMO_MODEL} pruned int8", export_int8_onnx
+        int8,
+        task,
+        out_dir / "pruned_int8.onnx",
+        f"{DEMO_MODEL} pruned int8",
+        export_int8_onnx,
+        float_model=pruned,
+        bits=8,
     )
     measurements = [fp32, pruned_row, int8_row]
 
@@ -103,16 +109,22 @@ def deployed_measurement(
     path: Path,
     name: str,
     export: Callable[[torch.nn.Module, torch.Tensor, Path], Path] | None = None,
+    float_model: torch.nn.Module | None = None,
+    bits: int = 32,
 ) -> Measurement:
     """Profile ``model``, export it to ``path`` and measure it inside ONNX Runtime.
 
     ``export`` writes the ONNX file (default: the engine's float export; pass
-    ``export_int8_onnx`` for a quantized model). Accuracy and latency are the ONNX Runtime
-    artifact's; ``bytes`` is the file size. ``extra`` records the PyTorch accuracy, the
-    parity (max abs diff) and the top-1 agreement between PyTorch and the engine.
+    ``export_int8_onnx`` for a quantized model). The params, MACs and peak activation memory
+    are profiled on ``float_model`` (default ``model``) at ``bits``-bit activations: a
+    fake-quant model's simulation tensors are not what the engine holds. Accuracy and
+    latency are the ONNX Runtime artifact's; ``bytes`` is the file size. ``extra`` records
+    the PyTorch accuracy, the parity (max abs diff) and the top-1 agreement between PyTorch
+    and the engine.
     """
     engine = get_engine("onnxruntime")
-    row = profile_model(model, task.example_input(1)).measurement(name)
+    profiled = float_model if float_model is not None else model
+    row = profile_model(profiled, task.example_input(1), bits).measurement(name)
     artifact = (export or engine.export)(model, task.example_input(1), path)
     runner = engine.load(artifact)
     x, y = task.split("test")

@@ -22,6 +22,7 @@ def test_demo_writes_model_onnx_json_and_report(
     # channel pruning removed half the MACs physically; int8 shrank the file about 4x
     assert pruned["macs"] <= 0.55 * fp32["macs"] and pruned["params"] < fp32["params"]
     assert int8["bytes"] < 0.4 * pruned["bytes"]
+    assert int8["peak_memory_bytes"] == pruned["peak_memory_bytes"] // 4  # 8-bit activations
     assert int8["extra"]["top1_agreement"] >= 0.95
     assert integer_ops(out / "pruned_int8.onnx")["QLinearConv"] > 0
     for name in ("model.pt", "model.onnx", "pruned.pt", "pruned.onnx", "pruned_int8.onnx"):
