@@ -35,7 +35,11 @@ if SRC.is_dir() and str(SRC) not in sys.path:
 
 import torch  # noqa: E402
 
-from mobiledl.compress.encode import model_storage  # noqa: E402
+from mobiledl.compress.encode import (  # noqa: E402
+    CONV_INDEX_BITS,
+    FC_INDEX_BITS,
+    model_storage,
+)
 from mobiledl.compress.prune import PruneConfig, layer_sparsity, prune, sparsity_of  # noqa: E402
 from mobiledl.data import Task, build_task  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -157,8 +161,9 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "target_sparsity": args.sparsity,
         "recipe": vars(args.recipe),
         "criterion": "l1 (global magnitude ranking), granularity element",
-        "sparse_format": "Deep Compression relative index: 5-bit gaps fc, 4-bit gaps conv, "
-        "fp32 values, filler entries on overflow; biases dense fp32",
+        "sparse_format": f"Deep Compression relative index: {FC_INDEX_BITS}-bit gaps fc, "
+        f"{CONV_INDEX_BITS}-bit gaps conv, fp32 values, filler entries on overflow; biases "
+        "dense fp32",
     }
 
 
