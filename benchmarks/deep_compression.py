@@ -37,6 +37,7 @@ if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 import torch  # noqa: E402
+from bench_common import names  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mobiledl.compress.quantize.binary import (  # noqa: E402
@@ -142,18 +143,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="digits, lenet300, 1-epoch phases")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
     args = parser.parse_args(argv)
-    args.tasks = _names(args.tasks or ("digits" if args.smoke else "digits,mnist1d"))
-    args.models = _names(args.models or ("lenet300" if args.smoke else "lenet300,lenet5"))
+    args.tasks = names(args.tasks or ("digits" if args.smoke else "digits,mnist1d"))
+    args.models = names(args.models or ("lenet300" if args.smoke else "lenet300,lenet5"))
     unknown = [name for name in args.models if name not in RECIPES]
     if unknown:
         raise UserError(f"no recipe for model(s) {', '.join(unknown)}; have {list(RECIPES)}")
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1; got {args.threads}")
     return args
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def train_baseline(name: str, task: Task, epochs: int, seed: int) -> nn.Module:

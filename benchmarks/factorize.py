@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from bench_common import (  # noqa: E402
+    clock_text,
+    load_task,
+    machine,
+    names,
+    positive_ints,
+    speedups,
+)
 from torch import nn  # noqa: E402
 
 from mobiledl.compress.factorize import (  # noqa: E402
@@ -54,8 +59,8 @@ from mobiledl.compress.factorize import (  # noqa: E402
     factorize,
     factorized_layers,
 )
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.data import Task  # noqa: E402
+from mobiledl.deploy import CLOCKS, clock_for  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
@@ -146,13 +151,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
-    args.models = _names(args.models)
+    args.models = names(args.models)
     unknown = [name for name in args.models if name not in CASES]
     if unknown:
         raise UserError(f"--models: unknown '{unknown[0]}'; choose from {', '.join(CASES)}")
-    args.threads = _ints(args.threads, "--threads")
+    args.threads = positive_ints(args.threads, "--threads")
     clock_for(args.clock, args.threads)
-    args.batch_sizes = _ints(args.batch_sizes, "--batch-sizes")
+    args.batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
     args.task = args.task or ("digits" if args.smoke else "mnist5k")
     args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 12)
     args.finetune_epochs = (
@@ -162,29 +167,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0.0 < args.macs_ratio <= 1.0:
         raise UserError(f"--macs-ratio must lie in (0, 1]; got {args.macs_ratio}")
     return args
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(part) for part in _names(text)]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated integers; got '{text}'") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} must be positive integers; got '{text}'")
-    return values
-
-
-def load_task(args: argparse.Namespace) -> Task:
-    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
-    if args.smoke:  # a few hundred samples: the point is to run every step, not to learn
-        task.x_train, task.y_train = task.x_train[:256], task.y_train[:256]
-        task.x_val, task.y_val = task.x_val[:128], task.y_val[:128]
-        task.x_test, task.y_test = task.x_test[:128], task.y_test[:128]
-    return task
 
 
 # ---------------------------------------------------------------------------- training
@@ -215,37 +197,6 @@ def finetune_with_kd(
 # ---------------------------------------------------------------------------- measuring
 
 
-def latencies(
-    models: dict[str, nn.Module], task: Task, args: argparse.Namespace
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{name: {"t1_b32": {median_ms, p90_ms, speedup}}}`` from interleaved ORT timing."""
-    engine = get_engine("onnxruntime")
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for name, model in models.items():
-            paths[name] = engine.export(model, task.example_input(1), Path(tmp) / f"{name}.onnx")
-            if engine.parity_check(model, paths[name], task.example_input(8)) > 1e-3:
-                raise RuntimeError(f"{name}: ONNX Runtime output differs from PyTorch")
-        for batch in args.batch_sizes:
-            x = task.example_input(batch).numpy()
-            for threads in args.threads:
-                runners = {n: engine.load(p, threads=threads) for n, p in paths.items()}
-                calls = {n: (lambda r=r, x=x: r.run(x)) for n, r in runners.items()}
-                repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
-                stats = interleaved_benchmark(
-                    calls, warmup=min(10, repeats), repeats=repeats, clock=CLOCKS[args.clock]
-                )
-                reference = stats["baseline"].median_ms
-                for name, stat in stats.items():
-                    results[name][f"t{threads}_b{batch}"] = {
-                        "median_ms": stat.median_ms,
-                        "p90_ms": stat.p90_ms,
-                        "speedup": reference / stat.median_ms,
-                    }
-    return results
-
-
 def ranks_of(model: nn.Module) -> dict[str, str]:
     """``{layer: "tucker2 [16, 16]"}`` for every factorized layer."""
     return {
@@ -273,7 +224,9 @@ def run_model(name: str, task: Task, args: argparse.Namespace) -> list[dict[str,
     for case in cases:
         row, models[case.label] = run_case(case, baseline, task, args)
         rows.append({**common, **row})
-    timing = latencies(models, task, args)
+    timing = speedups(
+        models, "baseline", task, args.batch_sizes, args.threads, args.repeats, args.clock
+    )
     for row in rows:
         row["latency"] = {"baseline": timing["baseline"], "factorized": timing[row["variant"]]}
     return rows
@@ -328,27 +281,6 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
         "within_1_point": result["accuracy"] >= reference - ACCURACY_TOLERANCE,
         "speedup_at_least_1.4": all(s >= SPEEDUP_TARGET for s in speedups),
     }
-
-
-def machine() -> dict[str, Any]:
-    import tensorly
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "tensorly": tensorly.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()),
-    }
-
-
-def clock_text(clock: str) -> str:
-    """How the latency cells were timed, for the results' prose."""
-    return "CPU time of the calling thread" if clock == "thread" else "wall time"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -416,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.train_threads)
     started = time.perf_counter()
-    task = load_task(args)
+    task = load_task(args.task, args.image_size, args.seed, args.smoke)
     results = []
     for name in args.models:
         print(f"[{STEM}] {name}: train, factorize, fine-tune with KD, time", file=sys.stderr)
@@ -427,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": STEM,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(tensorly=version("tensorly")),
         "config": config,
         "task": {
             "name": task.name,

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,20 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if SRC.is_dir() and str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from bench_common import (  # noqa: E402
+    clock_text,
+    load_task,
+    machine,
+    names,
+    positive_ints,
+    speedups,
+)
 from torch import nn  # noqa: E402
 
 from mobiledl.compress.prune.channel import prune_channels  # noqa: E402
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.data import Task  # noqa: E402
+from mobiledl.deploy import CLOCKS, clock_for  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
@@ -101,11 +107,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
-    args.models = _names(args.models)
-    args.criteria = _names(args.criteria)
-    args.threads = _ints(args.threads or ("1" if args.smoke else "1,2"), "--threads")
+    args.models = names(args.models)
+    args.criteria = names(args.criteria)
+    args.threads = positive_ints(args.threads or ("1" if args.smoke else "1,2"), "--threads")
     clock_for(args.clock, args.threads)
-    args.batch_sizes = _ints(args.batch_sizes or ("1,2" if args.smoke else "1,32"), "--batch-sizes")
+    args.batch_sizes = positive_ints(
+        args.batch_sizes or ("1,2" if args.smoke else "1,32"), "--batch-sizes"
+    )
     args.train_threads = args.train_threads or (1 if args.smoke else None)
     args.task = args.task or ("digits" if args.smoke else "mnist5k")
     args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 8)
@@ -116,29 +124,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0.0 < args.macs_ratio <= 1.0:
         raise UserError(f"--macs-ratio must lie in (0, 1]; got {args.macs_ratio}")
     return args
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(part) for part in _names(text)]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated integers; got '{text}'") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} must be positive integers; got '{text}'")
-    return values
-
-
-def load_task(args: argparse.Namespace) -> Task:
-    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
-    if args.smoke:  # a few hundred samples: the point is to run every step, not to learn
-        task.x_train, task.y_train = task.x_train[:256], task.y_train[:256]
-        task.x_val, task.y_val = task.x_val[:128], task.y_val[:128]
-        task.x_test, task.y_test = task.x_test[:128], task.y_test[:128]
-    return task
 
 
 # ---------------------------------------------------------------------------- pruning
@@ -203,37 +188,6 @@ def conv_widths(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def latencies(
-    models: dict[str, nn.Module], task: Task, args: argparse.Namespace
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{name: {"t1_b32": {median_ms, p90_ms, speedup}}}`` from interleaved ORT timing."""
-    engine = get_engine("onnxruntime")
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    with tempfile.TemporaryDirectory() as tmp:
-        for batch in args.batch_sizes:
-            x = task.example_input(batch).numpy()
-            paths = {}
-            for name, model in models.items():
-                paths[name] = engine.export(model, x, Path(tmp) / f"{name}-b{batch}.onnx")
-                if engine.parity_check(model, paths[name], x) > 1e-3:
-                    raise RuntimeError(f"{name}: ONNX Runtime output differs from PyTorch")
-            for threads in args.threads:
-                runners = {n: engine.load(p, threads=threads) for n, p in paths.items()}
-                calls = {n: (lambda r=r, x=x: r.run(x)) for n, r in runners.items()}
-                repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
-                stats = interleaved_benchmark(
-                    calls, warmup=min(10, repeats), repeats=repeats, clock=CLOCKS[args.clock]
-                )
-                reference = stats["unpruned"].median_ms
-                for name, stat in stats.items():
-                    results[name][f"t{threads}_b{batch}"] = {
-                        "median_ms": stat.median_ms,
-                        "p90_ms": stat.p90_ms,
-                        "speedup": reference / stat.median_ms,
-                    }
-    return results
-
-
 def log(message: str) -> None:
     print(f"[{STEM}] {message}", file=sys.stderr, flush=True)
 
@@ -286,7 +240,9 @@ def run_model(name: str, task: Task, args: argparse.Namespace) -> dict[str, Any]
             f"{row['accuracy_before_finetune']:.4f} -> {row['accuracy']:.4f} "
             f"(prune {prune_seconds:.0f} s, fine-tune {row['finetune_seconds']:.0f} s)"
         )
-    timing = latencies(models, task, args)
+    timing = speedups(
+        models, "unpruned", task, args.batch_sizes, args.threads, args.repeats, args.clock
+    )
     for row in rows:
         row["latency"] = timing[row["variant"]]
     return {
@@ -318,28 +274,6 @@ def checks(result: dict[str, Any]) -> dict[str, dict[str, bool]]:
             "accuracy_no_worse_than_torch_pruning": row["accuracy"] >= tp_accuracy,
         }
     return verdicts
-
-
-def machine() -> dict[str, Any]:
-    import os
-
-    import torch_pruning
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "torch_pruning": torch_pruning.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def clock_text(clock: str) -> str:
-    """How the latency cells were timed, for the results' prose."""
-    return "CPU time of the calling thread" if clock == "thread" else "wall time"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -408,12 +342,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
     started = time.perf_counter()
-    task = load_task(args)
+    task = load_task(args.task, args.image_size, args.seed, args.smoke)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {
         "benchmark": STEM,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(torch_pruning=version("torch-pruning")),
         "config": config,
         "task": {
             "name": task.name,

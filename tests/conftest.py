@@ -45,8 +45,12 @@ def load_benchmark() -> Callable[[str], ModuleType]:
     """Return a loader importing ``benchmarks/<stem>.py`` as module ``<stem>_benchmark``.
 
     The module is registered in ``sys.modules`` before it runs, so that dataclasses (which
-    look their module up there) work in the script.
+    look their module up there) work in the script, and ``benchmarks/`` is on ``sys.path``
+    (as it is for ``python benchmarks/<stem>.py``) so the scripts' shared ``bench_common``
+    imports.
     """
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
 
     def load(stem: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(

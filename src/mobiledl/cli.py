@@ -7,7 +7,6 @@ stderr. Exit codes: 0 success, 2 user error (one line naming the problem), 1 bug
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from mobiledl.automl.nas.command import add_nas_command
-from mobiledl.cli_support import add_command, add_task_args, log
+from mobiledl.cli_support import add_command, add_task_args, log, task_for_input
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.errors import UserError
@@ -196,24 +195,6 @@ def _eval_onnx(args: argparse.Namespace) -> float:
     x, y = task.split("test")
     outputs = [runner.run(x[i : i + 256].numpy()) for i in range(0, len(x), 256)]
     return task.metric(torch.from_numpy(np.concatenate(outputs)), y)
-
-
-def task_for_input(spec: str, input_shape: tuple[int, ...], seed: int, model_path: Path) -> Any:
-    """The task ``spec`` with inputs shaped ``input_shape`` (resized if the task allows)."""
-    from mobiledl.data import build_task
-
-    task = build_task(spec, seed=seed)
-    if tuple(task.input_shape) == tuple(input_shape):
-        return task
-    if task.in_channels == input_shape[0]:
-        with contextlib.suppress(UserError):
-            task = build_task(spec, image_size=tuple(input_shape[1:]), seed=seed)
-    if tuple(task.input_shape) != tuple(input_shape):
-        raise UserError(
-            f"{model_path} takes inputs shaped {list(input_shape)} but task '{spec}' "
-            f"gives {list(task.input_shape)}"
-        )
-    return task
 
 
 # ---------------------------------------------------------------- profile

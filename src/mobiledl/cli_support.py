@@ -4,9 +4,13 @@ their own sub-command (e.g. ``mobiledl prune``, ``mobiledl quantize``)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from mobiledl.errors import UserError
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -36,3 +40,21 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
         "(image folder per class, .npz with x/y, or MNIST IDX files)",
     )
     sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
+
+
+def task_for_input(spec: str, input_shape: tuple[int, ...], seed: int, model_path: Path) -> Any:
+    """The task ``spec`` with inputs shaped ``input_shape`` (resized if the task allows)."""
+    from mobiledl.data import build_task
+
+    task = build_task(spec, seed=seed)
+    if tuple(task.input_shape) == tuple(input_shape):
+        return task
+    if task.in_channels == input_shape[0]:
+        with contextlib.suppress(UserError):
+            task = build_task(spec, image_size=tuple(input_shape[1:]), seed=seed)
+    if tuple(task.input_shape) != tuple(input_shape):
+        raise UserError(
+            f"{model_path} takes inputs shaped {list(input_shape)} but task '{spec}' "
+            f"gives {list(task.input_shape)}"
+        )
+    return task

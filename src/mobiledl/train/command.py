@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_support import add_command, add_task_args
+from mobiledl.cli_support import add_command, add_task_args, task_for_input
 from mobiledl.errors import UserError
 
 
@@ -49,7 +49,6 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.cli import task_for_input
     from mobiledl.models import load_model, save_model
     from mobiledl.train.adapt import AdaptConfig, adapt
     from mobiledl.train.sparse_update import SparseUpdateConfig

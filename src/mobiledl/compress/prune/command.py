@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_support import add_command, add_task_args, log
+from mobiledl.cli_support import add_command, add_task_args, log, task_for_input
 from mobiledl.errors import UserError
 
 
@@ -107,7 +107,6 @@ def _sensitivity_allocation(model: Any, task: Any, config: Any, args: argparse.N
 def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.compress.encode import model_storage
     from mobiledl.compress.prune import layer_sparsity, prune, sparsity_of
-    from mobiledl.data import build_task
     from mobiledl.measure import measure_model
     from mobiledl.models import load_model, save_model
     from mobiledl.profile import count_params
@@ -117,13 +116,8 @@ def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.sensitivity_tolerance is not None and config.sparsity is None:
         raise UserError("--sensitivity-tolerance allocates a --sparsity target; give --sparsity")
     loaded = load_model(args.model)
-    task = build_task(args.task, image_size=loaded.arch["image_size"], seed=args.seed)
-    expected = (loaded.arch["in_channels"], *loaded.arch["image_size"])
-    if tuple(task.input_shape) != expected:
-        raise UserError(
-            f"{args.model} was built for inputs {list(expected)} but task '{args.task}' "
-            f"gives {list(task.input_shape)}"
-        )
+    shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
+    task = task_for_input(args.task, shape, args.seed, args.model)
     dense_accuracy = evaluate(loaded.model, task, "test")
     dense_params = count_params(loaded.model)
     if args.sensitivity_tolerance is not None or args.sensitivity_plot:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_support import add_command, add_task_args, log
+from mobiledl.cli_support import add_command, add_task_args, log, task_for_input
 from mobiledl.errors import UserError
 
 METHODS = ("ptq", "qat", "kmeans", "binary", "ternary")
@@ -129,7 +129,6 @@ def _latency(path: Path, example: Any) -> Any:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.data import build_task
     from mobiledl.measure import measure_model
     from mobiledl.models import load_model, save_model
     from mobiledl.train import evaluate
@@ -137,13 +136,8 @@ def _cmd_quantize(args: argparse.Namespace) -> dict[str, Any] | None:
     _check_args(args)
     config = _config(args) if args.method in LINEAR_METHODS else None
     loaded = load_model(args.model)
-    task = build_task(args.task, image_size=loaded.arch["image_size"], seed=args.seed)
-    expected = (loaded.arch["in_channels"], *loaded.arch["image_size"])
-    if tuple(task.input_shape) != expected:
-        raise UserError(
-            f"{args.model} was built for inputs {list(expected)} but task '{args.task}' "
-            f"gives {list(task.input_shape)}"
-        )
+    shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
+    task = task_for_input(args.task, shape, args.seed, args.model)
     float_accuracy = evaluate(loaded.model, task, "test")
     log(f"quantizing {args.model} ({args.method}, {args.bits}-bit weights)")
     model = _quantized_model(args, config, loaded.model, task)
