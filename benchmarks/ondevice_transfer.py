@@ -216,12 +216,13 @@ def run(args: argparse.Namespace) -> Path:
     )
     for fraction in recipe.budget_fractions:
         budget = math.ceil(floor + fraction * max(0, tinytl_peak - floor))
-        config = dataclasses.replace(base, method="sparse", memory_budget=budget, sparse=probe)
-        try:
-            rows.append(run_method(pretrained, target, config, budget))
-        except UserError as exc:  # a budget below the minimum: report it, keep going
-            rows.append({"method": "sparse", "memory_budget_bytes": budget, "error": str(exc)})
-        log_row(rows[-1])
+        for method in ("sparse", "tinytl"):  # TinyTL in as many last blocks as fit the budget
+            config = dataclasses.replace(base, method=method, memory_budget=budget, sparse=probe)
+            try:
+                rows.append(run_method(pretrained, target, config, budget))
+            except UserError as exc:  # a budget below the minimum: report it, keep going
+                rows.append({"method": method, "memory_budget_bytes": budget, "error": str(exc)})
+            log_row(rows[-1])
     info = machine_info(args, evaluate(pretrained, source, "test"), time.perf_counter() - started)
     summary = summarize(rows)
     data = {"machine": info, "summary": summary, "rows": rows}
@@ -247,10 +248,23 @@ def log_row(row: dict[str, Any]) -> None:
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets, computed from the rows."""
-    by = {r["method"]: r for r in rows if r["method"] != "sparse"}
+    by = {r["method"]: r for r in rows if r["memory_budget_bytes"] is None}
     full, last, tinytl = by["full"], by["last"], by["tinytl"]
     sparse = [r for r in rows if r["method"] == "sparse" and "error" not in r]
     equal_memory = [r for r in sparse if r["measured_peak_bytes"] <= tinytl["measured_peak_bytes"]]
+    budgeted = {
+        r["memory_budget_bytes"]: r
+        for r in rows
+        if r["method"] == "tinytl" and r["memory_budget_bytes"] is not None
+    }
+    pairs = [
+        {
+            "budget_bytes": r["memory_budget_bytes"],
+            "sparse": r["accuracy"],
+            "tinytl": budgeted.get(r["memory_budget_bytes"], {}).get("accuracy"),
+        }
+        for r in sparse
+    ]
     return {
         "tinytl_memory_saving_predicted": full["predicted_peak_bytes"]
         / tinytl["predicted_peak_bytes"],
@@ -261,6 +275,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "sparse_all_within_budget": all(r["within_budget"] for r in sparse) and bool(sparse),
         "sparse_beats_tinytl_at_equal_memory": any(
             r["accuracy"] > tinytl["accuracy"] for r in equal_memory
+        ),
+        "sparse_vs_tinytl_at_budget": pairs,
+        "sparse_beats_budgeted_tinytl": any(
+            p["tinytl"] is not None and p["sparse"] > p["tinytl"] for p in pairs
+        ),
+        "budgeted_tinytl_all_within_budget": all(
+            r.get("within_budget", False) for r in budgeted.values() if "error" not in r
         ),
     }
 
@@ -293,7 +314,9 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict)
         f"{recipe['adapt_epochs']} epochs, batch {recipe['batch_size']}, SGD with momentum, lean "
         "engine. Peak = one training step (weights, optimizer state, batch, activations, "
         "gradients); measured from PyTorch's CPU allocator. Test accuracy on the shifted test "
-        "split (one sample = 0.1 points; binomial sd about 1 point at 90%).",
+        "split (one sample = 0.1 points; binomial sd about 1 point at 90%). A `tinytl` row "
+        "with a budget adapts only as many of the last blocks (lite residuals and biases) as "
+        "fit that budget (`mobiledl adapt --method tinytl --memory-budget-kb N`).",
         "",
         "| method | budget (KB) | test accuracy | predicted peak (KB) | measured peak (KB) "
         "| trainable params | within budget |",
@@ -307,8 +330,10 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict)
             lines.append(f"| {r['method']} | {budget} | {r['error']} | | | | |")
             continue
         within = "" if r["within_budget"] is None else ("yes" if r["within_budget"] else "NO")
+        blocks = r["plan"].get("last_blocks")
+        method = r["method"] if blocks is None else f"{r['method']} (last {blocks} blocks)"
         lines.append(
-            f"| {r['method']} | {budget} | {r['accuracy']:.4f} "
+            f"| {method} | {budget} | {r['accuracy']:.4f} "
             f"| {r['predicted_peak_bytes'] / 1024:,.0f} | {r['measured_peak_bytes'] / 1024:,.0f} "
             f"| {r['trainable_params']:,} | {within} |"
         )
@@ -322,11 +347,21 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict)
         "- Sparse update within its budget (measured) at every budget: "
         f"{_yes(s['sparse_all_within_budget'])}; beats TinyTL's accuracy at no more than "
         f"TinyTL's measured memory: {_yes(s['sparse_beats_tinytl_at_equal_memory'])}.",
+        "- Sparse update vs TinyTL given the same budget (TinyTL in the last blocks that fit): "
+        + "; ".join(_pair(p) for p in s["sparse_vs_tinytl_at_budget"])
+        + f". Sparse more accurate at one budget or more: "
+        f"{_yes(s['sparse_beats_budgeted_tinytl'])}; budgeted TinyTL within its budget "
+        f"(measured): {_yes(s['budgeted_tinytl_all_within_budget'])}.",
         "",
         f"Machine: {info['cpu_count']} cores, torch {info['torch']}, {info['threads']} thread(s); "
         f"total {info['total_seconds'] / 60:.1f} min; {info['date']}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pair(pair: dict[str, Any]) -> str:
+    tinytl = "does not fit" if pair["tinytl"] is None else f"{pair['tinytl']:.4f}"
+    return f"{pair['budget_bytes'] / 1024:,.0f} KB: sparse {pair['sparse']:.4f}, TinyTL {tinytl}"
 
 
 def _yes(flag: bool) -> str:

@@ -2,7 +2,9 @@
 
 For ResNet-20 and MobileNetV2 trained on a real task (default: ``mnist5k``, 5,000 real 28×28
 MNIST digits), the script prunes the trained model to ``--macs-ratio`` of its MACs with
-``mobiledl.compress.prune.prune_channels`` (one row per ``--criteria`` entry) and with
+``mobiledl.compress.prune.prune_channels`` (one row per ``--criteria`` entry, plus one with the
+engine-measured latency-aware allocation, ``scope="latency"``, per ``--latency-criteria`` entry)
+and with
 Torch-Pruning's ``MetaPruner`` (L1 magnitude importance, ``round_to=8``, pruning ratio bisected
 to the same MAC target), then fine-tunes every candidate, and the unpruned model too, with the
 same budget, data and seed. It reports test accuracy, MACs and params (``mobiledl.profile``
@@ -45,6 +47,7 @@ from bench_common import (  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mobiledl.compress.prune.channel import prune_channels  # noqa: E402
+from mobiledl.compress.prune.latency import LatencyProbe  # noqa: E402
 from mobiledl.data import Task  # noqa: E402
 from mobiledl.deploy import CLOCKS, clock_for  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
@@ -92,6 +95,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--macs-ratio", type=float, default=0.5)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--criteria", default="l1,reconstruction", help="mobiledl criteria")
+    parser.add_argument(
+        "--latency-criteria",
+        default="reconstruction",
+        help="criteria also run with scope='latency' (engine-measured allocation); '' for none",
+    )
     parser.add_argument("--threads", default=None, help="ORT intra-op threads (1,2)")
     parser.add_argument("--batch-sizes", default=None, help="default 1,32 (smoke: 1,2)")
     parser.add_argument("--train-threads", type=int, default=None, help="torch threads (smoke: 1)")
@@ -109,6 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = names(args.models)
     args.criteria = names(args.criteria)
+    args.latency_criteria = names(args.latency_criteria)
     args.threads = positive_ints(args.threads or ("1" if args.smoke else "1,2"), "--threads")
     clock_for(args.clock, args.threads)
     args.batch_sizes = positive_ints(
@@ -172,6 +181,22 @@ def candidates(
             f"round_to={args.round_to})",
             lambda c=criterion: prune_channels(
                 baseline, example, c, macs_ratio=args.macs_ratio, round_to=args.round_to, task=task
+            ),
+        )
+    probe = LatencyProbe(clock=args.clock)
+    for criterion in args.latency_criteria:
+        built[f"mobiledl-{criterion}-latency"] = (
+            f"prune_channels(criterion='{criterion}', macs_ratio={args.macs_ratio}, "
+            f"round_to={args.round_to}, scope='latency')",
+            lambda c=criterion: prune_channels(
+                baseline,
+                example,
+                c,
+                macs_ratio=args.macs_ratio,
+                round_to=args.round_to,
+                task=task,
+                scope="latency",
+                latency=probe,
             ),
         )
     built["torch-pruning"] = (

@@ -4,8 +4,9 @@ For each task (digits, mnist1d) and zoo model the script trains an FP32 model (c
 re-runs skip training), then quantizes it with the same calibration data three ways:
 
 - mobiledl ``quantize`` (W8A8: per-channel symmetric weights, asymmetric u8 activations,
-  min-max calibration), run both as our fake-quant simulation and as the exported int8 QDQ
-  graph in ONNX Runtime (accuracy, top-1 agreement, integer kernels used);
+  activation observer chosen on the validation split, ``--observer auto``), run both as
+  our fake-quant simulation and as the exported int8 QDQ graph in ONNX Runtime (accuracy,
+  top-1 agreement, integer kernels used);
 - ONNX Runtime's ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8
   activations / s8 weights, min-max, same ``reduce_range``), run in ONNX Runtime;
 - torchao's PT2E flow with ``XNNPACKQuantizer`` (per-channel symmetric), run in PyTorch.
@@ -70,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="FP32 training epochs")
     parser.add_argument("--calibration-samples", type=int, default=512)
     parser.add_argument("--adaround-iters", type=int, default=500)
+    parser.add_argument(
+        "--observer", default="auto", help="our activation observer (default auto: by validation)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--smoke", action="store_true", help="one tiny model, digits only")
     parser.add_argument("--out", type=Path, default=None, help="output directory")
@@ -107,9 +111,11 @@ def accuracy_of_onnx(path: Path, task: Task) -> float:
 # ---------------------------------------------------------------- the three quantizers
 
 
-def ours(model: nn.Module, task: Task, data: torch.Tensor, workdir: Path) -> dict[str, Any]:
+def ours(
+    model: nn.Module, task: Task, data: torch.Tensor, workdir: Path, observer: str
+) -> dict[str, Any]:
     """mobiledl W8A8 PTQ: simulated accuracy, int8 ONNX accuracy, agreement, kernels."""
-    quantized = quantize(model, QuantConfig(), data=data)
+    quantized = quantize(model, QuantConfig(observer=observer), task, data)
     path = export_int8_onnx(quantized, task.example_input(1), workdir / "ours.onnx")
     x, _ = task.split("test")
     return {
@@ -118,13 +124,14 @@ def ours(model: nn.Module, task: Task, data: torch.Tensor, workdir: Path) -> dic
         "agreement": top1_agreement(quantized, path, x),
         "integer_ops": dict(integer_ops(path)),
         "ours_int8_bytes": path.stat().st_size,
+        "ours_observer": quantized.mobiledl_arch["transforms"][-1]["config"]["observer"],
     }
 
 
-def ours_w4(model: nn.Module, task: Task, data: torch.Tensor, iters: int) -> float:
+def ours_w4(model: nn.Module, task: Task, data: torch.Tensor, iters: int, observer: str) -> float:
     """mobiledl W4A8: per-channel min-max weight grids, then AdaRound."""
-    config = QuantConfig(weight_bits=4, adaround=True, adaround_iters=iters)
-    return evaluate(quantize(model, config, data=data), task)
+    config = QuantConfig(weight_bits=4, observer=observer, adaround=True, adaround_iters=iters)
+    return evaluate(quantize(model, config, task, data), task)
 
 
 def ort_static(
@@ -223,11 +230,11 @@ def measure(task: Task, name: str, args: argparse.Namespace, cache: Path) -> dic
     with tempfile.TemporaryDirectory(prefix="mobiledl-qbench-") as tmp:
         workdir = Path(tmp)
         row: dict[str, Any] = {"task": task.name, "model": name, "fp32": evaluate(model, task)}
-        row.update(ours(model, task, data, workdir))
+        row.update(ours(model, task, data, workdir, args.observer))
         row["ort_w8a8"] = attempt(lambda: ort_static(model, task, data, workdir, 8), errors, "ort")
         row["pt2e_w8a8"] = attempt(lambda: pt2e(model, task, data, 8), errors, "pt2e")
         if name in args.w4_models.split(","):
-            row["ours_w4"] = ours_w4(model, task, data, args.adaround_iters)
+            row["ours_w4"] = ours_w4(model, task, data, args.adaround_iters, args.observer)
             row["ort_w4"] = attempt(
                 lambda: ort_static(model, task, data, workdir, 4), errors, "ort_w4"
             )
@@ -259,6 +266,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "calibration_samples": args.calibration_samples,
         "adaround_iters": args.adaround_iters,
+        "observer": args.observer,
         "smoke": args.smoke,
     }
 
@@ -281,7 +289,10 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "training samples calibrate every method. Accuracies are top-1 on the test split, "
         "in %. W8A8 = 8-bit weights (per channel) and activations; `reduce_range` = "
         f"{info['reduce_range']} (7-bit weights on x86 without VNNI, for every method that "
-        "offers it). Ours is measured as our fake-quant simulation and as the exported int8 "
+        "offers it). Our activation observer: "
+        f"`{info['observer']}` (`auto`: min-max, percentile, MSE and KL each calibrated, the "
+        "most accurate on the validation split kept; the chosen one is in the JSON). "
+        "Ours is measured as our fake-quant simulation and as the exported int8 "
         "graph in ONNX Runtime; agreement is top-1 agreement of the two. W4 = 4-bit weights, "
         f"8-bit activations: ours with AdaRound ({info['adaround_iters']} iterations per "
         "layer); ORT `quantize_static` with int4 weights (ORT runs those convolutions in "

@@ -179,7 +179,7 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
         loaded = load_model(args.model)
         shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
         task = task_for_input(args.task, shape, args.seed, args.model)
-        accuracy, name = evaluate(loaded.model, task, "test"), loaded.arch["name"]
+        accuracy, name = evaluate(loaded.model, task, "test"), loaded.name
     measurement = Measurement(name=name, accuracy=accuracy, extra={"task": args.task})
     if args.json:
         return measurement.to_dict()
@@ -248,7 +248,7 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, to
     if path.suffix == ".pt" or path.exists():
         loaded = load_model(path)
         shape = (1, loaded.arch["in_channels"], *loaded.arch["image_size"])
-        model, name = loaded.model, loaded.arch["name"]
+        model, name = loaded.model, loaded.name
     elif args.input_shape or not args.task:
         shape = _parse_shape(args.input_shape or "1,3,32,32")
         model = create_model(args.model, args.num_classes, shape[1], tuple(shape[2:]))
@@ -301,7 +301,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     diff = parity_check(loaded.model, engine.load(artifact), torch.randn(4, *example.shape[1:]))
     size = artifact.stat().st_size
     measurement = Measurement(
-        name=loaded.arch["name"],
+        name=loaded.name,
         bytes=size,
         engine=engine.name,
         extra={"artifact": str(artifact), "max_abs_diff": diff},

@@ -126,6 +126,9 @@ def test_search_writes_model_report_and_one_json(supernet_file, tmp_path, capsys
     from mobiledl.data import build_task
 
     assert evaluate(loaded.model, build_task("digits"), "test") == pytest.approx(result["accuracy"])
+    assert loaded.name.startswith("nas-subnet ")
+    assert main(["eval", str(out / "subnet.pt"), "--task", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == loaded.name
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,20 @@ def test_unknown_method_is_a_user_error(
     argv = ["adapt", str(pretrained), "--task", "digits", "--method", "everything"]
     assert main([*argv, "--out", str(tmp_path / "x.pt")]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_adapt_tinytl_under_a_budget_adapts_the_last_blocks_that_fit(
+    pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [str(pretrained), "--task", "digits", "--epochs", "1", "--batch-size", "64"]
+    whole = adapt_json(capsys, *argv, "--method", "tinytl", "--out", str(tmp_path / "a.pt"))
+    last = adapt_json(capsys, *argv, "--method", "last", "--out", str(tmp_path / "b.pt"))
+    budget_kb = (whole["peak_memory_bytes"] + last["peak_memory_bytes"]) // 2048
+    out = tmp_path / "tail.pt"
+    budget = ("--memory-budget-kb", str(budget_kb))
+    result = adapt_json(capsys, *argv, "--method", "tinytl", *budget, "--out", str(out))
+    plan = result["extra"]["plan"]
+    assert result["peak_memory_bytes"] <= budget_kb * 1024
+    assert 1 <= plan["last_blocks"] == len(plan["lite_residual_blocks"])
+    assert len(plan["lite_residual_blocks"]) < len(whole["extra"]["plan"]["lite_residual_blocks"])
+    assert load_model(out).model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

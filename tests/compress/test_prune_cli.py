@@ -63,6 +63,11 @@ def test_prune_n_m_pattern(
         (["--sparsity", "0.5", "--criterion", "random"], "unknown criterion 'random'"),
         ([], "set exactly one of sparsity and macs_ratio"),
         (["--sparsity", "0.5", "--schedule", "iterative"], "needs finetune epochs"),
+        (["--sparsity", "0.5", "--scope", "latency"], "needs channel granularity"),
+        (
+            ["--granularity", "channel", "--sparsity", "0.5", "--scope", "latency"],
+            "needs macs_ratio",
+        ),
     ],
 )
 def test_prune_user_errors_exit_2_with_one_line(
@@ -87,6 +92,19 @@ def test_prune_channels_physically(
     result = run(capsys, *argv, "--sparsity", "0.5", "--out", str(out))
     assert result["params"] < result["extra"]["dense_params"]
     assert load_model(out).model.features[0].out_features % 8 == 0
+
+
+def test_prune_channels_by_measured_latency(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "latency.pt"
+    argv = ["prune", str(trained), "--task", "digits", "--granularity", "channel"]
+    result = run(capsys, *argv, "--macs-ratio", "0.5", "--scope", "latency", "--out", str(out))
+    from mobiledl.profile import profile_model
+
+    dense_macs = profile_model(load_model(trained).model, torch.zeros(1, 1, 8, 8)).macs
+    assert result["macs"] / dense_macs == pytest.approx(0.5, abs=0.03)  # 8-channel steps
+    assert load_model(out).model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 
 
 def test_prune_with_sensitivity_allocation(

@@ -135,3 +135,50 @@ def test_calibrate_switches_quantizers_on() -> None:
         float_out = prepared(x)
         calibrate(prepared, x)
         assert not torch.allclose(float_out, prepared(x))
+
+
+def _labelled_by(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+def test_auto_observer_keeps_the_most_accurate_on_validation() -> None:
+    from mobiledl.compress.quantize.config import AUTO_OBSERVERS
+    from mobiledl.data.task import Task
+    from mobiledl.models import create_model
+    from mobiledl.train.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 1, (8, 8)).eval()
+    x = torch.randn(300, 1, 8, 8)
+    x[::7] *= 6.0  # a long tail of large inputs: calibrations disagree on the range
+    y = _labelled_by(model, x)
+    task = Task("tail", 10, x[:100], y[:100], x[100:200], y[100:200], x[200:], y[200:])
+    config = QuantConfig(weight_bits=4, act_bits=4, calibration_samples=64)
+    accuracies = {
+        name: evaluate(
+            quantize(model, QuantConfig(**{**config.to_dict(), "observer": name}), task),
+            task,
+            "val",
+        )
+        for name in AUTO_OBSERVERS
+    }
+    chosen = quantize(model, QuantConfig(**{**config.to_dict(), "observer": "auto"}), task)
+    recorded = chosen.mobiledl_arch["transforms"][-1]["config"]["observer"]
+    assert recorded in AUTO_OBSERVERS and recorded != "auto"
+    assert accuracies[recorded] == max(accuracies.values())
+    assert evaluate(chosen, task, "val") == max(accuracies.values())
+
+
+def test_auto_observer_without_validation_data_is_a_user_error() -> None:
+    from mobiledl.errors import UserError
+
+    with pytest.raises(UserError, match="validation split"):
+        quantize(_tiny_net(), QuantConfig(observer="auto"), data=torch.randn(8, 3, 8, 8))
+
+
+def test_unknown_observer_names_the_choices() -> None:
+    from mobiledl.errors import UserError
+
+    with pytest.raises(UserError, match="auto"):
+        QuantConfig(observer="median")

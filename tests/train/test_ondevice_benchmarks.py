@@ -19,10 +19,14 @@ def test_transfer_smoke_run_writes_results(
     assert module.main(["--smoke", "--threads", "1", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "ondevice_transfer.json").read_text())
     methods = [row["method"] for row in data["rows"]]
-    assert methods == ["full", "last", "bias", "tinytl", "sparse"]
+    assert methods == ["full", "last", "bias", "tinytl", "sparse", "tinytl"]
     for row in data["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["measured_peak_bytes"] > 0
     assert data["summary"]["sparse_all_within_budget"]
+    budgeted = data["rows"][-1]
+    assert budgeted["measured_peak_bytes"] <= budgeted["memory_budget_bytes"]
+    pair = data["summary"]["sparse_vs_tinytl_at_budget"][0]
+    assert pair["tinytl"] == budgeted["accuracy"]
     assert "| tinytl |" in (tmp_path / "ondevice_transfer.md").read_text()
 
 

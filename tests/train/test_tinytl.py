@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.profile import training_layout, training_modes
 from mobiledl.train import (
@@ -37,6 +38,26 @@ def test_tinytl_freezes_weights_and_trains_biases_lite_modules_and_classifier() 
         assert param.requires_grad == expected, name
     bn_scales = [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bn_scales and not any(w.requires_grad for w in bn_scales)
+
+
+def test_last_blocks_adapts_only_the_tail_and_needs_less_training_memory() -> None:
+    from mobiledl.profile import training_memory
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    whole = tinytl(create_model("mobilenet_v2", 10, 3, 16, 0.5))
+    tail = tinytl(create_model("mobilenet_v2", 10, 3, 16, 0.5), TinyTLConfig(last_blocks=3))
+    wrapped = [name for name, m in tail.named_modules() if isinstance(m, LiteResidual)]
+    assert len(wrapped) == 3
+    first = min(int(name.split(".")[1]) for name in wrapped)
+    for name, param in tail.named_parameters():
+        index = int(name.split(".")[1]) if name.startswith("features.") else len(tail.features)
+        assert not (param.requires_grad and index < first), name
+        if name.endswith("bias") and index >= first:
+            assert param.requires_grad, name
+    assert training_memory(tail, x, y).peak_bytes < training_memory(whole, x, y).peak_bytes
+    with pytest.raises(UserError, match="last_blocks"):
+        TinyTLConfig(last_blocks=0)
 
 
 def test_lite_residual_modules_start_at_the_pretrained_function() -> None:

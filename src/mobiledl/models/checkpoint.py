@@ -62,6 +62,13 @@ class LoadedModel:
     arch: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """What to call the model in results: the record's ``display_name`` (a searched NAS
+        sub-network, whose registry ``name`` is only the base its rebuild starts from), else
+        the zoo name."""
+        return str(self.arch.get("display_name", self.arch["name"]))
+
 
 def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (built by ``create_model``) and JSON-like ``meta`` to ``path``."""
@@ -87,7 +94,7 @@ def load_model(path: str | Path) -> LoadedModel:
     """Rebuild the model stored at ``path`` in eval mode."""
     payload = _read_payload(Path(path))
     arch = payload["arch"]
-    base = {k: v for k, v in arch.items() if k != "transforms"}
+    base = {k: v for k, v in arch.items() if k not in ("transforms", "display_name")}
     try:
         model = create_model(**base)
     except TypeError as exc:

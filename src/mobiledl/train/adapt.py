@@ -8,6 +8,7 @@ result reports the profiler's predicted training peak next to the peak measured 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from mobiledl.profile.training_memory import TrainingMemoryProfile, training_mem
 from mobiledl.train.ondevice import FineTuneConfig, fine_tune
 from mobiledl.train.sparse_update import SparseUpdateConfig, sparse_update
 from mobiledl.train.step import MeasuredStep, measure_training_step
-from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, tinytl
+from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, find_blocks, tinytl
 from mobiledl.train.trainer import evaluate
 from mobiledl.train.transfer import BASELINES, freeze, replace_classifier
 
@@ -119,9 +120,12 @@ def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any
         freeze(model, config.method)
         return {}
     if config.method == "tinytl":
-        tinytl(model, config.tinytl)
+        settings = config.tinytl
+        if config.memory_budget is not None and settings.last_blocks is None:
+            settings = _tinytl_within_budget(model, task, config)
+        tinytl(model, settings)
         blocks = [name for name, m in model.named_modules() if isinstance(m, LiteResidual)]
-        return {"lite_residual_blocks": blocks}
+        return {"lite_residual_blocks": blocks, "last_blocks": settings.last_blocks}
     sparse = dataclasses.replace(
         config.sparse,
         memory_budget=config.memory_budget,
@@ -131,6 +135,31 @@ def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any
     )
     _, plan = sparse_update(model, task, sparse)
     return {"bias_depth": plan.bias_depth, "layers": plan.layers}
+
+
+def _tinytl_within_budget(model: nn.Module, task: Task, config: AdaptConfig) -> TinyTLConfig:
+    """TinyTL with lite residuals (and trainable biases) in as many of the last blocks as the
+    predicted training peak allows within ``config.memory_budget``."""
+    x, y = (t[: config.batch_size] for t in task.split("train"))
+    budget = config.memory_budget
+    assert budget is not None
+    blocks = len(find_blocks(model, x[:1]))
+    peak = None
+    for count in range(blocks, 0, -1):
+        settings = dataclasses.replace(
+            config.tinytl, last_blocks=None if count == blocks else count
+        )
+        trial = tinytl(copy.deepcopy(model), settings, x[:1])
+        args = (config.optimizer, config.checkpoint_segments, task.loss)
+        peak = training_memory(trial, x, y, *args).peak_bytes
+        if peak <= budget:
+            return settings
+    if peak is None:  # no image-to-image blocks: biases and classifier only
+        return config.tinytl
+    raise UserError(
+        f"method 'tinytl' does not fit a budget of {budget / 1024:.0f} KB even in the last block "
+        f"at batch size {config.batch_size} (predicted {peak / 1024:.0f} KB)"
+    )
 
 
 def _check_input(model: nn.Module, task: Task) -> None:

@@ -72,7 +72,7 @@ def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any] | None:
     result = adapt(loaded.model, task, config)
     meta = {"task": args.task, "seed": args.seed, "method": args.method, "plan": result.plan}
     save_model(args.out, result.model, {**meta, "test_accuracy": result.accuracy})
-    measurement = result.measurement(loaded.arch["name"])
+    measurement = result.measurement(loaded.name)
     measurement.extra["out"] = str(args.out)
     if args.json:
         return measurement.to_dict()

@@ -17,8 +17,11 @@ gradients do not. TinyTL therefore
 
 Blocks are the entries of ``model.features`` that contain a convolution and map images to
 images (for LeNet-5 these are its bare convolutions; LeNet-300-100 has none and gets biases and
-classifier only). The wrapping is recorded as the ``tinytl`` model transform, so a saved model
-reloads with ``mobiledl.models.load_model``.
+classifier only). ``last_blocks=N`` is the memory knob for a tight budget: lite residuals and
+trainable biases only in the last ``N`` blocks (and everything after them), so backward stops
+there and the large early activations need neither saving nor gradients. The wrapping is
+recorded as the ``tinytl`` model transform, so a saved model reloads with
+``mobiledl.models.load_model``.
 """
 
 from __future__ import annotations
@@ -41,15 +44,19 @@ TRANSFORM = "tinytl"
 
 @dataclass(frozen=True)
 class TinyTLConfig:
-    """Lite residual modules: on/off, resolution divisor, kernel, group width, normalization."""
+    """Lite residual modules: on/off, resolution divisor, kernel, group width, normalization;
+    ``last_blocks``: adapt only the last that many blocks (``None``: all)."""
 
     lite_residual: bool = True
     downsample: int = 2
     kernel_size: int = 3
     group_width: int = 8
     norm: Literal["group", "batch"] = "group"
+    last_blocks: int | None = None
 
     def __post_init__(self) -> None:
+        if self.last_blocks is not None and self.last_blocks < 1:
+            raise UserError(f"tinytl last_blocks must be >= 1; got {self.last_blocks}")
         if self.downsample < 1:
             raise UserError(f"tinytl downsample must be >= 1; got {self.downsample}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -117,26 +124,40 @@ def tinytl(
     """
     config = config or TinyTLConfig()
     blocks: list[list[int]] = []
+    first_adapted = 0
+    if config.lite_residual or config.last_blocks is not None:
+        blocks = find_blocks(model, example_input_for(model, example_input))
+        if config.last_blocks is not None:
+            blocks = blocks[-config.last_blocks :]
+            first_adapted = blocks[0][0] if blocks else 0
     if config.lite_residual:
-        blocks = _find_blocks(model, example_input_for(model, example_input))
         _wrap(model, blocks, config)
-    freeze_for_tinytl(model)
+    else:
+        blocks = []
+    freeze_for_tinytl(model, first_adapted)
     if getattr(model, "mobiledl_arch", None):
         record_transform(model, TRANSFORM, {"blocks": blocks, **asdict(config)})
     return model
 
 
-def freeze_for_tinytl(model: nn.Module) -> None:
-    """Trainable: biases, lite residual modules and the classifier; every other weight frozen."""
+def freeze_for_tinytl(model: nn.Module, first_adapted: int = 0) -> None:
+    """Trainable: biases (outside ``features[:first_adapted]``), lite residual modules and the
+    classifier; every other weight frozen."""
     lite = {
         id(p) for m in model.modules() if isinstance(m, LiteResidual) for p in m.lite.parameters()
     }
     head = {id(p) for p in classifier_layer(model)[1].parameters()}
+    early = {
+        id(p)
+        for index in range(first_adapted)
+        for p in model.features[index].parameters()  # type: ignore[index]
+    }
     for name, param in model.named_parameters():
-        param.requires_grad_(name.endswith("bias") or id(param) in lite or id(param) in head)
+        bias = name.endswith("bias") and id(param) not in early
+        param.requires_grad_(bias or id(param) in lite or id(param) in head)
 
 
-def _find_blocks(model: nn.Module, example: Tensor) -> list[list[int]]:
+def find_blocks(model: nn.Module, example: Tensor) -> list[list[int]]:
     """``[index, in_channels, out_channels]`` of each image-to-image entry of ``model.features``
     that contains a convolution."""
     features = getattr(model, "features", None)

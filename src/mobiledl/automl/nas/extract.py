@@ -106,6 +106,7 @@ def subnet_record(supernet: OFASupernet, arch: Arch) -> dict[str, Any]:
     }
     return {
         "name": BASE_MODEL,
+        "display_name": f"nas-subnet {arch.label()}",
         "num_classes": supernet.num_classes,
         "in_channels": supernet.in_channels,
         "image_size": list(supernet.input_size),

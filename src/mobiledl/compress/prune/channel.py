@@ -24,7 +24,9 @@ pruned deep copy. Steps:
    (per-layer counts from ``mobiledl.profile``) are within 2% of the target, refining greedily
    by the least importance lost per MAC. Kept counts are multiples of ``round_to`` (channel
    counts that are not multiples of 8 can make ONNX Runtime slower), and each group keeps at
-   least ``round_to`` channels.
+   least ``round_to`` channels. ``scope="latency"`` instead measures in the engine how much
+   time each group's channels save and meets the MAC target cutting where the least
+   importance is lost per millisecond (NetAdapt-style, ``latency.py``).
 4. ``prune_groups`` rebuilds the layers (``surgery.py``). The result is checked against the
    masked original (same output on ``example_input``) before it is returned.
 """
@@ -41,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph, build_dependency_graph
+from mobiledl.compress.prune.latency import LatencyProbe, segment_latency_slopes
 from mobiledl.compress.prune.reconstruction import reconstruction_importance, refit_consumers
 from mobiledl.compress.prune.surgery import mask_channels, plan_cut, prune_groups
 from mobiledl.data.task import Task
@@ -48,7 +51,7 @@ from mobiledl.errors import UserError
 from mobiledl.profile import profile_model
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "reconstruction")
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "latency")
 MACS_TOLERANCE = 0.02
 _ALIASES = {"bn": "bn_scale"}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -66,6 +69,7 @@ def prune_channels(
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
+    latency: LatencyProbe | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` with channels physically removed.
 
@@ -75,6 +79,10 @@ def prune_channels(
     - ``per_layer``: ``{layer name: sparsity}`` for the groups those layers' outputs belong to
       (names as in ``named_modules``, a ``.weight`` suffix is ignored); these groups are
       excluded from the ``sparsity`` / ``macs_ratio`` search. Alone, it prunes only them.
+    - ``scope``: ``layer`` (the same fraction of every group), ``global`` (one ranking), or
+      ``latency`` (with ``macs_ratio``: the MAC target met by cutting, step by step, where
+      the least importance is lost per millisecond saved in the engine, ``latency`` saying
+      how to measure; NetAdapt-style, see ``latency.py``).
     - ``round_to``: kept channel counts are multiples of this, and at least this many.
     - ``task``: data for ``taylor``, ``hessian`` (``num_batches`` batches) and
       ``reconstruction``.
@@ -93,6 +101,7 @@ def prune_channels(
         per_layer=per_layer,
         scope=scope,
         num_batches=num_batches,
+        latency=latency,
     )
     pruned = prune_groups(copy.deepcopy(model), plan.graph, plan.keep)
     masked = mask_channels(copy.deepcopy(model), plan.graph, plan.keep)
@@ -123,6 +132,7 @@ def plan_channels(
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
+    latency: LatencyProbe | None = None,
 ) -> ChannelPlan:
     """The channels ``prune_channels`` would keep (same arguments); ``model`` is unchanged.
 
@@ -135,7 +145,10 @@ def plan_channels(
     importance = channel_importance(model, graph, criterion, task, num_batches)
     planner = ChannelPlanner(model, graph, importance, example_input, round_to)
     planner.fix_layers(per_layer or {})
-    if macs_ratio is not None:
+    if scope == "latency":
+        slopes = segment_latency_slopes(model, planner, example_input, latency or LatencyProbe())
+        counts = planner.latency_search(macs_ratio or 1.0, slopes)
+    elif macs_ratio is not None:
         counts = planner.search(macs_ratio, scope)
     else:
         counts = planner.counts_at(sparsity or 0.0, scope)
@@ -159,6 +172,8 @@ def _check_args(
         raise UserError(f"unknown scope '{scope}'; choose one of {', '.join(SCOPES)}")
     if sparsity is not None and macs_ratio is not None:
         raise UserError("give either sparsity or macs_ratio, not both")
+    if scope == "latency" and macs_ratio is None:
+        raise UserError("scope 'latency' needs macs_ratio: it meets a MAC target at least latency")
     if sparsity is None and macs_ratio is None and not per_layer:
         raise UserError("give sparsity, macs_ratio or per_layer to say how much to prune")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
@@ -387,6 +402,55 @@ class ChannelPlanner:
         candidates = [self.counts_at(low, scope), self.counts_at(high, scope)]
         best = min(candidates, key=lambda c: abs(kept_ratio(c) - ratio))
         return self._refine(best, ratio)
+
+    def full_counts(self) -> list[int]:
+        """Every free segment whole, fixed segments at their per-layer sparsity."""
+        return [
+            s.size if s.fixed is None else s.nearest(s.size * (1.0 - s.fixed))
+            for s in self.segments
+        ]
+
+    def latency_search(self, ratio: float, slopes: list[float]) -> list[int]:
+        """Counts near ``ratio`` of the MACs that save the most engine time for the importance
+        they lose (``slopes``: ms saved per unit, measured by
+        ``latency.segment_latency_slopes``). From the whole model, each step cuts the
+        segment whose move has the lowest cost per fraction of MACs removed, where cost =
+        fraction of the importance lost - fraction of the latency saved; then the counts are
+        refined to the target like ``search``."""
+        counts = self.full_counts()
+        total_ms = sum(s * n for s, n in zip(slopes, counts, strict=True)) or 1.0
+        total_units = float(sum(len(s.removal) for s in self.segments)) or 1.0
+        while self.macs(counts) > ratio * self.total_macs:
+            move = self._cheapest_latency_move(counts, slopes, total_ms, total_units)
+            if move is None:
+                warnings.warn(
+                    f"macs_ratio {ratio} is out of reach with round_to and frozen channels; "
+                    f"pruning as far as possible ({self.macs(counts) / self.total_macs:.3f})",
+                    stacklevel=3,
+                )
+                return counts
+            counts = move
+        return self._refine(counts, ratio)
+
+    def _cheapest_latency_move(
+        self, counts: list[int], slopes: list[float], total_ms: float, total_units: float
+    ) -> list[int] | None:
+        current = self.macs(counts)
+        best, best_cost = None, math.inf
+        for index, segment in enumerate(self.segments):
+            new = segment.neighbour(counts[index], down=True) if segment.fixed is None else None
+            if new is None:
+                continue
+            trial = [*counts[:index], new, *counts[index + 1 :]]
+            macs_saved = (current - self.macs(trial)) / self.total_macs
+            if macs_saved <= 0:
+                continue
+            lost = segment.lost(counts[index], new) / total_units
+            saved = slopes[index] * (counts[index] - new) / total_ms
+            cost = (lost - saved) / macs_saved
+            if cost < best_cost:
+                best, best_cost = trial, cost
+        return best
 
     def _refine(self, counts: list[int], ratio: float) -> list[int]:
         """Move one segment by one step at a time, the least importance per MAC first."""

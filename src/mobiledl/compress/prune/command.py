@@ -36,7 +36,10 @@ def add_prune_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--schedule", default="oneshot", help="oneshot, iterative, agp or lottery")
     sub.add_argument("--steps", type=int, default=5, help="pruning rounds / AGP events")
     sub.add_argument(
-        "--scope", default=None, help="global or layer (default: layer for channel, else global)"
+        "--scope",
+        default=None,
+        help="global, layer, or latency (channel with --macs-ratio: allocation by time measured "
+        "in ONNX Runtime); default: layer for channel, else global",
     )
     sub.add_argument("--finetune-epochs", type=int, default=0, help="epochs per fine-tuning")
     sub.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate")
@@ -124,7 +127,7 @@ def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
         config = _sensitivity_allocation(loaded.model, task, config, args)
     log(f"pruning {args.model} ({config.granularity}, {config.criterion}, {config.schedule})")
     model = prune(loaded.model, config, task)
-    measurement = measure_model(model, loaded.arch["name"], task, latency=not args.no_latency)
+    measurement = measure_model(model, loaded.name, task, latency=not args.no_latency)
     storage = model_storage(model)
     pruning = {
         "granularity": config.granularity,

@@ -10,7 +10,7 @@ from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig
 
 SCHEDULES = ("oneshot", "iterative", "agp", "lottery")
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "latency")
 
 
 def _quiet_finetune() -> TrainConfig:
@@ -31,6 +31,8 @@ class PruneConfig:
       only multiplications by non-zero weights (unstructured zeros do not speed up a dense
       engine; only ``channel`` turns MACs into latency).
     - ``scope``: ``global`` ranks all layers together, ``layer`` prunes each to ``sparsity``;
+      ``latency`` (``channel`` with ``macs_ratio`` only) meets the MAC target where ONNX
+      Runtime measures the most time saved per importance lost;
       ``None`` means ``global`` for masks and ``layer`` for ``channel``.
     - ``schedule``: ``oneshot``, ``iterative``, ``agp`` or ``lottery`` (see ``schedules.py``).
     - ``steps``: pruning rounds (``iterative``, ``lottery``) or pruning events (``agp``).
@@ -89,6 +91,10 @@ class PruneConfig:
             )
         if self.scope is not None and self.scope not in SCOPES:
             raise UserError(f"scope must be one of {', '.join(SCOPES)}; got '{self.scope}'")
+        if self.scope == "latency" and parsed.kind != "channel":
+            raise UserError("scope 'latency' needs channel granularity: masks save no time")
+        if self.scope == "latency" and self.macs_ratio is None:
+            raise UserError("scope 'latency' needs macs_ratio: it meets a MAC target")
         if self.num_batches < 1:
             raise UserError(f"num_batches must be >= 1; got {self.num_batches}")
         if self.round_to < 1:

@@ -37,7 +37,8 @@ def add_quantize_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument(
         "--observer",
         default="minmax",
-        help="activation calibration: minmax, moving_average, percentile, mse or kl",
+        help="activation calibration: minmax, moving_average, percentile, mse, kl, or auto "
+        "(the most accurate on the validation split)",
     )
     sub.add_argument("--weight-observer", default="minmax", help="minmax or mse")
     sub.add_argument("--calibration-samples", type=int, default=512)
@@ -142,7 +143,7 @@ def _cmd_quantize(args: argparse.Namespace) -> dict[str, Any] | None:
     log(f"quantizing {args.model} ({args.method}, {args.bits}-bit weights)")
     model = _quantized_model(args, config, loaded.model, task)
     example = task.example_input(1)
-    measurement = measure_model(model, loaded.arch["name"], task, latency=False)
+    measurement = measure_model(model, loaded.name, task, latency=False)
     with tempfile.TemporaryDirectory(prefix="mobiledl-q-") as tmp:
         artifact = _export(args, model, example, args.onnx or Path(tmp) / "model.onnx")
         measurement.bytes = artifact.stat().st_size  # what ships: the ONNX file

@@ -18,6 +18,9 @@ from mobiledl.compress.quantize.quantizer import MAX_BITS, MIN_BITS, QuantSpec
 from mobiledl.errors import UserError
 
 QAT_METHODS = ("ste", "lsq", "pact")
+AUTO = "auto"
+# Tried in this order by ``observer="auto"``; the first of equally accurate ones wins.
+AUTO_OBSERVERS = ("minmax", "percentile", "mse", "kl")
 
 
 @dataclass
@@ -29,8 +32,10 @@ class QuantConfig:
     - ``per_channel``: one weight scale per output channel (else per tensor).
     - ``symmetric``: symmetric weight grid (zero point 0); ``act_symmetric`` likewise for
       activations (default asymmetric, unsigned: ReLU outputs use the whole grid).
-    - ``observer``: activation calibration — minmax, moving_average, percentile, mse, kl;
-      ``weight_observer``: minmax or mse.
+    - ``observer``: activation calibration — minmax, moving_average, percentile, mse, kl,
+      or ``auto``: calibrate with each of ``AUTO_OBSERVERS`` and keep the one whose quantized
+      model is most accurate on the task's validation split (``quantize`` records the
+      observer it chose); ``weight_observer``: minmax or mse.
     - ``calibration_samples``: training samples used to calibrate.
     - ``equalize``: cross-layer equalization (Nagel et al. 2019) before choosing scales.
     - ``bias_correction``: empirical bias correction (Nagel et al. 2019).
@@ -67,9 +72,9 @@ class QuantConfig:
             _check_bits(name, getattr(self, name))
         for layer, bits in self.layer_bits.items():
             _check_bits(f"layer_bits['{layer}']", bits)
-        if self.observer not in OBSERVERS:
+        if self.observer not in (*OBSERVERS, AUTO):
             raise UserError(
-                f"observer must be one of {', '.join(OBSERVERS)}; got '{self.observer}'"
+                f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}; got '{self.observer}'"
             )
         if self.weight_observer not in PER_CHANNEL_OBSERVERS:
             raise UserError(

@@ -7,7 +7,9 @@
 2. optionally equalize weight ranges across layers (CLE, Nagel et al. 2019);
 3. choose weight grids from the weights, activation grids by running calibration data
    through the float model with an observer (min-max, moving average, percentile, MSE,
-   KL entropy);
+   KL entropy), or pick the observer whose quantized model is most accurate on the task's
+   validation split (``observer="auto"``: the best calibration differs between models, e.g.
+   percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1);
 4. optionally learn the weight rounding (AdaRound, Nagel et al. 2020) and correct the
    output bias that weight quantization leaves (Nagel et al. 2019).
 
@@ -17,13 +19,16 @@ The result runs in plain PyTorch (simulated quantization), saves and reloads wit
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, fx, nn
 
+from mobiledl.cli_support import log
 from mobiledl.compress.quantize.adaround import AdaRoundConfig, adaround
 from mobiledl.compress.quantize.bias_correction import correct_bias
 from mobiledl.compress.quantize.capture import batches
-from mobiledl.compress.quantize.config import QuantConfig
+from mobiledl.compress.quantize.config import AUTO, AUTO_OBSERVERS, QuantConfig
 from mobiledl.compress.quantize.equalize import equalize
 from mobiledl.compress.quantize.prepare import activation_quantizers, prepare
 from mobiledl.compress.quantize.quantizer import (
@@ -34,6 +39,7 @@ from mobiledl.compress.quantize.quantizer import (
 )
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
+from mobiledl.train.trainer import evaluate
 
 
 def calibration_data(task: Task, samples: int, seed: int = 0) -> Tensor:
@@ -102,6 +108,8 @@ def quantize(
         if task is None:
             raise UserError("quantize needs a task or calibration data")
         data = calibration_data(task, config.calibration_samples)
+    if config.observer == AUTO:
+        return _best_observer(model, config, task, data)
     quantized = prepare(model, config, data[:1])
     if config.equalize:
         equalize(quantized)
@@ -112,6 +120,23 @@ def quantize(
         correct_bias(quantized, data)
     quantized.eval()
     return quantized
+
+
+def _best_observer(
+    model: nn.Module, config: QuantConfig, task: Task | None, data: Tensor
+) -> fx.GraphModule:
+    """Quantize with each of ``AUTO_OBSERVERS``; keep the most accurate on validation."""
+    if task is None or len(task.split("val")[0]) == 0:
+        raise UserError("observer 'auto' needs a task with a validation split to choose on")
+    best, best_accuracy = None, -1.0
+    for name in AUTO_OBSERVERS:
+        candidate = quantize(model, dataclasses.replace(config, observer=name), task, data)
+        accuracy = evaluate(candidate, task, "val")
+        log(f"observer {name}: validation accuracy {accuracy:.4f}")
+        if accuracy > best_accuracy:
+            best, best_accuracy = candidate, accuracy
+    assert best is not None  # AUTO_OBSERVERS is not empty
+    return best
 
 
 def quantization_summary(model: nn.Module) -> dict[str, object]:
