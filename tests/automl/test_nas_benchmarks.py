@@ -23,3 +23,14 @@ def test_latency_predictor_smoke(tmp_path):
     assert set(report["result"]["mape"]) == {"predictor", "lut_sum", "macs_linear"}
     assert "mape_at_most_10" in report["checks"]
     assert "| learned predictor" in (tmp_path / "nas_latency_predictor.md").read_text()
+
+
+def test_supernet_smoke(tmp_path):
+    report = _load("nas_supernet").main(["--smoke", "--no-ray", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "nas_supernet.json").read_text())
+    assert saved["config"]["smoke"]
+    assert len(report["scratch"]) == 2 and len(report["mobilenet_v2"]) == 3
+    for row in report["scratch"]:
+        assert 0.0 <= row["supernet_accuracy"] <= 1.0 and 0.0 <= row["scratch_accuracy"] <= 1.0
+    assert "supernet_within_1.5_abs" in report["checks"]
+    assert "| architecture |" in (tmp_path / "nas_supernet.md").read_text()

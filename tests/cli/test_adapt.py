@@ -114,3 +114,7 @@ def test_adapt_tinytl_under_a_budget_adapts_the_last_blocks_that_fit(
     assert 1 <= plan["last_blocks"] == len(plan["lite_residual_blocks"])
     assert len(plan["lite_residual_blocks"]) < len(whole["extra"]["plan"]["lite_residual_blocks"])
     assert load_model(out).model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    roomy = ("--memory-budget-kb", str(whole["peak_memory_bytes"] // 1024 + 1))
+    same = adapt_json(capsys, *argv, "--method", "tinytl", *roomy, "--out", str(tmp_path / "c.pt"))
+    assert same["extra"]["plan"]["last_blocks"] is None
+    assert same["accuracy"] == whole["accuracy"]  # fitting the budget leaves the run unchanged

@@ -30,6 +30,7 @@ def test_smoke_run_writes_results(benchmark, tmp_path: Path):
         "unpruned",
         "mobiledl-l1",
         "mobiledl-reconstruction",
+        "mobiledl-reconstruction-latency",
         "torch-pruning",
     }
     for name, row in variants.items():

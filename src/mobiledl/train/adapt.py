@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from mobiledl.data.task import Task
@@ -23,7 +24,7 @@ from mobiledl.train.ondevice import FineTuneConfig, fine_tune
 from mobiledl.train.sparse_update import SparseUpdateConfig, sparse_update
 from mobiledl.train.step import MeasuredStep, measure_training_step
 from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, find_blocks, tinytl
-from mobiledl.train.trainer import evaluate
+from mobiledl.train.trainer import evaluate, seed_everything
 from mobiledl.train.transfer import BASELINES, freeze, replace_classifier
 
 METHODS = (*BASELINES, "tinytl", "sparse")
@@ -86,6 +87,7 @@ class AdaptResult:
 def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
     """Adapt ``model`` to ``task`` in place with ``config.method`` and measure the result."""
     _check_input(model, task)
+    seed_everything(config.seed)  # the new classifier and lite modules start from the seed too
     replace_classifier(model, task.num_classes)
     plan = _prepare(model, task, config)
     x, y = (t[: config.batch_size] for t in task.split("train"))
@@ -149,9 +151,10 @@ def _tinytl_within_budget(model: nn.Module, task: Task, config: AdaptConfig) -> 
         settings = dataclasses.replace(
             config.tinytl, last_blocks=None if count == blocks else count
         )
-        trial = tinytl(copy.deepcopy(model), settings, x[:1])
         args = (config.optimizer, config.checkpoint_segments, task.loss)
-        peak = training_memory(trial, x, y, *args).peak_bytes
+        with torch.random.fork_rng():  # trials (lite inits, dropout) leave the real run as is
+            trial = tinytl(copy.deepcopy(model), settings, x[:1])
+            peak = training_memory(trial, x, y, *args).peak_bytes
         if peak <= budget:
             return settings
     if peak is None:  # no image-to-image blocks: biases and classifier only

@@ -125,17 +125,22 @@ def quantize(
 def _best_observer(
     model: nn.Module, config: QuantConfig, task: Task | None, data: Tensor
 ) -> fx.GraphModule:
-    """Quantize with each of ``AUTO_OBSERVERS``; keep the most accurate on validation."""
+    """Calibrate with each of ``AUTO_OBSERVERS`` and quantize with the most accurate on
+    validation. Candidates are compared before AdaRound and bias correction, which then
+    refine the chosen one only (AdaRound is the expensive step)."""
     if task is None or len(task.split("val")[0]) == 0:
         raise UserError("observer 'auto' needs a task with a validation split to choose on")
-    best, best_accuracy = None, -1.0
+    refines = config.adaround or config.bias_correction
+    best, best_name, best_accuracy = None, AUTO_OBSERVERS[0], -1.0
     for name in AUTO_OBSERVERS:
-        candidate = quantize(model, dataclasses.replace(config, observer=name), task, data)
+        trial = dataclasses.replace(config, observer=name, adaround=False, bias_correction=False)
+        candidate = quantize(model, trial, task, data)
         accuracy = evaluate(candidate, task, "val")
         log(f"observer {name}: validation accuracy {accuracy:.4f}")
         if accuracy > best_accuracy:
-            best, best_accuracy = candidate, accuracy
-    assert best is not None  # AUTO_OBSERVERS is not empty
+            best, best_name, best_accuracy = candidate, name, accuracy
+    if refines or best is None:
+        return quantize(model, dataclasses.replace(config, observer=best_name), task, data)
     return best
 
 
