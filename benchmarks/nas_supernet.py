@@ -80,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default=None, help="default mnist1d (smoke: digits)")
     parser.add_argument("--supernet", type=Path, help="reuse a trained supernet file")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="continue a supernet file written by this script: --continue-epochs more "
+        "expand-phase epochs (its earlier training is kept in the report)",
+    )
     parser.add_argument("--epochs", default=None, help="full,kernel,depth,expand (15,6,6,6)")
     parser.add_argument(
         "--continue-epochs",
@@ -153,6 +159,8 @@ def supernet_stage(args: argparse.Namespace, task: Task) -> tuple[OFASupernet, d
     if args.supernet:
         loaded = load_supernet(args.supernet)
         return loaded.supernet, {"file": str(args.supernet), **loaded.meta, "history": None}
+    if args.init:
+        return _continue_supernet(args, task)
     resolutions = ((1, 24), (1, 32), (1, 40)) if task.image_size == (1, 40) else (task.image_size,)
     space = (tiny_space if args.smoke else default_space)(resolutions)
     torch.manual_seed(args.seed)
@@ -170,6 +178,31 @@ def supernet_stage(args: argparse.Namespace, task: Task) -> tuple[OFASupernet, d
     if not args.smoke:
         save_supernet(path, supernet, {**meta, "history": history})
     return supernet, {"file": str(path) if not args.smoke else None, **meta}
+
+
+def _continue_supernet(args: argparse.Namespace, task: Task) -> tuple[OFASupernet, dict[str, Any]]:
+    """``--init``: more expand-phase epochs on a supernet this script trained before."""
+    loaded = load_supernet(args.init)
+    if loaded.meta.get("task") != args.task or not loaded.meta.get("config"):
+        raise UserError(f"{args.init}: not a supernet this script trained on '{args.task}'")
+    supernet, common = loaded.supernet, {"batch_size": 128, "lr": 0.1, "shrink_lr": 0.03}
+    seed = args.seed + len(loaded.meta["config"])  # new samples, not a replay of the last run
+    config = ShrinkConfig(
+        0, 0, 0, args.continue_epochs, sandwich=2, seed=seed, progress=False, **common
+    )
+    started = time.perf_counter()
+    history = progressive_shrink(supernet, task, config)
+    meta = {
+        "task": args.task,
+        "seed": args.seed,
+        "init": str(args.init),
+        "config": [*loaded.meta["config"], dataclasses.asdict(config)],
+        "seconds": loaded.meta.get("seconds", 0.0) + time.perf_counter() - started,
+    }
+    path = args.out / f"{STEM}_supernet.pt"
+    previous = loaded.meta.get("history") or []
+    save_supernet(path, supernet, {**meta, "history": [*previous, *history.history]})
+    return supernet, {"file": str(path), **meta}
 
 
 def subnet_accuracy(supernet: OFASupernet, task: Task, arch: Arch, seed: int) -> float:
@@ -376,14 +409,29 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def training_text(report: dict[str, Any]) -> str:
+    """The supernet's phases as trained (from its record when it has one, else the flags)."""
+    configs = (report.get("supernet") or {}).get("config")
+    if configs:
+        first, rest = configs[0], configs[1:]
+        phases = [first[k] for k in ("full_epochs", "kernel_epochs", "depth_epochs")]
+        epochs = [*phases, first["expand_epochs"]]
+        more = "+".join(str(c["expand_epochs"]) for c in rest) or "0"
+    else:
+        epochs, more = report["config"]["epochs"], str(report["config"]["continue_epochs"])
+    return (
+        f"epochs full/kernel/depth/expand = {'/'.join(str(e) for e in epochs)} (1 random "
+        f"sub-network per step), then {more} more expand-phase epochs (2 random sub-networks "
+        "per step; each continuation run with its own cosine schedule)"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     c = report["config"]
     lines = [
         "# Once-for-all supernet on " + f"`{c['task']}`",
         "",
-        f"Supernet: progressive shrinking, epochs full/kernel/depth/expand = "
-        f"{'/'.join(str(e) for e in c['epochs'])} (1 random sub-network per step), then "
-        f"{c['continue_epochs']} more expand-phase epochs (2 random sub-networks per step); "
+        f"Supernet: progressive shrinking, {training_text(report)}; "
         "1 torch thread. Accuracy is on the test split. Latency: ONNX Runtime, 1 thread, batch 1, "
         f"medians of {c['repeats']} interleaved calls (`time.thread_time`). Run "
         f"{report['created']}.",
