@@ -15,7 +15,8 @@ and a Ray search against the same search in process.
 5. Ray vs in process: the same search (same seed, same latency model) with candidate
    evaluations on a local Ray and in this process. Target: identical results.
 
-    python benchmarks/nas_supernet.py                    # full run, writes results/
+    python benchmarks/nas_supernet.py --out run1         # full run (+30 expand epochs)
+    python benchmarks/nas_supernet.py --init run1/nas_supernet_supernet.pt  # +30 more, results/
     python benchmarks/nas_supernet.py --smoke --out tmp  # tiny space and data, seconds
 
 Writes ``nas_supernet.json`` and ``nas_supernet.md`` (atomically) to ``--out``, after each stage.
@@ -91,7 +92,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--continue-epochs",
         type=int,
         default=None,
-        help="then more expand-phase epochs with 2 random networks per step (default 10)",
+        help="then more expand-phase epochs with 2 random networks per step (default 30)",
     )
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default 20")
     parser.add_argument("--archs", type=int, default=None, help="default 5")
@@ -116,7 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     epochs = args.epochs or ("1,1,2,2" if smoke else "15,6,6,6")
     args.epochs = [int(v) for v in epochs.split(",")]
     if args.continue_epochs is None:
-        args.continue_epochs = 0 if smoke else 10
+        args.continue_epochs = 0 if smoke else 30
     args.scratch_epochs = args.scratch_epochs or (1 if smoke else 20)
     args.archs = args.archs or (2 if smoke else 5)
     widths = args.mbv2_widths or ("0.1,0.25,0.35" if smoke else "0.35,0.5,0.75")
