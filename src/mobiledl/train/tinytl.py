@@ -126,14 +126,13 @@ def tinytl(
     blocks: list[list[int]] = []
     first_adapted = 0
     if config.lite_residual or config.last_blocks is not None:
-        blocks = find_blocks(model, example_input_for(model, example_input))
+        found = find_blocks(model, example_input_for(model, example_input))
         if config.last_blocks is not None:
-            blocks = blocks[-config.last_blocks :]
-            first_adapted = blocks[0][0] if blocks else 0
-    if config.lite_residual:
-        _wrap(model, blocks, config)
-    else:
-        blocks = []
+            found = found[-config.last_blocks :]
+            first_adapted = found[0][0] if found else 0
+        if config.lite_residual:
+            blocks = found
+            _wrap(model, blocks, config)
     freeze_for_tinytl(model, first_adapted)
     if getattr(model, "mobiledl_arch", None):
         record_transform(model, TRANSFORM, {"blocks": blocks, **asdict(config)})

@@ -25,8 +25,8 @@ pruned deep copy. Steps:
    by the least importance lost per MAC. Kept counts are multiples of ``round_to`` (channel
    counts that are not multiples of 8 can make ONNX Runtime slower), and each group keeps at
    least ``round_to`` channels. ``scope="latency"`` instead measures in the engine how much
-   time each group's channels save and meets the MAC target cutting where the least
-   importance is lost per millisecond (NetAdapt-style, ``latency.py``).
+   time each group's channels save and meets the MAC target with the cuts whose importance
+   lost minus time saved is cheapest per MAC (NetAdapt-style, ``latency.py``).
 4. ``prune_groups`` rebuilds the layers (``surgery.py``). The result is checked against the
    masked original (same output on ``example_input``) before it is returned.
 """
@@ -80,9 +80,9 @@ def prune_channels(
       (names as in ``named_modules``, a ``.weight`` suffix is ignored); these groups are
       excluded from the ``sparsity`` / ``macs_ratio`` search. Alone, it prunes only them.
     - ``scope``: ``layer`` (the same fraction of every group), ``global`` (one ranking), or
-      ``latency`` (with ``macs_ratio``: the MAC target met by cutting, step by step, where
-      the least importance is lost per millisecond saved in the engine, ``latency`` saying
-      how to measure; NetAdapt-style, see ``latency.py``).
+      ``latency`` (with ``macs_ratio``: the MAC target met by the cuts whose importance lost
+      minus engine time saved is cheapest per MAC, ``latency`` saying how to measure;
+      NetAdapt-style, see ``latency.py``).
     - ``round_to``: kept channel counts are multiples of this, and at least this many.
     - ``task``: data for ``taylor``, ``hessian`` (``num_batches`` batches) and
       ``reconstruction``.
@@ -147,7 +147,8 @@ def plan_channels(
     planner.fix_layers(per_layer or {})
     if scope == "latency":
         slopes = segment_latency_slopes(model, planner, example_input, latency or LatencyProbe())
-        counts = planner.latency_search(macs_ratio or 1.0, slopes)
+        assert macs_ratio is not None  # _check_args
+        counts = planner.latency_search(macs_ratio, slopes)
     elif macs_ratio is not None:
         counts = planner.search(macs_ratio, scope)
     else:
@@ -387,12 +388,7 @@ class ChannelPlanner:
 
         low, high = 0.0, 1.0
         if kept_ratio(self.counts_at(high, scope)) > ratio:
-            warnings.warn(
-                f"macs_ratio {ratio} is out of reach with round_to and frozen channels; "
-                f"pruning as far as possible ({kept_ratio(self.counts_at(high, scope)):.3f})",
-                stacklevel=3,
-            )
-            return self.counts_at(high, scope)
+            return self._out_of_reach(ratio, self.counts_at(high, scope))
         for _ in range(40):
             middle = (low + high) / 2
             if kept_ratio(self.counts_at(middle, scope)) > ratio:
@@ -402,6 +398,15 @@ class ChannelPlanner:
         candidates = [self.counts_at(low, scope), self.counts_at(high, scope)]
         best = min(candidates, key=lambda c: abs(kept_ratio(c) - ratio))
         return self._refine(best, ratio)
+
+    def _out_of_reach(self, ratio: float, counts: list[int]) -> list[int]:
+        """Warn that ``ratio`` cannot be met; return ``counts``, the furthest cut."""
+        warnings.warn(
+            f"macs_ratio {ratio} is out of reach with round_to and frozen channels; "
+            f"pruning as far as possible ({self.macs(counts) / self.total_macs:.3f})",
+            stacklevel=4,
+        )
+        return counts
 
     def full_counts(self) -> list[int]:
         """Every free segment whole, fixed segments at their per-layer sparsity."""
@@ -423,12 +428,7 @@ class ChannelPlanner:
         while self.macs(counts) > ratio * self.total_macs:
             move = self._cheapest_latency_move(counts, slopes, total_ms, total_units)
             if move is None:
-                warnings.warn(
-                    f"macs_ratio {ratio} is out of reach with round_to and frozen channels; "
-                    f"pruning as far as possible ({self.macs(counts) / self.total_macs:.3f})",
-                    stacklevel=3,
-                )
-                return counts
+                return self._out_of_reach(ratio, counts)
             counts = move
         return self._refine(counts, ratio)
 

@@ -8,7 +8,8 @@ steers pruning by latency measured on the target platform. Here each prunable se
 saving is measured once in the engine: the model with that one segment cut to about half
 is exported and timed, interleaved with the unpruned model; the time saved per removed unit
 is the segment's latency slope. ``ChannelPlanner.latency_search`` then meets the MAC target
-removing, at each step, the units that lose the least importance per millisecond saved.
+step by step with the cut whose fraction of importance lost minus fraction of time saved is
+cheapest per fraction of MACs removed.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ def segment_latency_slopes(
     full = planner.full_counts()
     cuts = _half_cuts(planner, full)
     x = example_input[:1].expand(probe.batch_size, *example_input.shape[1:]).contiguous()
+    batch = x.numpy()
     with tempfile.TemporaryDirectory(prefix="mobiledl-latency-") as tmp:
         runners: dict[str, Callable[[], object]] = {}
         for name, counts in {"full": full, **{str(i): c for i, c in cuts.items()}}.items():
             pruned = prune_groups(copy.deepcopy(model), planner.graph, planner.keep(counts))
             path = engine.export(pruned.eval(), x[:1], Path(tmp) / f"{name}.onnx")
             runner = engine.load(path, threads=probe.threads)
-            runners[name] = lambda runner=runner: runner.run(x.numpy())
+            runners[name] = lambda runner=runner: runner.run(batch)
         stats = interleaved_benchmark(
             runners, warmup=5, repeats=probe.repeats, clock=clock, batch_size=probe.batch_size
         )

@@ -139,8 +139,9 @@ def _best_observer(
         log(f"observer {name}: validation accuracy {accuracy:.4f}")
         if accuracy > best_accuracy:
             best, best_name, best_accuracy = candidate, name, accuracy
-    if refines or best is None:
+    if refines:
         return quantize(model, dataclasses.replace(config, observer=best_name), task, data)
+    assert best is not None  # AUTO_OBSERVERS is not empty
     return best
 
 
