@@ -1,0 +1,9 @@
+"""The spine every method, engine and command builds on (DESIGN.md, "Core objects").
+
+- ``mobiledl.core.task``: the ``Task`` interface (batches of inputs of any structure, loss,
+  metric, example input) and ``TensorTask``, its in-memory implementation.
+- ``mobiledl.core.config``: ``MethodConfig``, the typed, frozen, versioned base of every
+  method's config, and per-layer overrides.
+- ``mobiledl.core.methods``: the registry of methods and ``apply(model, config, task)``, the
+  one entry point that applies any of them (module in, a new module out).
+"""
