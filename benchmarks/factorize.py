@@ -238,7 +238,7 @@ def run_case(
     """Factorize ``baseline`` as ``case`` says and fine-tune it with KD."""
     example = task.example_input(1)
     config = FactorizeConfig(
-        method=case.methods, macs_ratio=args.macs_ratio, round_to=case.round_to
+        decomposition=case.methods, macs_ratio=args.macs_ratio, round_to=case.round_to
     )
     begin = time.perf_counter()
     factorized = factorize(baseline, config, task)

@@ -172,7 +172,7 @@ def run_method(
     result = adapt(copy.deepcopy(pretrained), target, config)
     measured = result.measured.peak_bytes
     return {
-        "method": config.method,
+        "method": config.strategy,
         "memory_budget_bytes": budget,
         "accuracy": result.accuracy,
         "predicted_peak_bytes": result.predicted.peak_bytes,
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> Path:
     base = AdaptConfig(epochs=recipe.adapt_epochs, batch_size=recipe.batch_size, seed=args.seed)
     rows = []
     for method in ("full", "last", "bias", "tinytl"):
-        rows.append(run_method(pretrained, target, dataclasses.replace(base, method=method)))
+        rows.append(run_method(pretrained, target, dataclasses.replace(base, strategy=method)))
         log_row(rows[-1])
     floor, tinytl_peak = sparse_floor(pretrained, target, recipe), rows[-1]["predicted_peak_bytes"]
     probe = SparseUpdateConfig(
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> Path:
     for fraction in recipe.budget_fractions:
         budget = math.ceil(floor + fraction * max(0, tinytl_peak - floor))
         for method in ("sparse", "tinytl"):  # TinyTL in as many last blocks as fit the budget
-            config = dataclasses.replace(base, method=method, memory_budget=budget, sparse=probe)
+            config = dataclasses.replace(base, strategy=method, memory_budget=budget, sparse=probe)
             try:
                 rows.append(run_method(pretrained, target, config, budget))
             except UserError as exc:  # a budget below the minimum: report it, keep going

@@ -44,14 +44,14 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mobiledl.compress.quantize import QuantConfig, export_int8_onnx, quantize  # noqa: E402
+from mobiledl.compress.quantize import QuantConfig, quantize  # noqa: E402
 from mobiledl.compress.quantize.config import int8_products_saturate  # noqa: E402
-from mobiledl.compress.quantize.onnx_export import integer_ops, top1_agreement  # noqa: E402
 from mobiledl.compress.quantize.ptq import calibration_data  # noqa: E402
 from mobiledl.data import build_task  # noqa: E402
 from mobiledl.data.builtin import cache_dir  # noqa: E402
 from mobiledl.data.task import Task  # noqa: E402
 from mobiledl.deploy import get_engine  # noqa: E402
+from mobiledl.deploy.qdq import integer_ops  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model, list_models, load_model, save_model  # noqa: E402
 from mobiledl.train import TrainConfig, evaluate, train  # noqa: E402
@@ -116,15 +116,15 @@ def ours(
 ) -> dict[str, Any]:
     """mobiledl W8A8 PTQ: simulated accuracy, int8 ONNX accuracy, agreement, kernels."""
     quantized = quantize(model, QuantConfig(observer=observer), task, data)
-    path = export_int8_onnx(quantized, task.example_input(1), workdir / "ours.onnx")
+    path = get_engine().export(quantized, task.example_input(1), workdir / "ours.onnx")
     x, _ = task.split("test")
     return {
         "ours_w8a8": evaluate(quantized, task),
         "ours_w8a8_ort": accuracy_of_onnx(path, task),
-        "agreement": top1_agreement(quantized, path, x),
+        "agreement": get_engine().top1_agreement(quantized, path, x),
         "integer_ops": dict(integer_ops(path)),
         "ours_int8_bytes": path.stat().st_size,
-        "ours_observer": quantized.mobiledl_arch["transforms"][-1]["config"]["observer"],
+        "ours_observer": quantized.mobiledl_arch["transforms"][-1]["config"]["config"]["observer"],
     }
 
 

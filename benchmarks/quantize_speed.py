@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from mobiledl.compress.quantize import QuantConfig, export_int8_onnx, quantize  # noqa: E402
+from mobiledl.compress.quantize import QuantConfig, quantize  # noqa: E402
 from mobiledl.compress.quantize.config import int8_products_saturate  # noqa: E402
-from mobiledl.compress.quantize.onnx_export import integer_ops  # noqa: E402
 from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
+from mobiledl.deploy.qdq import integer_ops  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
 
@@ -127,7 +127,7 @@ def artifacts(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, P
     engine = get_engine("onnxruntime")
     fp32 = engine.export(model, data[:1], workdir / f"{name}_fp32.onnx")
     quantized = quantize(model, QuantConfig(), data=data)
-    ours = export_int8_onnx(quantized, data[:1], workdir / f"{name}_int8.onnx")
+    ours = get_engine().export(quantized, data[:1], workdir / f"{name}_int8.onnx")
     return {"fp32": fp32, "int8": ours, "ort_int8": ort_static(fp32, data, workdir / "ort.onnx")}
 
 

@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from mobiledl.automl.nas.command import add_nas_command
-from mobiledl.cli_support import add_command, add_task_args, log, task_for_input
+from mobiledl.cli_methods import add_apply_command
+from mobiledl.cli_support import (
+    OneLineParser,
+    add_command,
+    add_task_args,
+    log,
+    logging_to_stderr,
+    task_for_input,
+)
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.errors import UserError
@@ -28,9 +36,13 @@ from mobiledl.train.command import add_adapt_command
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mobiledl`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return _run(args)
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a bad flag (one line already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        with logging_to_stderr():
+            return _run(args)
     except UserError as exc:
         print(f"mobiledl {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -57,7 +69,7 @@ def _json_default(value: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mobiledl",
         description="Make deep learning models small, fast and trainable on mobile devices.",
     )
@@ -73,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_prune_command,
         add_quantize_command,
         add_adapt_command,
+        add_apply_command,
         add_run_command,
         add_nas_command,
         _add_demo,

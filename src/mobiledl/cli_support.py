@@ -5,14 +5,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mobiledl.errors import UserError
 
 Handler = Callable[[argparse.Namespace], Any]
+
+
+@contextlib.contextmanager
+def logging_to_stderr() -> Iterator[None]:
+    """Show the library's ``logging`` messages (INFO and up) on stderr while a command runs."""
+    logger = logging.getLogger("mobiledl")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr and exit code 2 (the CLI
+    contract), without the usage block argparse prints first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def log(message: str) -> None:

@@ -8,10 +8,8 @@ an int8 QDQ graph in ONNX Runtime; write a table, JSON and an HTML report.
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,16 +17,19 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from mobiledl.compress.prune import PruneConfig, prune
-from mobiledl.compress.quantize import QuantConfig, export_int8_onnx, quantize
+from mobiledl.compress.prune import ChannelPruneConfig
+from mobiledl.compress.quantize import QuantConfig
+from mobiledl.core.methods import apply
 from mobiledl.data import build_task
 from mobiledl.data.task import Task
 from mobiledl.deploy import get_engine
 from mobiledl.fileio import write_json_atomic
+from mobiledl.measure import engine_outputs, measure_model
 from mobiledl.models import create_model, save_model
 from mobiledl.profile import Measurement, profile_model
 from mobiledl.report import HtmlReport, measurement_rows
 from mobiledl.train import TrainConfig, TrainResult, predict, train
+from mobiledl.train.methods import DistillConfig
 
 DEMO_MODEL = "resnet8"
 DEMO_IMAGE_SIZE = 16
@@ -60,15 +61,9 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     )
 
     console.print("[4/5] int8 post-training quantization, running the int8 graph ...")
-    int8 = quantize(pruned, QuantConfig(), task)
+    int8 = apply(pruned, QuantConfig(), task)
     int8_row = deployed_measurement(
-        int8,
-        task,
-        out_dir / "pruned_int8.onnx",
-        f"{DEMO_MODEL} pruned int8",
-        export_int8_onnx,
-        float_model=pruned,
-        bits=8,
+        int8, task, out_dir / "pruned_int8.onnx", f"{DEMO_MODEL} pruned int8"
     )
     measurements = [fp32, pruned_row, int8_row]
 
@@ -91,50 +86,30 @@ def _pruned(
 ) -> torch.nn.Module:
     """Half the MACs by L1 channel pruning (physically smaller), then fine-tuning with
     Hinton distillation from the unpruned model."""
-    config = PruneConfig(granularity="channel", criterion="l1", macs_ratio=DEMO_MACS_RATIO)
-    pruned = prune(copy.deepcopy(model), config, task)
+    pruned = apply(model, ChannelPruneConfig(criterion="l1", macs_ratio=DEMO_MACS_RATIO), task)
     finetune = TrainConfig(
         epochs=min(epochs or DEMO_FINETUNE_EPOCHS, DEMO_FINETUNE_EPOCHS),
         lr=0.02,
+        warmup_epochs=1.0,
         label_smoothing=0.1,
         progress=progress,
     )
-    train(pruned, task, finetune, teacher=model)
-    return pruned
+    return apply(pruned, DistillConfig(teacher=model, train=finetune), task)
 
 
-def deployed_measurement(
-    model: torch.nn.Module,
-    task: Task,
-    path: Path,
-    name: str,
-    export: Callable[[torch.nn.Module, torch.Tensor, Path], Path] | None = None,
-    float_model: torch.nn.Module | None = None,
-    bits: int = 32,
-) -> Measurement:
-    """Profile ``model``, export it to ``path`` and measure it inside ONNX Runtime.
-
-    ``export`` writes the ONNX file (default: the engine's float export; pass
-    ``export_int8_onnx`` for a quantized model). The params, MACs and peak activation memory
-    are profiled on ``float_model`` (default ``model``) at ``bits``-bit activations: a
-    fake-quant model's simulation tensors are not what the engine holds. Accuracy and
-    latency are the ONNX Runtime artifact's; ``bytes`` is the file size. ``extra`` records
-    the PyTorch accuracy, the parity (max abs diff) and the top-1 agreement between PyTorch
-    and the engine.
-    """
-    engine = get_engine("onnxruntime")
-    profiled = float_model if float_model is not None else model
-    row = profile_model(profiled, task.example_input(1), bits).measurement(name)
-    artifact = (export or engine.export)(model, task.example_input(1), path)
-    runner = engine.load(artifact)
+def deployed_measurement(model: torch.nn.Module, task: Task, path: Path, name: str) -> Measurement:
+    """``measure_model`` with the artifact written to ``path``; the accuracy is the artifact's
+    in the engine on the test split. ``extra`` records the PyTorch accuracy, the parity (max
+    abs diff) and the top-1 agreement between PyTorch and the engine."""
+    engine = get_engine()
+    row = measure_model(model, name, task, artifact=path, repeats=100)
     x, y = task.split("test")
-    engine_logits = torch.from_numpy(runner.run(x.numpy()))
+    engine_logits = engine_outputs(engine, path, x)
     torch_logits = predict(model, x)
-    row = row.update(engine.benchmark(runner, x[:1].numpy(), repeats=100).to_measurement())
     row.accuracy = task.metric(engine_logits, y)
-    row.bytes = artifact.stat().st_size
     row.extra.update(
-        artifact=str(artifact),
+        artifact=str(path),
+        accuracy_of=path.name,
         pytorch_accuracy=task.metric(torch_logits, y),
         max_abs_diff=float((engine_logits - torch_logits).abs().max()),
         top1_agreement=float((engine_logits.argmax(1) == torch_logits.argmax(1)).float().mean()),

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mobiledl.cli import main
-from mobiledl.compress.quantize import integer_ops
+from mobiledl.deploy.qdq import integer_ops
 
 
 def test_demo_writes_model_onnx_json_and_report(

@@ -88,7 +88,7 @@ def resnet() -> nn.Module:
 @pytest.mark.parametrize("method", ["tucker2", "svd"])
 def test_mac_target_is_hit_with_ranks_in_multiples_of_8(resnet: nn.Module, method: str) -> None:
     x = torch.randn(1, 1, 16, 16)
-    config = FactorizeConfig(method=method, macs_ratio=0.5, round_to=8)
+    config = FactorizeConfig(decomposition=method, macs_ratio=0.5, round_to=8)
     result = factorize(resnet, config, data=torch.randn(64, 1, 16, 16))
     ratio = count_macs(result, x) / count_macs(resnet, x)
     assert 0.4 < ratio <= 0.5
@@ -122,15 +122,15 @@ def test_explicit_ranks_and_bad_names() -> None:
         factorize(model, FactorizeConfig(ranks={"features.9": 16}, data_aware=False))
     with pytest.raises(UserError, match="exactly one rank rule"):
         FactorizeConfig(energy=0.9, macs_ratio=0.5)
-    with pytest.raises(UserError, match="unknown method 'qr'"):
-        FactorizeConfig(method="qr", energy=0.9)
+    with pytest.raises(UserError, match="unknown decomposition 'qr'"):
+        FactorizeConfig(decomposition="qr", energy=0.9)
 
 
 @pytest.mark.parametrize("method", ["tucker2", "cp", "spatial", "svd"])
 def test_factorized_models_export_to_onnx_and_reload(
     resnet: nn.Module, method: str, tmp_path: Path
 ) -> None:
-    config = FactorizeConfig(method=method, vbmf=True, round_to=8, data_aware=False)
+    config = FactorizeConfig(decomposition=method, vbmf=True, round_to=8, data_aware=False)
     result = factorize(resnet, config)
     assert factorized_layers(result)
     x = torch.randn(3, 1, 16, 16)
@@ -189,14 +189,14 @@ def test_greedy_picks_a_method_per_layer(resnet: nn.Module) -> None:
     """With ranks in multiples of 16, Tucker-2 cannot cut a 16-channel layer: the greedy
     takes the spatial factorization there and Tucker-2 elsewhere."""
     data = torch.randn(64, 1, 16, 16)
-    config = FactorizeConfig(method=("tucker2", "spatial"), macs_ratio=0.6, round_to=16)
+    config = FactorizeConfig(decomposition=("tucker2", "spatial"), macs_ratio=0.6, round_to=16)
     result = factorize(resnet, config, data=data)
     specs = {name: layer.spec for name, layer in factorized_layers(result).items()}
     assert count_macs(result, data[:1]) <= 0.6 * count_macs(resnet, data[:1])
     assert {s.method for n, s in specs.items() if n.startswith("features.1.")} <= {"spatial"}
     assert all(r % 16 == 0 for s in specs.values() for r in s.ranks)
-    with pytest.raises(UserError, match="unknown method 'qr'"):
-        FactorizeConfig(method=("tucker2", "qr"), energy=0.9)
+    with pytest.raises(UserError, match="unknown decomposition 'qr'"):
+        FactorizeConfig(decomposition=("tucker2", "qr"), energy=0.9)
 
 
 def test_min_saving_leaves_small_cuts_out(resnet: nn.Module) -> None:

@@ -134,7 +134,7 @@ def test_bad_arguments_raise_user_errors() -> None:
     model = small_lenet()
     with pytest.raises(UserError, match="unknown layer 'features.9'"):
         binarize(model, layers=["features.9"])
-    with pytest.raises(UserError, match="method must be 'twn' or 'ttq'"):
+    with pytest.raises(UserError, match="algorithm must be one of 'twn', 'ttq'"):
         ternarize(model, method="ternary")
     with pytest.raises(UserError, match="threshold 1.5"):
         ternarize(model, method="ttq", threshold=1.5)

@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobiledl import apply
 from mobiledl.cli import main
-from mobiledl.compress.quantize import (
-    QuantConfig,
-    export_int8_onnx,
-    integer_ops,
-    qat,
-    quantize,
-    top1_agreement,
-)
+from mobiledl.compress.quantize import QATConfig, QuantConfig, quantize
 from mobiledl.data import build_task
 from mobiledl.deploy import get_engine
+from mobiledl.deploy.qdq import integer_ops
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.train import TrainConfig, evaluate, train
 
@@ -38,13 +33,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Mo
 def test_int8_onnx_runs_integer_kernels_and_agrees_with_simulation(trained, tmp_path) -> None:
     _, model, task = trained
     quantized = quantize(model, QuantConfig(), task)
-    path = export_int8_onnx(quantized, task.example_input(1), tmp_path / "q.onnx")
+    engine = get_engine()
+    path = engine.export(quantized, task.example_input(1), tmp_path / "q.onnx")
     ops = integer_ops(path)
     assert ops["QLinearConv"] == 9 and ops["QLinearAdd"] == 3
     x, _ = task.split("test")
-    assert top1_agreement(quantized, path, x) >= 0.995
+    assert engine.top1_agreement(quantized, path, x) >= 0.995
     assert abs(evaluate(quantized, task) - evaluate(model, task)) <= 0.02
-    float_path = get_engine("onnxruntime").export(model, x[:1], tmp_path / "fp32.onnx")
+    float_path = get_engine().export(model, x[:1], tmp_path / "fp32.onnx")
     assert path.stat().st_size < 0.5 * float_path.stat().st_size  # a 20k-param net
 
 
@@ -61,8 +57,9 @@ def test_quantized_model_saves_and_reloads_without_user_code(trained, tmp_path) 
 @pytest.mark.parametrize("method", ["lsq", "pact"])
 def test_qat_trains_and_reloads(trained, tmp_path, method: str) -> None:
     _, model, task = trained
-    config = QuantConfig(weight_bits=4, qat_method=method)
-    quantized = qat(model, task, config, epochs=1)
+    training = TrainConfig(epochs=1, lr=0.005, warmup_epochs=0.0, progress=False)
+    config = QATConfig(quant=QuantConfig(weight_bits=4), algorithm=method, train=training)
+    quantized = apply(model, config, task)
     assert evaluate(quantized, task) > 0.8
     save_model(tmp_path / "qat.pt", quantized)
     x, _ = task.split("test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mobiledl.compress.quantize.config import QuantConfig
+from mobiledl.compress.quantize.config import QATConfig, QuantConfig
 from mobiledl.compress.quantize.qat import LSQFakeQuantize, PACTFakeQuantize
 from mobiledl.compress.quantize.quantizer import (
     FakeQuantize,
@@ -89,10 +89,12 @@ def test_spec_and_config_validation_name_the_field() -> None:
         QuantConfig(observer="median")
     with pytest.raises(UserError, match="weight_observer"):
         QuantConfig(weight_observer="kl")
-    with pytest.raises(UserError, match="qat_method"):
-        QuantConfig(qat_method="dorefa")
-    with pytest.raises(UserError, match="layer_bits"):
-        QuantConfig(layer_bits={"conv": 12})
+    with pytest.raises(UserError, match="algorithm"):
+        QATConfig(algorithm="dorefa")
+    with pytest.raises(UserError, match="weight_bits"):
+        QuantConfig(overrides=[{"match": "conv", "weight_bits": 12}])
+    with pytest.raises(UserError, match="not a per-layer setting"):
+        QuantConfig(overrides=[{"match": "conv", "act_bits": 4}])
 
 
 def test_fake_quantize_module_passes_through_until_enabled() -> None:

@@ -143,6 +143,9 @@ def _labelled_by(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_auto_observer_keeps_the_most_accurate_on_validation() -> None:
+    from dataclasses import replace
+
+    from mobiledl import apply, report_of
     from mobiledl.compress.quantize.config import AUTO_OBSERVERS
     from mobiledl.data.task import Task
     from mobiledl.models import create_model
@@ -156,15 +159,13 @@ def test_auto_observer_keeps_the_most_accurate_on_validation() -> None:
     task = Task("tail", 10, x[:100], y[:100], x[100:200], y[100:200], x[200:], y[200:])
     config = QuantConfig(weight_bits=4, act_bits=4, calibration_samples=64)
     accuracies = {
-        name: evaluate(
-            quantize(model, QuantConfig(**{**config.to_dict(), "observer": name}), task),
-            task,
-            "val",
-        )
+        name: evaluate(apply(model, replace(config, observer=name), task), task, "val")
         for name in AUTO_OBSERVERS
     }
-    chosen = quantize(model, QuantConfig(**{**config.to_dict(), "observer": "auto"}), task)
-    recorded = chosen.mobiledl_arch["transforms"][-1]["config"]["observer"]
+    chosen = apply(model, replace(config, observer="auto"), task)
+    recorded = report_of(chosen).values["observer"]
+    record = chosen.mobiledl_arch["transforms"][-1]["config"]
+    assert record["config"]["observer"] == recorded
     assert recorded in AUTO_OBSERVERS and recorded != "auto"
     assert accuracies[recorded] == max(accuracies.values())
     assert evaluate(chosen, task, "val") == max(accuracies.values())

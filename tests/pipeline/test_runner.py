@@ -2,6 +2,7 @@
 ``kill -9`` in the middle of a step loses no finished step."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -44,19 +45,20 @@ TWO_STEPS = [
 ]
 
 
-def test_resume_skips_finished_steps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_skips_finished_steps(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mobiledl")
     out = tmp_path / "run"
     first = run_recipe(write_recipe(tmp_path / "a.yaml", TWO_STEPS), out, progress=False)
     assert [m.name for m in first] == ["train", "factorize"]
     files = {p.name: fingerprint(p) for p in (out / "checkpoints").glob("*.pt")}
     assert set(files) == {"00-input.pt", "01-train.pt", "02-factorize.pt"}
-    capsys.readouterr()
+    caplog.clear()
 
     longer = write_recipe(tmp_path / "b.yaml", [*TWO_STEPS, {"step": "finetune", "epochs": 1}])
     with pytest.raises(UserError, match="pass --resume"):
         run_recipe(longer, out, progress=False)
     measurements = run_recipe(longer, out, resume=True, progress=False)
-    log = capsys.readouterr().err
+    log = caplog.text
     assert "2 of 3 steps done, skipping them" in log
     assert "[1/3]" not in log and "[2/3]" not in log and "[3/3] finetune" in log
     assert [m.name for m in measurements] == ["train", "factorize", "finetune"]

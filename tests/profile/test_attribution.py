@@ -165,9 +165,13 @@ def test_measurement_dict_and_table(net_profile) -> None:
     row = net_profile.measurement("net")
     assert isinstance(row, Measurement)
     assert (row.name, row.params, row.macs) == ("net", net_profile.params, net_profile.macs)
-    assert row.bytes == net_profile.bytes
+    assert row.bytes is None  # a profile writes no artifact: bytes is a file's size
     assert row.peak_memory_bytes == net_profile.peak_memory_bytes
-    assert row.extra == {"pool_ops": net_profile.pool_ops, "precision_bits": 32}
+    assert row.extra == {
+        "pool_ops": net_profile.pool_ops,
+        "precision_bits": 32,
+        "weight_bytes": net_profile.bytes,
+    }
     data = json.loads(json.dumps(net_profile.to_dict()))
     assert data["macs"] == net_profile.macs
     assert data["layers"][8] == {

@@ -91,6 +91,19 @@ class Engine(ABC):
             engine=self.name,
         )
 
+    def top1_agreement(
+        self, model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike, batch: int = 256
+    ) -> float:
+        """Fraction of samples on which ``model`` and the engine agree on the arg-max class."""
+        runner = self._as_runner(path_or_runner)
+        inputs = to_numpy(x)
+        agree = 0
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start : start + batch]
+            ours = eager_output(model, chunk).argmax(axis=1)
+            agree += int((runner.run(chunk).argmax(axis=1) == ours).sum())
+        return agree / max(len(inputs), 1)
+
     def parity_check(
         self, model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike
     ) -> float:
@@ -154,8 +167,10 @@ def list_engines() -> list[str]:
     return sorted(set(_BUILTIN_ENGINES) | set(_ENGINES))
 
 
-def get_engine(name: str = DEFAULT_ENGINE) -> Engine:
-    """The engine called ``name``; ``UserError`` listing the available ones if unknown."""
+def get_engine(name: str | None = None) -> Engine:
+    """The engine called ``name`` (``None``: the default engine); ``UserError`` listing the
+    available ones if unknown."""
+    name = name or DEFAULT_ENGINE
     if name in _ENGINES:
         return _ENGINES[name]()
     if name not in _BUILTIN_ENGINES:

@@ -31,6 +31,8 @@ from mobiledl.deploy.engine import (
     to_numpy,
     to_tensor,
 )
+from mobiledl.deploy.lowering import lower_model
+from mobiledl.deploy.qdq import tidy_qdq_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
 
@@ -93,21 +95,21 @@ class OnnxRuntimeEngine(Engine):
     file_suffix = ".onnx"
 
     def export(self, model: nn.Module, example_input: ArrayLike, path: PathLike) -> Path:
-        """Export ``model`` in eval mode to ``path``; the file appears only if export works.
+        """Lower ``model`` (``mobiledl.deploy.lowering``) and export it to ``path``; the file
+        appears only if export works. A quantized model becomes an int8 QDQ graph that ONNX
+        Runtime runs with integer kernels (``mobiledl.deploy.qdq``).
 
         The graph is checked with ``onnx.checker``. A module that cannot be exported
         raises ``UserError`` naming it (qualified name and class) and the operator.
         """
         target = Path(path)
         x = to_tensor(example_input)
-        was_training = model.training
-        model.eval()
-        try:
-            with atomic_path(target) as tmp:
-                _export_file(model, x, tmp)
-                _check_file(tmp)
-        finally:
-            model.train(was_training)
+        lowered = lower_model(model)
+        with atomic_path(target) as tmp:
+            _export_file(lowered.model, x, tmp)
+            if lowered.quantized:
+                _tidy_int8(tmp)
+            _check_file(tmp)
         return target
 
     def load(self, path: PathLike, threads: int | None = None) -> OrtRunner:
@@ -169,6 +171,13 @@ def _legacy_export(model: nn.Module, x: torch.Tensor, file: Path | io.BytesIO) -
         )
 
 
+def _tidy_int8(path: Path) -> None:
+    """Rewrite an exported QDQ graph for ONNX Runtime's integer kernels, in place."""
+    model = onnx.load(str(path))
+    tidy_qdq_graph(model.graph)
+    onnx.save(model, str(path))
+
+
 def _check_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
@@ -185,6 +194,7 @@ def _quiet() -> Iterator[None]:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # static sizes become constants
         with _fd_silenced(1):
             yield
 

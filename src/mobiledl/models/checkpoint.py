@@ -19,12 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobiledl.core.methods import config_from_dict, load_plugins
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
 from mobiledl.models.registry import create_model
 
 FORMAT = "mobiledl-model"
 VERSION = 1
+#: Record keys that are not constructor arguments of the zoo model.
+RECORD_KEYS = ("transforms", "display_name", "history")
 
 Transform = Callable[[nn.Module, dict[str, Any]], nn.Module]
 _TRANSFORMS: dict[str, Transform] = {}
@@ -94,7 +97,8 @@ def load_model(path: str | Path) -> LoadedModel:
     """Rebuild the model stored at ``path`` in eval mode."""
     payload = _read_payload(Path(path))
     arch = payload["arch"]
-    base = {k: v for k, v in arch.items() if k not in ("transforms", "display_name")}
+    _check_history(arch.get("history", []), path)
+    base = {k: v for k, v in arch.items() if k not in RECORD_KEYS}
     try:
         model = create_model(**base)
     except TypeError as exc:
@@ -114,38 +118,23 @@ def load_model(path: str | Path) -> LoadedModel:
     return LoadedModel(model=model, arch=arch, meta=payload.get("meta", {}))
 
 
+def _check_history(history: Any, path: Path) -> None:
+    """Every method config the file records must be one this mobiledl can read."""
+    if not isinstance(history, list):
+        raise UserError(f"{path}: the record's history must be a list of method configs")
+    for index, entry in enumerate(history):
+        config_from_dict(entry, f"{path}: history[{index}]")
+
+
 def _apply_transforms(model: nn.Module, transforms: list[dict[str, Any]], path: Path) -> nn.Module:
     if transforms:
-        _load_transform_providers()
+        load_plugins()
     for transform in transforms:
         kind = transform.get("kind")
         if kind not in _TRANSFORMS:
             raise UserError(f"{path}: unknown model transform '{kind}'")
         model = _TRANSFORMS[kind](model, transform.get("config", {}))
     return model
-
-
-def _load_transform_providers() -> None:
-    """Import the packages whose ``register_transform`` calls make files loadable."""
-    import importlib
-
-    for module in _TRANSFORM_PROVIDERS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-# Modules that register transforms; a provider not written yet is skipped.
-_TRANSFORM_PROVIDERS = (
-    "mobiledl.compress.prune",
-    "mobiledl.compress.quantize",
-    "mobiledl.compress.factorize",
-    "mobiledl.train.tinytl",
-    "mobiledl.train.sparse_update",
-    "mobiledl.automl.nas",
-)
 
 
 def _read_payload(path: Path) -> dict[str, Any]:

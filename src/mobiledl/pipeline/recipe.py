@@ -1,10 +1,14 @@
 """Recipes: a YAML file naming a task, a model and the steps to apply, validated strictly.
 
-A recipe is checked with pydantic (every model forbids unknown fields), then each step's
-method config (``PruneConfig``, ``FactorizeConfig``, ``QuantConfig``, ``TrainConfig``) is
-built once, so a bad value fails before anything runs. Errors become one-line
-``UserError`` messages naming the step and field, e.g.
-``recipe.yaml: steps[2] (factorize): unknown field 'rnk'``.
+A step is ``{step: KIND, name: LABEL, ...fields}``. KIND is a registered method (``train``,
+``distill``, ``prune``, ``channel_prune``, ``factorize``, ``ptq``, ``qat``, ``kmeans``,
+``binary``, ``ternary``, ``mixed_precision``, ``adapt``, ...) whose fields are exactly those of
+its config class (``mobiledl.core.methods``), so a recipe reaches every option a method has and
+nothing else; or one of the pipeline steps ``encode``, ``export``, ``benchmark``. The header is
+checked with pydantic (unknown fields are errors) and every step's config is built before
+anything runs. Errors are one-line ``UserError`` messages naming the step and field, e.g.
+``recipe.yaml: steps[2] (factorize): unknown field 'rnk'``. Steps written in the format of
+earlier versions are translated (``translate_legacy``).
 
 Example::
 
@@ -13,9 +17,9 @@ Example::
     model: {arch: resnet20}
     steps:
       - {step: train, epochs: 20}
-      - {step: factorize, method: tucker2, macs_ratio: 0.5, round_to: 8}
-      - {step: finetune, epochs: 5, lr: 0.01, kd: {feature: attention}}
-      - {step: quantize, method: ptq}
+      - {step: factorize, decomposition: tucker2, macs_ratio: 0.5, round_to: 8}
+      - {step: distill, feature: attention, train: {epochs: 5, lr: 0.01}}
+      - {step: ptq}
       - {step: export}
       - {step: benchmark, batch_sizes: [1, 32]}
 """
@@ -24,15 +28,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from mobiledl.core.config import MethodConfig
+from mobiledl.core.methods import get_method, list_methods
 from mobiledl.errors import UserError
-
-COMPRESSION_STEPS = ("prune", "factorize", "quantize", "kmeans")
 
 
 class Strict(BaseModel):
@@ -79,210 +84,72 @@ class ReportSpec(Strict):
     sensitivity: list[Annotated[float, Field(ge=0, lt=1)]] = [0.3, 0.5, 0.7, 0.9]
 
 
-class TrainFields(Strict):
-    """Training hyper-parameters shared by ``train``, ``finetune`` and method fine-tuning."""
-
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
-
-    def train_config(self, progress: bool = False, **overrides: Any) -> Any:
-        """The ``TrainConfig`` these fields describe."""
-        from mobiledl.train import TrainConfig
-
-        fields = self.model_dump(include=set(TrainFields.model_fields))
-        return TrainConfig(**{**fields, "progress": progress, **overrides})
-
-
-class KDSpec(Strict):
-    """Knowledge distillation for a fine-tuning step.
-
-    ``teacher``: ``uncompressed`` (the model before the first compression step), the name
-    of an earlier step, or a model file. ``alpha``/``temperature``: Hinton logit KD
-    (``alpha = 0`` turns it off). ``feature``: ``hint`` (FitNets) or ``attention`` (AT).
-    """
-
-    teacher: str = "uncompressed"
-    alpha: float = Field(0.9, ge=0, le=1)
-    temperature: float = Field(4.0, gt=0)
-    feature: Literal["none", "hint", "attention"] = "none"
-    feature_weight: float | None = Field(None, ge=0)
-    layers: list[str] | None = None
-
-
-class StepBase(Strict):
-    """``name`` labels the step in logs, reports and ``kd.teacher`` (default: the kind)."""
-
-    name: str | None = None
-
-    def config(self) -> Any:
-        """The method config this step runs with (built at validation to check values)."""
-        return None
-
-    @model_validator(mode="after")
-    def _check_config(self) -> StepBase:
-        try:
-            self.config()
-        except UserError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
-
-class TrainStep(StepBase, TrainFields):
-    """Train the model (from scratch or further) on the task."""
-
-    step: Literal["train"]
-
-    def config(self) -> Any:
-        return self.train_config()
-
-
-class FinetuneStep(StepBase, TrainFields):
-    """Fine-tune, optionally with knowledge distillation (``kd``)."""
-
-    step: Literal["finetune"]
-    epochs: int = Field(5, ge=0)
-    lr: float | None = Field(0.01, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    kd: KDSpec | None = None
-
-    def config(self) -> Any:
-        if self.kd is None:
-            return self.train_config()
-        return self.train_config(kd_alpha=self.kd.alpha, kd_temperature=self.kd.temperature)
-
-
-class PruneStep(StepBase):
-    """``mobiledl.compress.prune.prune`` with a ``PruneConfig`` of these fields."""
-
-    step: Literal["prune"]
-    granularity: str = "element"
-    criterion: str = "l1"
-    sparsity: float | dict[str, float] | None = None
-    macs_ratio: float | None = None
-    scope: str | None = None
-    schedule: str = "oneshot"
-    steps: int = 5
-    round_to: int = 8
-    exclude: list[str] = []
-    finetune: TrainFields | None = None
-
-    def config(self) -> Any:
-        from mobiledl.compress.prune import PruneConfig
-
-        fields = self.model_dump(exclude={"name", "step", "finetune"})
-        finetune = (self.finetune or TrainFields(epochs=0)).train_config()
-        return PruneConfig(**{**fields, "exclude": tuple(self.exclude), "finetune": finetune})
-
-
-class FactorizeStep(StepBase):
-    """``mobiledl.compress.factorize.factorize`` with a ``FactorizeConfig`` of these fields."""
-
-    step: Literal["factorize"]
-    method: str | list[str] = "tucker2"
-    energy: float | None = None
-    macs_ratio: float | None = None
-    vbmf: bool = False
-    ranks: dict[str, int | list[int]] | None = None
-    round_to: int = 1
-    min_saving: float = 0.0
-    layers: list[str] | None = None
-    exclude: list[str] = []
-    iterations: int = 50
-    data_aware: bool = True
-    calibration_samples: int = 512
-    recalibrate_bn: bool = True
-
-    def config(self) -> Any:
-        from mobiledl.compress.factorize import FactorizeConfig
-
-        return FactorizeConfig(**self.model_dump(exclude={"name", "step"}))
-
-
-class QuantizeStep(StepBase):
-    """Linear int8-style quantization: ``ptq`` (calibration) or ``qat`` (``epochs`` of QAT)."""
-
-    step: Literal["quantize"]
-    method: Literal["ptq", "qat"] = "ptq"
-    weight_bits: int = 8
-    act_bits: int = 8
-    per_channel: bool = True
-    observer: str = "minmax"
-    calibration_samples: int = 512
-    qat_method: str = "ste"
-    epochs: int = Field(3, ge=0)
-    lr: float = Field(0.005, gt=0)
-
-    def config(self) -> Any:
-        from mobiledl.compress.quantize import QuantConfig
-
-        fields = self.model_dump(exclude={"name", "step", "method", "epochs", "lr"})
-        return QuantConfig(**fields)
-
-
-class KMeansStep(StepBase):
-    """K-means weight sharing (Deep Compression stage 2), then centroid fine-tuning."""
-
-    step: Literal["kmeans"]
-    conv_bits: int = Field(8, ge=1, le=8)
-    fc_bits: int = Field(5, ge=1, le=8)
-    finetune_epochs: int = Field(0, ge=0)
-    lr: float = Field(0.01, gt=0)
-
-
-class EncodeStep(StepBase):
+class EncodeStep(Strict):
     """Huffman coding of a k-means model (Deep Compression stage 3): measures storage."""
 
     step: Literal["encode"]
+    name: str | None = None
     method: Literal["huffman"] = "huffman"
     conv_index_bits: int = Field(8, ge=1)
     fc_index_bits: int = Field(5, ge=1)
 
 
-class ExportStep(StepBase):
-    """Write the deployable ONNX file (int8 QDQ for a quantized model) into the run dir."""
+class ExportStep(Strict):
+    """Write the deployable artifact (int8 for a quantized model) into the run dir."""
 
     step: Literal["export"]
+    name: str | None = None
     file: str = "model.onnx"
 
 
-class BenchmarkStep(StepBase):
-    """Time the exported model in ONNX Runtime at several batch sizes and thread counts."""
+class BenchmarkStep(Strict):
+    """Time the exported model at several batch sizes and thread counts."""
 
     step: Literal["benchmark"]
+    name: str | None = None
     batch_sizes: list[Annotated[int, Field(ge=1)]] = [1]
     threads: list[Annotated[int, Field(ge=1)] | None] = [None]
     repeats: int = Field(50, ge=1)
 
 
-Step = Annotated[
-    TrainStep
-    | FinetuneStep
-    | PruneStep
-    | FactorizeStep
-    | QuantizeStep
-    | KMeansStep
-    | EncodeStep
-    | ExportStep
-    | BenchmarkStep,
-    Field(discriminator="step"),
-]
-STEP_KINDS = (
-    "train",
-    "finetune",
-    "prune",
-    "factorize",
-    "quantize",
-    "kmeans",
-    "encode",
-    "export",
-    "benchmark",
-)
+#: Steps that measure or ship the model rather than apply a method to it.
+PIPELINE_STEPS: dict[str, type[Strict]] = {
+    "encode": EncodeStep,
+    "export": ExportStep,
+    "benchmark": BenchmarkStep,
+}
+#: Methods that train rather than compress (a KD teacher "uncompressed" is the model before
+#: the first step that is not one of these).
+TRAINING_METHODS = ("train", "distill", "adapt")
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    """One validated step: its kind (a method name or a pipeline step), its label, its
+    config (a ``MethodConfig`` for a method, else the pipeline step's settings) and the kind
+    as the recipe wrote it (``finetune`` of an earlier version is the ``train`` method)."""
+
+    kind: str
+    name: str | None
+    config: Any
+    written_kind: str = ""
+
+    @property
+    def label(self) -> str:
+        """The step's default name: the kind the recipe wrote."""
+        return self.written_kind or self.kind
+
+    @property
+    def is_method(self) -> bool:
+        return isinstance(self.config, MethodConfig)
+
+    def spec(self) -> dict[str, Any]:
+        """The step as plain JSON data (what a run records to detect changes)."""
+        if self.is_method:
+            fields = self.config.fields_dict()
+        else:
+            fields = self.config.model_dump(mode="json", exclude={"step", "name"})
+        return {"step": self.kind, "name": self.name, **fields}
 
 
 class Recipe(Strict):
@@ -294,33 +161,28 @@ class Recipe(Strict):
     model: ModelSpec
     measure: MeasureSpec = MeasureSpec()
     report: ReportSpec = ReportSpec()
-    steps: list[Step] = Field(min_length=1)
+    steps: list[dict[str, Any]] = Field(min_length=1)
+    _parsed: list[RecipeStep] = PrivateAttr(default_factory=list)
 
-    @model_validator(mode="after")
-    def _check_steps(self) -> Recipe:
-        names = self.step_names()
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                raise ValueError(f"steps[{index}]: duplicate step name '{name}'")
-        for index, step in enumerate(self.steps):
-            kd = getattr(step, "kd", None)
-            if kd is not None and kd.teacher in names and names.index(kd.teacher) >= index:
-                raise ValueError(f"steps[{index}]: kd.teacher '{kd.teacher}' is not earlier")
-        return self
+    @property
+    def parsed_steps(self) -> list[RecipeStep]:
+        """The validated steps (``parse_recipe`` fills them)."""
+        return self._parsed
 
     def step_names(self) -> list[str]:
         """Each step's name: its ``name``, else its kind (numbered if the kind repeats)."""
         names: list[str] = []
-        for index, step in enumerate(self.steps):
-            name = step.name or step.step
+        labels = [step.label for step in self._parsed]
+        for index, step in enumerate(self._parsed):
+            name = step.name or step.label
             if step.name is None and name in names:
-                name = f"{name}-{[s.step for s in self.steps[:index]].count(step.step) + 1}"
+                name = f"{name}-{labels[:index].count(step.label) + 1}"
             names.append(name)
         return names
 
     def spec(self, index: int) -> dict[str, Any]:
         """Step ``index`` as plain JSON data (what a run records to detect changes)."""
-        return self.steps[index].model_dump(mode="json")
+        return self._parsed[index].spec()
 
     def header(self) -> dict[str, Any]:
         """Everything but the steps, as plain JSON data."""
@@ -328,8 +190,8 @@ class Recipe(Strict):
 
     def fingerprint(self) -> str:
         """A short hash of the whole recipe."""
-        data = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(data).hexdigest()[:16]
+        data = {**self.header(), "steps": [step.spec() for step in self._parsed]}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -348,25 +210,155 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
-    """Validate already-parsed recipe data."""
+    """Validate already-parsed recipe data: the header with pydantic, each step against its
+    method's config class (or the pipeline step's model)."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a mapping with name, task, model and steps")
+    steps = data.get("steps")
+    if isinstance(steps, list) and not all(isinstance(step, dict) for step in steps):
+        index = next(i for i, step in enumerate(steps) if not isinstance(step, dict))
+        raise UserError(f"{source}: steps[{index}]: a step is a mapping with 'step' and fields")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{source}: {describe_error(exc.errors()[0], data)}") from None
+    recipe._parsed = [parse_step(index, raw, source) for index, raw in enumerate(recipe.steps)]
+    _check_names(recipe, source)
+    return recipe
+
+
+def parse_step(index: int, raw: dict[str, Any], source: str = "recipe") -> RecipeStep:
+    """One step: ``{step: KIND, name: LABEL, ...fields}``; KIND is a method (see
+    ``mobiledl.core.methods.list_methods``) or ``encode`` / ``export`` / ``benchmark``."""
+    written = raw.get("step") if isinstance(raw.get("step"), str) else ""
+    raw = translate_legacy(raw)
+    kind = raw.get("step")
+    known = isinstance(kind, str) and kind in step_kinds()
+    where = f"{source}: steps[{index}]" + (f" ({kind})" if known else "")
+    if not isinstance(kind, str):
+        raise UserError(f"{where}: missing 'step' (one of {', '.join(step_kinds())})")
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise UserError(f"{where}: name must be a string")
+    if kind in PIPELINE_STEPS:
+        try:
+            return RecipeStep(kind, name, PIPELINE_STEPS[kind].model_validate(raw), written)
+        except ValidationError as exc:
+            raise UserError(f"{where}: {_field_error(exc.errors()[0])}") from None
+    if kind not in {method.name for method in list_methods()}:
+        raise UserError(f"{where}: unknown step '{kind}'; choose one of {', '.join(step_kinds())}")
+    fields = {k: v for k, v in raw.items() if k not in ("step", "name")}
+    config = get_method(kind).config_type.from_fields(fields, where)
+    return RecipeStep(kind, name, config, written)
+
+
+def step_kinds() -> list[str]:
+    """Every step kind a recipe accepts."""
+    return sorted({method.name for method in list_methods()} | set(PIPELINE_STEPS))
+
+
+def _field_error(error: dict[str, Any]) -> str:
+    field = _path([part for part in error["loc"] if part not in PIPELINE_STEPS])
+    if error["type"] == "extra_forbidden":
+        return f"unknown field '{field}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message
+
+
+def _check_names(recipe: Recipe, source: str) -> None:
+    names = recipe.step_names()
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise UserError(f"{source}: steps[{index}]: duplicate step name '{name}'")
+    for index, step in enumerate(recipe.parsed_steps):
+        teacher = getattr(step.config, "teacher", None)
+        if isinstance(teacher, str) and teacher in names and names.index(teacher) >= index:
+            raise UserError(f"{source}: steps[{index}]: teacher '{teacher}' is not an earlier step")
+
+
+# ---------------------------------------------------------------- recipes of earlier versions
+
+
+def translate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """A step written in the recipe format before steps were method configs, in today's form:
+
+    - ``finetune`` (default 5 epochs, lr 0.01, no warm-up) is ``train``, or ``distill`` with
+      its ``kd`` block (``teacher``, ``alpha``, ``temperature``, ``feature``, ...);
+    - ``quantize`` with ``method: ptq | qat`` is ``ptq`` or ``qat`` (``epochs``, ``lr`` and
+      ``qat_method`` become the QAT training run and algorithm);
+    - ``prune`` with ``granularity: channel`` is ``channel_prune``;
+    - ``kmeans`` with ``conv_bits`` / ``fc_bits`` / ``finetune_epochs`` / ``lr`` is ``kmeans``
+      with ``bits`` and a rule for the linear layers;
+    - ``factorize``'s ``method`` is ``decomposition``.
+    """
+    kind = raw.get("step")
+    translate = _LEGACY.get(kind) if isinstance(kind, str) else None
+    return translate(dict(raw)) if translate else raw
+
+
+def _legacy_finetune(raw: dict[str, Any]) -> dict[str, Any]:
+    head = {k: raw.pop(k) for k in ("name",) if k in raw}
+    raw.pop("step")
+    kd = raw.pop("kd", None)
+    training = {"epochs": 5, "lr": 0.01, "warmup_epochs": 0.0, **raw}
+    if kd is None:
+        return {"step": "train", **head, **training}
+    if not isinstance(kd, dict):
+        return {"step": "distill", **head, "kd": kd}  # fails validation with a clear field name
+    kd = dict(kd)
+    teacher = kd.pop("teacher", "uncompressed")
+    return {"step": "distill", **head, "teacher": teacher, **kd, "train": training}
+
+
+def _legacy_quantize(raw: dict[str, Any]) -> dict[str, Any]:
+    method = raw.pop("method", "ptq")
+    raw.pop("step")
+    head = {k: raw.pop(k) for k in ("name",) if k in raw}
+    if method != "qat":
+        return {"step": method, **head, **raw}
+    training = {"epochs": raw.pop("epochs", 3), "lr": raw.pop("lr", 0.005), "warmup_epochs": 0}
+    algorithm = raw.pop("qat_method", "ste")
+    return {"step": "qat", **head, "quant": raw, "algorithm": algorithm, "train": training}
+
+
+def _legacy_prune(raw: dict[str, Any]) -> dict[str, Any]:
+    if raw.get("granularity") != "channel":
+        return raw
+    raw.pop("granularity")
+    if raw.get("schedule", "oneshot") == "oneshot":
+        raw.pop("schedule", None)
+    return {**raw, "step": "channel_prune"}
+
+
+def _legacy_kmeans(raw: dict[str, Any]) -> dict[str, Any]:
+    if not {"conv_bits", "fc_bits", "finetune_epochs", "lr"} & set(raw):
+        return raw
+    conv_bits, fc_bits = raw.pop("conv_bits", 8), raw.pop("fc_bits", 5)
+    finetune = {"epochs": raw.pop("finetune_epochs", 0), "lr": raw.pop("lr", 0.01)}
+    rules = [{"match": "type:Linear", "bits": fc_bits}]
+    return {**raw, "bits": conv_bits, "overrides": rules, "finetune": finetune}
+
+
+def _legacy_factorize(raw: dict[str, Any]) -> dict[str, Any]:
+    if "method" in raw and "decomposition" not in raw:
+        raw["decomposition"] = raw.pop("method")
+    return raw
+
+
+_LEGACY = {
+    "finetune": _legacy_finetune,
+    "quantize": _legacy_quantize,
+    "prune": _legacy_prune,
+    "kmeans": _legacy_kmeans,
+    "factorize": _legacy_factorize,
+}
 
 
 def describe_error(error: dict[str, Any], data: dict[str, Any]) -> str:
-    """One line for a pydantic error: where (``steps[2] (factorize)``) and what."""
+    """One line for a pydantic error in the recipe's header: where (``task``) and what."""
     loc = list(error["loc"])
     kind, message = error["type"], error["msg"]
-    where, field = _where(loc, data)
-    if kind == "union_tag_invalid":
-        tag = error.get("ctx", {}).get("tag")
-        return f"{where}: unknown step '{tag}'; choose one of {', '.join(STEP_KINDS)}"
-    if kind == "union_tag_not_found":
-        return f"{where}: missing 'step' (one of {', '.join(STEP_KINDS)})"
+    where, field = (str(loc[0]), _path(loc[1:])) if loc else ("recipe", "")
     if kind in ("extra_forbidden", "missing") and not field:
         where, field = "recipe", where
     if kind == "extra_forbidden":
@@ -377,22 +369,6 @@ def describe_error(error: dict[str, Any], data: dict[str, Any]) -> str:
     if not loc:
         return message
     return f"{where}: {field}: {message}" if field else f"{where}: {message}"
-
-
-def _where(loc: list[Any], data: dict[str, Any]) -> tuple[str, str]:
-    """``(where, field)``: the section (``steps[2] (factorize)``, ``task``) and the field path."""
-    if loc and loc[0] == "steps" and len(loc) > 1 and isinstance(loc[1], int):
-        index = loc[1]
-        rest = loc[2:]
-        if rest and rest[0] in STEP_KINDS:
-            rest = rest[1:]
-        step = data.get("steps", [])[index] if index < len(data.get("steps", [])) else {}
-        kind = step.get("step") if isinstance(step, dict) else None
-        where = f"steps[{index}] ({kind})" if kind in STEP_KINDS else f"steps[{index}]"
-        return where, _path(rest)
-    if not loc:
-        return "recipe", ""
-    return str(loc[0]), _path(loc[1:])
 
 
 def _path(parts: list[Any]) -> str:

@@ -16,12 +16,12 @@ step, so a run killed at any moment (``kill -9`` included) loses only the step i
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from torch import nn
 
-from mobiledl.cli_support import log
 from mobiledl.data import build_task
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
@@ -31,6 +31,8 @@ from mobiledl.pipeline.state import RunState, StepRecord
 from mobiledl.pipeline.steps import RunContext, run_step
 from mobiledl.profile import Measurement
 from mobiledl.train import seed_everything
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 INPUT_MODEL = f"{CHECKPOINTS}/00-input.pt"
@@ -53,7 +55,7 @@ def run_recipe(
     from mobiledl.pipeline.report import write_report
 
     write_report(ctx)
-    log(f"done: {len(recipe.steps)} steps; wrote {out_dir / 'report.html'}")
+    logger.info(f"done: {len(recipe.steps)} steps; wrote {out_dir / 'report.html'}")
     return [step.to_measurement() for step in state.steps]
 
 
@@ -72,7 +74,7 @@ def _run_one(model: nn.Module, ctx: RunContext, index: int) -> nn.Module:
     record = StepRecord(
         index=index,
         name=name,
-        kind=ctx.recipe.steps[index].step,
+        kind=ctx.recipe.parsed_steps[index].kind,
         spec=ctx.recipe.spec(index),
         model=model_file,
         measurement=measurement.to_dict(),
@@ -83,7 +85,7 @@ def _run_one(model: nn.Module, ctx: RunContext, index: int) -> nn.Module:
     ctx.state.steps.append(record)
     ctx.state.running = None
     ctx.state.save(ctx.out_dir)
-    log(f"    {summary(measurement)} ({record.seconds:.1f} s)")
+    logger.info(f"    {summary(measurement)} ({record.seconds:.1f} s)")
     return result.model
 
 
@@ -118,7 +120,7 @@ def _start_state(
             )
         _check_resumable(recipe, state, out_dir)
         done = len(state.steps)
-        log(f"resuming {out_dir}: {done} of {len(recipe.steps)} steps done, skipping them")
+        logger.info(f"resuming {out_dir}: {done} of {len(recipe.steps)} steps done, skipping them")
         return state
     state = RunState(recipe.name, recipe.fingerprint(), recipe.header(), INPUT_MODEL)
     save_model(out_dir / INPUT_MODEL, _input_model(recipe, task, recipe_dir), {"step": "input"})

@@ -18,6 +18,7 @@ from mobiledl.profile.profiler import (
     profile_model,
     weight_bytes,
 )
+from mobiledl.profile.storage import packed_storage_bytes
 from mobiledl.profile.training_memory import (
     OPTIMIZER_STATES,
     LayerTrainingMemory,
@@ -43,6 +44,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "peak_activation_memory",
+    "packed_storage_bytes",
     "peak_allocation",
     "profile_model",
     "trace_training",

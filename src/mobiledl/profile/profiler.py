@@ -88,14 +88,19 @@ class ModelProfile:
     input_shape: list[tuple[int, ...]] = field(default_factory=list)
 
     def measurement(self, name: str = "model") -> Measurement:
-        """These numbers as a ``Measurement`` row (``pool_ops`` and ``bits`` in ``extra``)."""
+        """These numbers as a ``Measurement`` row. The weight bytes at ``bits`` are a count,
+        not a file: they go to ``extra["weight_bytes"]`` (``Measurement.bytes`` is the size of
+        an exported artifact)."""
         return Measurement(
             name=name,
             params=self.params,
             macs=self.macs,
-            bytes=self.bytes,
             peak_memory_bytes=self.peak_memory_bytes,
-            extra={"pool_ops": self.pool_ops, "precision_bits": self.bits},
+            extra={
+                "pool_ops": self.pool_ops,
+                "precision_bits": self.bits,
+                "weight_bytes": self.bytes,
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:

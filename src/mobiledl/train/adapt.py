@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.profile import Measurement
@@ -33,15 +35,30 @@ METHODS = (*BASELINES, "tinytl", "sparse")
 DEFAULT_LR = {"full": 0.01, "last": 0.05, "bias": 0.05, "tinytl": 0.05, "sparse": 0.05}
 
 
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Method, training recipe, and the memory budget (bytes of training peak)."""
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig(MethodConfig):
+    """Adapt a pretrained model to a new task on the device (Cai et al. 2022, Sec. 4): which
+    parameters train, how, and within how much training memory.
 
-    method: str = "tinytl"
+    - ``strategy``: ``full``, ``last`` (classifier only), ``bias`` (biases and classifier),
+      ``tinytl`` (lite residuals + biases, Cai et al. 2020) or ``sparse`` (sparse update under
+      the memory budget, Lin et al. 2022).
+    - ``epochs`` / ``batch_size`` / ``lr`` / ``optimizer``: the fine-tuning run (``lr``
+      ``None``: a rate that worked for the strategy).
+    - ``memory_budget``: bytes of predicted training peak the run must fit in (``sparse``
+      needs one; ``tinytl`` adapts only as many of the last blocks as fit).
+    - ``checkpoint_segments``: gradient checkpointing in this many segments.
+    - ``seed``: seeds the new classifier, the lite modules and the training order.
+    - ``tinytl`` / ``sparse``: the settings of those strategies.
+    """
+
+    method: ClassVar[str] = "adapt"
+
+    strategy: Literal["full", "last", "bias", "tinytl", "sparse"] = "tinytl"
     epochs: int = 10
     batch_size: int = 32
     lr: float | None = None
-    optimizer: str = "momentum"
+    optimizer: Literal["sgd", "momentum", "adam"] = "momentum"
     memory_budget: int | None = None
     checkpoint_segments: int | None = None
     seed: int = 0
@@ -49,14 +66,17 @@ class AdaptConfig:
     sparse: SparseUpdateConfig = field(default_factory=SparseUpdateConfig)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.method == "sparse" and self.memory_budget is None:
-            raise UserError("method 'sparse' needs a memory budget (--memory-budget-kb)")
+        super().__post_init__()
+        if self.strategy == "sparse" and self.memory_budget is None:
+            raise UserError("strategy 'sparse' needs a memory budget (--memory-budget-kb)")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise UserError(f"memory_budget must be > 0 bytes; got {self.memory_budget}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise UserError("epochs must be >= 0 and batch_size >= 1")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
 
 
 @dataclass
@@ -85,7 +105,14 @@ class AdaptResult:
 
 
 def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
-    """Adapt ``model`` to ``task`` in place with ``config.method`` and measure the result."""
+    """Deprecated: use ``mobiledl.apply(model, AdaptConfig(...), task)`` (a new module; the
+    measurements are in its report)."""
+    warnings.warn("adapt() is deprecated; use mobiledl.apply", DeprecationWarning, stacklevel=2)
+    return adapt_model(model, task, config)
+
+
+def adapt_model(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
+    """Adapt ``model`` to ``task`` in place with ``config.strategy`` and measure the result."""
     _check_input(model, task)
     seed_everything(config.seed)  # the new classifier and lite modules start from the seed too
     replace_classifier(model, task.num_classes)
@@ -95,9 +122,9 @@ def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
         model, x, y, config.optimizer, config.checkpoint_segments, task.loss
     )
     budget = config.memory_budget
-    if budget is not None and config.method != "sparse" and predicted.peak_bytes > budget:
+    if budget is not None and config.strategy != "sparse" and predicted.peak_bytes > budget:
         raise UserError(
-            f"method '{config.method}' needs {predicted.peak_bytes / 1024:.0f} KB of training "
+            f"method '{config.strategy}' needs {predicted.peak_bytes / 1024:.0f} KB of training "
             f"memory at batch size {config.batch_size}, over the budget of {budget / 1024:.0f} KB"
         )
     settings = FineTuneConfig(
@@ -113,15 +140,15 @@ def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
         model, x, y, config.optimizer, config.checkpoint_segments, task.loss
     )
     accuracy = evaluate(model, task, "test")
-    return AdaptResult(model, config.method, accuracy, predicted, measured, plan, history)
+    return AdaptResult(model, config.strategy, accuracy, predicted, measured, plan, history)
 
 
 def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any]:
     """Freeze / wrap / quantize ``model`` for the method; returns what was chosen."""
-    if config.method in BASELINES:
-        freeze(model, config.method)
+    if config.strategy in BASELINES:
+        freeze(model, config.strategy)
         return {}
-    if config.method == "tinytl":
+    if config.strategy == "tinytl":
         settings = config.tinytl
         if config.memory_budget is not None and settings.last_blocks is None:
             settings = _tinytl_within_budget(model, task, config)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
@@ -54,8 +55,8 @@ TRANSFORM = "sparse_update"
 Bounds = tuple[float, float | None]
 
 
-@dataclass(frozen=True)
-class SparseUpdateConfig:
+@dataclass(frozen=True, kw_only=True)
+class SparseUpdateConfig(MethodConfig):
     """Budget (bytes of predicted training peak), quantization, and the analysis' settings.
 
     ``headroom`` keeps the plan that much below the budget (the prediction is within a few
@@ -77,6 +78,7 @@ class SparseUpdateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise UserError(f"memory budget must be > 0 bytes; got {self.memory_budget}")
         if not self.ratios or any(not 0 < r <= 1 for r in self.ratios):
@@ -86,6 +88,17 @@ class SparseUpdateConfig:
 
 
 # ---------------------------------------------------------------- quantized layers
+
+
+class Clamp(nn.Module):
+    """``clamp(x, low, high)``: a folded ReLU / ReLU6 in a lowered sparse-update layer."""
+
+    def __init__(self, low: float, high: float | None) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp(self.low, self.high)
 
 
 class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
@@ -175,6 +188,19 @@ class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
         """The part of ``x`` the update's weight gradient needs."""
         return x
 
+    @torch.no_grad()
+    def lower(self, keep_quantization: bool = True) -> nn.Module:
+        """The inference form (``mobiledl.deploy.lowering``): a plain layer holding the current
+        fp32 weight (frozen rows dequantized, updated rows as trained), then the clamp."""
+        layer = self.plain_layer()
+        layer.weight = nn.Parameter(self.dequantized(self.update.detach()))
+        layer.bias = nn.Parameter(self.bias.detach().clone())
+        return layer if self.bounds is None else nn.Sequential(layer, Clamp(*self.bounds))
+
+    @abc.abstractmethod
+    def plain_layer(self) -> nn.Module:
+        """A float ``nn`` layer of the same shape (weights set by ``lower``)."""
+
     @abc.abstractmethod
     def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The layer's op with an explicit fp32 weight."""
@@ -199,6 +225,18 @@ class QuantizedConv2d(QuantizedLayer):
     @property
     def channel_step(self) -> int:
         return 1 if self.groups == 1 else self.weight_q.shape[0] // self.groups
+
+    def plain_layer(self) -> nn.Module:
+        out_channels, in_per_group, *kernel = self.weight_q.shape
+        return nn.Conv2d(
+            in_per_group * self.groups,
+            out_channels,
+            tuple(kernel),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
 
     def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
@@ -247,6 +285,9 @@ class QuantizedLinear(QuantizedLayer):
 
     def __init__(self, linear: nn.Linear, int8: bool, qas: bool) -> None:
         super().__init__(linear.weight, linear.bias, int8, qas)
+
+    def plain_layer(self) -> nn.Module:
+        return nn.Linear(self.weight_q.shape[1], self.weight_q.shape[0])
 
     def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return F.linear(x, weight, bias)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.core.config import MethodConfig
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.train.transfer import classifier_layer, example_input_for
@@ -42,8 +43,8 @@ from mobiledl.train.transfer import classifier_layer, example_input_for
 TRANSFORM = "tinytl"
 
 
-@dataclass(frozen=True)
-class TinyTLConfig:
+@dataclass(frozen=True, kw_only=True)
+class TinyTLConfig(MethodConfig):
     """Lite residual modules: on/off, resolution divisor, kernel, group width, normalization;
     ``last_blocks``: adapt only the last that many blocks (``None``: all)."""
 
@@ -55,6 +56,7 @@ class TinyTLConfig:
     last_blocks: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.last_blocks is not None and self.last_blocks < 1:
             raise UserError(f"tinytl last_blocks must be >= 1; got {self.last_blocks}")
         if self.downsample < 1:
@@ -95,12 +97,14 @@ class LiteResidual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.main(x)
         branch = x
+        height, width = int(x.shape[-2]), int(x.shape[-1])  # static sizes: exports as constants
         if self.downsample > 1:
-            kernel = (min(self.downsample, x.shape[-2]), min(self.downsample, x.shape[-1]))
+            kernel = (min(self.downsample, height), min(self.downsample, width))
             branch = F.avg_pool2d(x, kernel, ceil_mode=True)
         branch = self.lite(branch)
-        if branch.shape[-2:] != out.shape[-2:]:
-            branch = F.interpolate(branch, size=out.shape[-2:], mode="bilinear")
+        size = (int(out.shape[-2]), int(out.shape[-1]))
+        if tuple(branch.shape[-2:]) != size:
+            branch = F.interpolate(branch, size=size, mode="bilinear")
         return out + branch
 
 

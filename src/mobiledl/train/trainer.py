@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.train.distill import logit_distillation_loss
@@ -30,9 +31,24 @@ from mobiledl.train.distill import logit_distillation_loss
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
-class TrainConfig:
-    """How to train. ``lr=None`` picks 0.05 for SGD and 2e-3 for AdamW."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(MethodConfig):
+    """Train a model on a task (the ``train`` method; also the fine-tuning inside others).
+
+    - ``epochs``: passes over the training split (the best epoch on validation is kept).
+    - ``batch_size``: samples per step.
+    - ``optimizer``: ``sgd`` (Nesterov momentum) or ``adamw``.
+    - ``lr``: peak learning rate; ``None`` picks 0.05 for SGD and 2e-3 for AdamW.
+    - ``momentum``: SGD momentum.
+    - ``weight_decay``: L2 penalty on weights (not on biases and norms).
+    - ``warmup_epochs``: linear learning-rate warm-up before the cosine decay.
+    - ``label_smoothing``: cross-entropy label smoothing in [0, 1).
+    - ``seed``: seeds shuffling and initialization.
+    - ``kd_temperature`` / ``kd_alpha``: Hinton KD softening and weight when a teacher is given.
+    - ``progress``: show a progress bar on stderr.
+    """
+
+    method: ClassVar[str] = "train"
 
     epochs: int = 30
     batch_size: int = 64
@@ -48,15 +64,22 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.epochs < 0:
             raise UserError(f"epochs must be >= 0; got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"batch_size must be >= 1; got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise UserError(f"optimizer must be 'sgd' or 'adamw'; got '{self.optimizer}'")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
+            raise UserError(f"lr must be a finite number >= 0; got {self.lr}")
+        for name in ("momentum", "weight_decay", "warmup_epochs"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be a finite number >= 0; got {value}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"label_smoothing must lie in [0, 1); got {self.label_smoothing}")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise UserError(f"kd_alpha must lie in [0, 1]; got {self.kd_alpha}")
-        if self.kd_temperature <= 0:
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
             raise UserError(f"kd_temperature must be > 0; got {self.kd_temperature}")
 
     @property

@@ -29,6 +29,7 @@ def add_nas_command(commands: argparse._SubParsersAction) -> None:
     actions = nas.add_subparsers(dest="nas_command", required=True, metavar="ACTION")
     _add_train(actions)
     _add_search(actions)
+    _add_extract(actions)
 
 
 def _add_train(actions: argparse._SubParsersAction) -> None:
@@ -152,6 +153,52 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     summary = {k: v for k, v in meta.items() if k != "history"}
     return {"supernet": str(args.out), "space": space.to_dict(), **summary}
+
+
+# ---------------------------------------------------------------- extract
+
+
+def _add_extract(actions: argparse._SubParsersAction) -> None:
+    from mobiledl.automl.nas.methods import SubnetConfig
+    from mobiledl.cli_args import add_config_arguments
+
+    sub = add_command(
+        actions, "extract", "extract one sub-network of a supernet as a model file", _cmd_extract
+    )
+    sub.add_argument("--supernet", type=Path, required=True, help="from `mobiledl nas train`")
+    add_task_args(sub, required=False)
+    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    add_config_arguments(sub, SubnetConfig, skip=("seed",), title="sub-network")
+
+
+def _cmd_extract(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl import apply, report_of
+    from mobiledl.automl.nas.methods import SubnetConfig
+    from mobiledl.automl.nas.store import load_supernet
+    from mobiledl.cli_args import config_from_args
+    from mobiledl.data import build_task
+    from mobiledl.measure import measure_model
+    from mobiledl.models import save_model
+
+    config = config_from_args(SubnetConfig, args, values={"seed": args.seed})
+    supernet = load_supernet(args.supernet).supernet
+    task = build_task(args.task, seed=args.seed) if args.task else None
+    if task is not None:
+        _check_task(supernet, task, args)
+    subnet = apply(supernet, config, task)
+    label = report_of(subnet).values["label"]
+    example = (
+        task.example_input(1)
+        if task
+        else torch.randn(1, supernet.in_channels, *supernet.input_size)
+    )
+    measurement = measure_model(subnet, label, task, example_input=example, latency=False)
+    measurement.extra.update(report_of(subnet).values, out=str(args.out))
+    save_model(
+        args.out, subnet, {"task": args.task, "seed": args.seed, "supernet": str(args.supernet)}
+    )
+    log(f"wrote {args.out}: {label}")
+    return measurement.to_dict() if args.json else None
 
 
 # ---------------------------------------------------------------- search

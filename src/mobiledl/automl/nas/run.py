@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,9 +40,10 @@ from mobiledl.automl.nas.search import (
     random_search,
 )
 from mobiledl.automl.nas.space import Arch
-from mobiledl.cli_support import log
 from mobiledl.data import Task
 from mobiledl.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 Strategy = Literal["evolution", "random", "pareto", "proxyless"]
 STRATEGIES = ("evolution", "random", "pareto", "proxyless")
@@ -103,10 +105,10 @@ def fit_latency_model(
     supernet: OFASupernet, samples: int, seed: int, timing: TimingConfig | None = None
 ) -> tuple[LatencyPredictor, dict[str, float]]:
     """Time the lookup table, measure ``samples`` sub-networks, fit the correction."""
-    log("latency: timing the lookup table in ONNX Runtime")
+    logger.info("latency: timing the lookup table in ONNX Runtime")
     table = LatencyTable.build(supernet, timing)
     archs = sample_archs(supernet, samples, seed + 1)
-    log(f"latency: measuring {len(archs)} sub-networks")
+    logger.info(f"latency: measuring {len(archs)} sub-networks")
     measured = measure_subnet_latency(supernet, archs, timing)
     predictor = LatencyPredictor(table)
     lut_only = [predictor.lut_sum(supernet, a) for a in archs]
@@ -128,7 +130,7 @@ def fit_predictor(
 ) -> tuple[AccuracyPredictor, dict[str, Any]]:
     """Measure ``samples`` sub-networks with ``evaluator`` and fit the accuracy MLP."""
     archs = sample_archs(supernet, samples, seed)
-    log(f"accuracy: measuring {len(archs)} sub-networks")
+    logger.info(f"accuracy: measuring {len(archs)} sub-networks")
     accuracies = evaluator(archs)
     predictor = fit_accuracy_predictor(supernet.space, archs, accuracies, seed=seed)
     stats = {
@@ -157,12 +159,12 @@ def run_search(
     config = config or SearchConfig()
     fitted = predictor or fit_predictor(supernet, evaluator, config.predictor_samples, config.seed)
     objective = Objective(supernet, fitted[0], latency, CostTable(supernet))
-    log(f"search: {config.strategy}")
+    logger.info(f"search: {config.strategy}")
     candidates = _propose(supernet, task, objective, constraints, latency, config)
     finalists = [c for c in candidates if c.meets(constraints)][: config.top_k]
     if not finalists:
         raise UserError(f"the {config.strategy} search found no sub-network within the budget")
-    log(f"search: measuring {len(finalists)} finalists")
+    logger.info(f"search: measuring {len(finalists)} finalists")
     scores = evaluator([c.arch for c in finalists])
     ranked = sorted(zip(finalists, scores, strict=True), key=lambda pair: -pair[1])
     feasible = [c for c in objective.seen if c.meets(constraints)]

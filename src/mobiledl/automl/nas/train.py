@@ -12,6 +12,7 @@ before one optimizer step.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -22,11 +23,12 @@ from tqdm.auto import tqdm
 
 from mobiledl.automl.nas.elastic import OFASupernet, sort_channels
 from mobiledl.automl.nas.space import Arch, SearchSpace
-from mobiledl.cli_support import log
 from mobiledl.data import Task
 from mobiledl.errors import UserError
 from mobiledl.train.distill import logit_distillation_loss
 from mobiledl.train.trainer import seed_everything
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -157,7 +159,7 @@ def _train_phase(
             scheduler.step()
         losses.append(total / steps)
         epochs.set_postfix(loss=f"{losses[-1]:.3f}")
-        log(
+        logger.info(
             f"progressive shrinking: {phase.name} epoch {epoch + 1}/{phase.epochs} "
             f"loss {losses[-1]:.3f}"
         )

@@ -1,6 +1,6 @@
 """Low-rank factorization (Cai et al. 2022, Sec. 2.3): module in, module out.
 
-``factorize(model, FactorizeConfig(...), task)`` replaces ``Linear`` layers by truncated
+``apply(model, FactorizeConfig(...), task)`` replaces ``Linear`` layers by truncated
 SVDs (Denton et al. 2014) and convolutions by spatial (Jaderberg et al. 2014), Tucker-2
 (Kim et al. 2016), CP (Lebedev et al. 2015) or channel-SVD chains of ordinary
 ``nn.Conv2d`` layers, with ranks chosen by retained energy, by EVBMF (Nakajima et al. 2013)
@@ -13,6 +13,7 @@ like any model; ``save_model`` / ``load_model`` rebuild it from the recorded lay
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -50,7 +51,18 @@ def factorize(
     task: Task | None = None,
     data: Tensor | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with its layers factorized as ``config`` says (``model`` is kept).
+    """Deprecated: use ``mobiledl.apply(model, FactorizeConfig(...), task)``."""
+    warnings.warn("factorize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
+    return factorize_model(copy.deepcopy(model), config, task, data)
+
+
+def factorize_model(
+    model: nn.Module,
+    config: FactorizeConfig,
+    task: Task | None = None,
+    data: Tensor | None = None,
+) -> nn.Module:
+    """``model`` (changed in place) with its layers factorized as ``config`` says.
 
     ``data`` (a batch of inputs; default: ``config.calibration_samples`` training inputs of
     ``task``) calibrates the data-aware factors. Its first sample, or else a random input of
@@ -59,7 +71,7 @@ def factorize(
     """
     real = task is not None or data is not None
     data = _calibration_data(model, config, task, data)
-    result = copy.deepcopy(model).eval()
+    result = model.eval()
     options = _candidates(result, config, data)
     specs = []
     for choice in _choose(result, options, config, data[:1]).values():

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from mobiledl.compress.factorize.layers import METHODS
+from mobiledl.core.config import MethodConfig
 from mobiledl.errors import UserError
 
+#: The rank rule when none is given: keep 90% of each matrix's energy.
+DEFAULT_ENERGY = 0.9
 
-@dataclass
-class FactorizeConfig:
-    """How to factorize. Exactly one rank rule is set: ``energy``, ``macs_ratio``, ``vbmf``
-    or ``ranks``.
 
-    - ``method``: how a ``kh x kw`` convolution is decomposed — ``tucker2`` (Kim et al.
+@dataclass(frozen=True, kw_only=True)
+class FactorizeConfig(MethodConfig):
+    """Replace layers by chains of low-rank layers (Cai et al. 2022, Sec. 2.3).
+
+    At most one rank rule is set: ``energy``, ``macs_ratio``, ``vbmf`` or ``ranks``
+    (none: ``energy`` 0.9).
+
+    - ``decomposition``: how a ``kh x kw`` convolution is decomposed — ``tucker2`` (Kim et al.
       2016), ``cp`` (Lebedev et al. 2015), ``spatial`` (Jaderberg et al. 2014) or ``svd``
       (channel SVD) — or a sequence of these to choose from per layer (by MAC target: the
       greedy cut decides; by energy or EVBMF: the method saving most MACs; explicit ranks:
@@ -39,11 +45,13 @@ class FactorizeConfig:
     - ``iterations``: HOOI / CP-ALS iterations.
     """
 
-    method: str | Sequence[str] = "tucker2"
+    method: ClassVar[str] = "factorize"
+
+    decomposition: str | tuple[str, ...] = "tucker2"
     energy: float | None = None
     macs_ratio: float | None = None
     vbmf: bool = False
-    ranks: dict[str, int | list[int]] | None = None
+    ranks: dict[str, int | tuple[int, ...]] | None = None
     round_to: int = 1
     min_saving: float = 0.0
     layers: tuple[str, ...] | None = None
@@ -55,16 +63,19 @@ class FactorizeConfig:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """``method`` as a tuple of method names."""
-        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+        """``decomposition`` as a tuple of decomposition names."""
+        if isinstance(self.decomposition, str):
+            return (self.decomposition,)
+        return tuple(self.decomposition)
 
     def __post_init__(self) -> None:
-        self.exclude = tuple(self.exclude)
-        self.layers = None if self.layers is None else tuple(self.layers)
+        super().__post_init__()
+        if not any((self.energy is not None, self.macs_ratio is not None, self.vbmf, self.ranks)):
+            object.__setattr__(self, "energy", DEFAULT_ENERGY)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             name = unknown[0] if unknown else ""
-            raise UserError(f"unknown method '{name}'; choose from {', '.join(METHODS)}")
+            raise UserError(f"unknown decomposition '{name}'; choose from {', '.join(METHODS)}")
         rules = [
             self.energy is not None,
             self.macs_ratio is not None,

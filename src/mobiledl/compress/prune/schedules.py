@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from mobiledl.cli_support import log
 from mobiledl.compress.prune.config import PruneConfig
 from mobiledl.compress.prune.criteria import DATA_CRITERIA, weight_scores
 from mobiledl.compress.prune.granularity import Target, compute_masks
@@ -37,6 +37,8 @@ from mobiledl.compress.prune.masks import (
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.train import train
+
+logger = logging.getLogger(__name__)
 
 Schedule = Callable[[nn.Module, Task | None, PruneConfig], nn.Module]
 
@@ -179,7 +181,7 @@ def iterative(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Mo
     for step in range(1, config.steps + 1):
         round_target = _scaled(target, lambda s, k=step: iterative_sparsity(s, k, config.steps))
         prune_step(model, config, round_target, task)
-        log(f"prune round {step}/{config.steps}: sparsity {sparsity_of(model):.3f}")
+        logger.info(f"prune round {step}/{config.steps}: sparsity {sparsity_of(model):.3f}")
         _finetune(model, task, config, config.finetune.epochs)
     return model
 
@@ -238,7 +240,9 @@ def agp(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Module:
     reached = sparsity_of(model, config.exclude)
     prune_step(model, config, target, task)
     if sparsity_of(model, config.exclude) > reached + 1e-6:
-        log("agp: best epoch preceded the end of the ramp; pruning to target and fine-tuning")
+        logger.info(
+            "agp: best epoch preceded the end of the ramp; pruning to target and fine-tuning"
+        )
         _finetune(model, task, config, max(1, round((1 - config.agp_ramp) * epochs)))
     return model
 
@@ -288,7 +292,9 @@ def lottery(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Modu
         round_target = _scaled(target, lambda s, k=step: iterative_sparsity(s, k, config.steps))
         prune_step(model, config, round_target, task)
         rewind(model, snapshot)
-        log(f"lottery round {step}/{config.steps}: sparsity {sparsity_of(model):.3f}, rewound")
+        logger.info(
+            f"lottery round {step}/{config.steps}: sparsity {sparsity_of(model):.3f}, rewound"
+        )
         train(model, task, config.finetune)
     return model
 

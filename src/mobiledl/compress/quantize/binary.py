@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -35,9 +36,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from mobiledl.compress.quantize.config import BinaryConfig, TernaryConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.profile.storage import packed_storage_bytes
 from mobiledl.train.trainer import TrainConfig, train
 
 WEIGHTED_TYPES = (nn.Conv2d, nn.Linear)
@@ -82,6 +85,10 @@ class BinaryWeight(nn.Module):
         alpha = weight.abs().mean(dim=_reduce_dims(weight, self.per_channel), keepdim=True)
         return alpha * _SignSTE.apply(weight)
 
+    def packed_bytes(self, weight: Tensor) -> int:
+        """1 bit per weight plus one fp32 ``alpha`` per channel (or per layer)."""
+        return _packed(weight, 1, self.per_channel, scales_per_channel=1)
+
 
 class _TernarySTE(torch.autograd.Function):
     """TWN ternarization forward; the gradient passes straight through to the latent weight."""
@@ -116,6 +123,15 @@ class TernaryWeight(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         dims = _reduce_dims(weight, self.per_channel)
         return _TernarySTE.apply(weight, self.threshold, dims)
+
+    def packed_bytes(self, weight: Tensor) -> int:
+        """2 bits per weight plus one fp32 ``alpha`` per layer (or per channel)."""
+        return _packed(weight, 2, self.per_channel, scales_per_channel=1)
+
+
+def _packed(weight: Tensor, bits: int, per_channel: bool, scales_per_channel: int) -> int:
+    scales = (weight.shape[0] if per_channel else 1) * scales_per_channel
+    return math.ceil((bits * weight.numel() + 32 * scales) / 8)
 
 
 class _TrainedTernary(torch.autograd.Function):
@@ -176,6 +192,10 @@ class TrainedTernaryWeight(nn.Module):
         dims = _reduce_dims(weight, self.per_channel)
         return _TrainedTernary.apply(weight, w_p, w_n, self.threshold, dims)
 
+    def packed_bytes(self, weight: Tensor) -> int:
+        """2 bits per weight plus the fp32 scales ``w_p`` and ``w_n``."""
+        return _packed(weight, 2, self.per_channel, scales_per_channel=2)
+
 
 LowBitWeight = BinaryWeight | TernaryWeight | TrainedTernaryWeight
 
@@ -222,25 +242,46 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     return _apply(model, config)
 
 
-def _quantize(
-    model: nn.Module,
-    config: dict[str, Any],
-    task: Task | None,
-    epochs: int,
-    train_config: TrainConfig | None,
+def _lowbit_model(
+    model: nn.Module, record: dict[str, Any], task: Task | None, training: TrainConfig
 ) -> nn.Module:
-    """Copy ``model``, parametrize its layers, record the transform and train with the STE."""
-    if epochs < 0:
-        raise UserError(f"epochs must be >= 0; got {epochs}")
-    if epochs and task is None:
-        raise UserError(f"{config['method']}: training for {epochs} epochs needs a task")
-    quantized = _apply(copy.deepcopy(model), config)
+    """Parametrize ``model``'s layers (in place), record the transform, train with the STE."""
+    if training.epochs and task is None:
+        raise UserError(f"{record['method']}: training for {training.epochs} epochs needs a task")
+    quantized = _apply(model, record)
     if getattr(quantized, "mobiledl_arch", None):
-        record_transform(quantized, "lowbit", config)
-    if epochs:
-        base = train_config or DEFAULT_TRAIN
-        train(quantized, task, dataclasses.replace(base, epochs=epochs))
+        record_transform(quantized, "lowbit", record)
+    if training.epochs:
+        train(quantized, task, training)
     return quantized
+
+
+def binary_model(model: nn.Module, config: BinaryConfig, task: Task | None) -> nn.Module:
+    """``model`` (changed in place) with binary weights ``±alpha`` (BinaryConnect + XNOR-Net
+    scaling); storage at 1 bit per weight is simulated (see :func:`lowbit_storage_bytes`)."""
+    record = {
+        "method": "binary",
+        "layers": select_layers(model, config.layers, "binarize"),
+        "per_channel": config.per_channel,
+    }
+    return _lowbit_model(model, record, task, config.train)
+
+
+def ternary_model(model: nn.Module, config: TernaryConfig, task: Task | None) -> nn.Module:
+    """``model`` (changed in place) with ternary weights, TWN or TTQ; storage at 2 bits per
+    weight is simulated."""
+    default = TWN_THRESHOLD if config.algorithm == "twn" else TTQ_THRESHOLD
+    threshold = default if config.threshold is None else float(config.threshold)
+    upper = 1.0 if config.algorithm == "ttq" else math.inf  # TTQ: a fraction of max|W|
+    if not 0.0 <= threshold < upper:
+        raise UserError(f"ternarize: threshold {threshold} is out of range for {config.algorithm}")
+    record = {
+        "method": config.algorithm,
+        "layers": select_layers(model, config.layers, "ternarize"),
+        "threshold": threshold,
+        "per_channel": config.per_channel,
+    }
+    return _lowbit_model(model, record, task, config.train)
 
 
 def binarize(
@@ -251,19 +292,11 @@ def binarize(
     per_channel: bool = True,
     train_config: TrainConfig | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with binary weights ``±alpha`` (BinaryConnect + XNOR-Net scaling).
-
-    ``layers`` are module names; by default every ``Conv2d``/``Linear`` except the first and
-    the last. With ``epochs > 0`` the copy is trained on ``task`` with the straight-through
-    estimator (AdamW, lr 1e-3, unless ``train_config`` says otherwise). Storage at 1 bit per
-    weight is simulated (see :func:`lowbit_storage_bytes`).
-    """
-    config = {
-        "method": "binary",
-        "layers": select_layers(model, layers, "binarize"),
-        "per_channel": per_channel,
-    }
-    return _quantize(model, config, task, epochs, train_config)
+    """Deprecated: use ``mobiledl.apply(model, BinaryConfig(...), task)``."""
+    warnings.warn("binarize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
+    training = dataclasses.replace(train_config or DEFAULT_TRAIN, epochs=_epochs(epochs))
+    config = BinaryConfig(layers=_names(layers), per_channel=per_channel, train=training)
+    return binary_model(copy.deepcopy(model), config, task)
 
 
 def ternarize(
@@ -276,58 +309,32 @@ def ternarize(
     per_channel: bool = False,
     train_config: TrainConfig | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with ternary weights: TWN (Li et al. 2016) or TTQ (Zhu et al. 2017).
-
-    ``threshold`` is the factor of ``Delta``: of ``mean|W|`` for TWN (default 0.7), of
-    ``max|W|`` for TTQ (default 0.05). Scales are per layer as in the papers unless
-    ``per_channel``. ``layers`` and training as in :func:`binarize`; storage at 2 bits per
-    weight is simulated.
-    """
-    if method not in ("twn", "ttq"):
-        raise UserError(f"ternarize: method must be 'twn' or 'ttq'; got '{method}'")
-    default = TWN_THRESHOLD if method == "twn" else TTQ_THRESHOLD
-    threshold = default if threshold is None else float(threshold)
-    upper = 1.0 if method == "ttq" else math.inf  # TTQ: a fraction of max|W|
-    if not 0.0 <= threshold < upper:
-        raise UserError(f"ternarize: threshold {threshold} is out of range for {method}")
-    config = {
-        "method": method,
-        "layers": select_layers(model, layers, "ternarize"),
-        "threshold": threshold,
-        "per_channel": per_channel,
-    }
-    return _quantize(model, config, task, epochs, train_config)
+    """Deprecated: use ``mobiledl.apply(model, TernaryConfig(...), task)``."""
+    warnings.warn("ternarize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
+    training = dataclasses.replace(train_config or DEFAULT_TRAIN, epochs=_epochs(epochs))
+    config = TernaryConfig(
+        algorithm=method,
+        threshold=threshold,
+        layers=_names(layers),
+        per_channel=per_channel,
+        train=training,
+    )
+    return ternary_model(copy.deepcopy(model), config, task)
 
 
-def _lowbit_of(module: nn.Module) -> LowBitWeight | None:
-    """The binary / ternary parametrization of ``module``'s weight, if any."""
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    for parametrization in module.parametrizations.weight:
-        if isinstance(parametrization, BinaryWeight | TernaryWeight | TrainedTernaryWeight):
-            return parametrization
-    return None
+def _epochs(epochs: int) -> int:
+    if epochs < 0:
+        raise UserError(f"epochs must be >= 0; got {epochs}")
+    return epochs
+
+
+def _names(layers: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if layers is None else tuple(layers)
 
 
 def lowbit_storage_bytes(model: nn.Module) -> int:
-    """Simulated storage: packed 1-bit (binary) or 2-bit (ternary) weights plus fp32 scales.
-
-    Every other parameter (biases, full-precision layers) counts at 4 bytes; latent weights
-    are not counted because deployment ships only the quantized values. Simulated: no engine
-    mobiledl targets runs 1- or 2-bit kernels.
-    """
-    total_bits = 0
-    latent: set[int] = set()
-    for module in model.modules():
-        quantizer = _lowbit_of(module)
-        if quantizer is None:
-            continue
-        original = module.parametrizations.weight.original
-        latent.add(id(original))
-        bits = 1 if isinstance(quantizer, BinaryWeight) else 2
-        scales = original.shape[0] if quantizer.per_channel else 1
-        scale_count = 2 * scales if isinstance(quantizer, TrainedTernaryWeight) else scales
-        total_bits += bits * original.numel() + 32 * scale_count
-        latent.update(id(p) for p in quantizer.parameters())
-    others = sum(p.numel() for p in model.parameters() if id(p) not in latent)
-    return math.ceil(total_bits / 8) + 4 * others
+    """Simulated storage: packed 1-bit (binary) or 2-bit (ternary) weights plus fp32 scales;
+    every other parameter at 4 bytes (``mobiledl.profile.packed_storage_bytes``). Simulated:
+    no engine mobiledl targets runs 1- or 2-bit kernels."""
+    packed = packed_storage_bytes(model)
+    return packed if packed is not None else 4 * sum(p.numel() for p in model.parameters())

@@ -1,9 +1,5 @@
-"""``QuantConfig``: one typed description of a linear quantization, shared by PTQ and QAT.
-
-Like torchao's configs, the same object drives post-training quantization (``quantize``) and
-quantization-aware training (``qat``), and it is what a saved model records so that
-``load_model`` can rebuild the quantized structure.
-"""
+"""Quantization configs: linear PTQ (``QuantConfig``) and QAT, k-means, binary, ternary and
+mixed precision. Each is a ``MethodConfig``: ``apply(model, config, task)`` runs it."""
 
 from __future__ import annotations
 
@@ -11,11 +7,13 @@ import dataclasses
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from mobiledl.compress.quantize.observers import OBSERVERS, PER_CHANNEL_OBSERVERS
 from mobiledl.compress.quantize.quantizer import MAX_BITS, MIN_BITS, QuantSpec
+from mobiledl.core.config import LayerRule, MethodConfig
 from mobiledl.errors import UserError
+from mobiledl.train import TrainConfig
 
 QAT_METHODS = ("ste", "lsq", "pact")
 AUTO = "auto"
@@ -23,19 +21,22 @@ AUTO = "auto"
 AUTO_OBSERVERS = ("minmax", "percentile", "mse", "kl")
 
 
-@dataclass
-class QuantConfig:
-    """How to quantize weights and activations.
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig(MethodConfig):
+    """Linear post-training quantization of weights and activations (PTQ).
 
-    - ``weight_bits`` / ``act_bits``: 2..8. ``layer_bits`` overrides the weight bits of
-      named layers (mixed precision).
+    Like torchao's configs, the same object describes the quantized model that QAT
+    (``QATConfig.quant``) trains, and it is what a saved model records so that
+    ``load_model`` can rebuild the quantized structure.
+
+    - ``weight_bits`` / ``act_bits``: 2..8.
     - ``per_channel``: one weight scale per output channel (else per tensor).
     - ``symmetric``: symmetric weight grid (zero point 0); ``act_symmetric`` likewise for
       activations (default asymmetric, unsigned: ReLU outputs use the whole grid).
-    - ``observer``: activation calibration — minmax, moving_average, percentile, mse, kl,
-      or ``auto``: calibrate with each of ``AUTO_OBSERVERS`` and keep the one whose quantized
-      model is most accurate on the task's validation split (``quantize`` records the
-      observer it chose); ``weight_observer``: minmax or mse.
+    - ``observer``: activation calibration: minmax, moving_average, percentile, mse, kl, or
+      ``auto``: calibrate with each of ``AUTO_OBSERVERS`` and keep the one whose quantized
+      model is most accurate on the task's validation split (the report names it).
+    - ``weight_observer``: minmax or mse.
     - ``calibration_samples``: training samples used to calibrate.
     - ``equalize``: cross-layer equalization (Nagel et al. 2019) before choosing scales.
     - ``bias_correction``: empirical bias correction (Nagel et al. 2019).
@@ -43,12 +44,15 @@ class QuantConfig:
     - ``reduce_range``: 8-bit weights use 7 bits (as ONNX Runtime's option of that name).
       x86 CPUs without VNNI run u8 x s8 products with ``vpmaddubsw``, whose int16 pair sums
       saturate when both codes are large; 7-bit weights cannot saturate, so the engine
-      computes exactly what we simulate. ``None`` (default): decided by ``quantize`` —
-      on for x86 CPUs without VNNI, off elsewhere.
+      computes exactly what we simulate. ``None``: decided for the CPU (on for x86 without
+      VNNI, off elsewhere).
     - ``quantize_output``: also quantize the model's output (logits stay float by default).
-    - ``qat_method``: how ``qat`` trains the quantizers — ste (Jacob et al. 2018), lsq
-      (Esser et al. 2020) or pact (Choi et al. 2018).
+    - ``overrides``: per-layer ``weight_bits`` for the layers a rule matches.
     """
+
+    method: ClassVar[str] = "ptq"
+    layer_fields: ClassVar[tuple[str, ...]] = ("weight_bits",)
+    can_skip: ClassVar[bool] = False  # every layer sits between quantized activations
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -64,14 +68,12 @@ class QuantConfig:
     adaround_iters: int = 500
     reduce_range: bool | None = None
     quantize_output: bool = False
-    layer_bits: dict[str, int] = field(default_factory=dict)
-    qat_method: str = "ste"
+    overrides: tuple[LayerRule, ...] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("weight_bits", "act_bits"):
             _check_bits(name, getattr(self, name))
-        for layer, bits in self.layer_bits.items():
-            _check_bits(f"layer_bits['{layer}']", bits)
         if self.observer not in (*OBSERVERS, AUTO):
             raise UserError(
                 f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}; got '{self.observer}'"
@@ -85,19 +87,16 @@ class QuantConfig:
             raise UserError(f"calibration_samples must be >= 1; got {self.calibration_samples}")
         if self.adaround_iters < 1:
             raise UserError(f"adaround_iters must be >= 1; got {self.adaround_iters}")
-        if self.qat_method not in QAT_METHODS:
-            raise UserError(
-                f"qat_method must be one of {', '.join(QAT_METHODS)}; got '{self.qat_method}'"
-            )
 
-    def weight_spec(self, layer: str) -> QuantSpec:
-        """The weight grid of the layer called ``layer``."""
-        bits = self.layer_bits.get(layer, self.weight_bits)
+    def weight_spec(self, layer: str, module: Any = None) -> QuantSpec:
+        """The weight grid of the layer called ``layer`` (``module``: that layer)."""
+        config = self.for_layer(layer, module)
+        bits = config.weight_bits if config is not None else self.weight_bits
         if self.reduce_range and bits == MAX_BITS:
             bits -= 1
         return QuantSpec(bits, self.symmetric, self.per_channel, 0)
 
-    def resolved(self) -> QuantConfig:
+    def resolved_for_cpu(self) -> QuantConfig:
         """This config with ``reduce_range`` decided for the CPU we run on."""
         if self.reduce_range is not None:
             return self
@@ -107,18 +106,145 @@ class QuantConfig:
         """The grid of every activation."""
         return QuantSpec(self.act_bits, self.act_symmetric)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (what a saved model records)."""
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
-        """The config a ``to_dict`` came from; unknown keys raise ``UserError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown QuantConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+    def from_record(cls, data: dict[str, Any]) -> QuantConfig:
+        """The config a model file recorded: ``to_dict`` data, or the fields of files written
+        before configs were versioned (``layer_bits`` then held the per-layer widths)."""
+        if "method" in data:
+            return cls.from_fields(data.get("config", {}), "quantization record")
+        fields = {k: v for k, v in data.items() if k not in ("layer_bits", "qat_method")}
+        rules = [
+            {"match": name, "weight_bits": bits}
+            for name, bits in data.get("layer_bits", {}).items()
+        ]
+        return cls.from_fields({**fields, "overrides": rules}, "quantization record")
+
+
+def _qat_training() -> TrainConfig:
+    return TrainConfig(epochs=3, lr=0.005, warmup_epochs=0.0, progress=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QATConfig(MethodConfig):
+    """Quantization-aware training: start from the PTQ model of ``quant``, then train.
+
+    - ``quant``: the quantized model to train (its ``bias_correction`` is not used).
+    - ``algorithm``: how the quantizers train: ``ste`` (Jacob et al. 2018), ``lsq`` (Esser et
+      al. 2020) or ``pact`` (Choi et al. 2018).
+    - ``train``: the training run (SGD, lr 0.005, no warm-up, 3 epochs by default).
+    """
+
+    method: ClassVar[str] = "qat"
+
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    algorithm: Literal["ste", "lsq", "pact"] = "ste"
+    train: TrainConfig = field(default_factory=_qat_training)
+
+
+def _kmeans_training() -> TrainConfig:
+    return TrainConfig(epochs=0, lr=0.01, progress=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KMeansConfig(MethodConfig):
+    """K-means weight sharing (Han et al. 2016, Deep Compression stage 2).
+
+    - ``bits``: each layer keeps ``2**bits`` shared values (1..8).
+    - ``layers``: module names to quantize (default: every Conv2d and Linear).
+    - ``finetune``: centroid fine-tuning after clustering (0 epochs by default).
+    - ``overrides``: per-layer ``bits`` (or ``skip``) for the layers a rule matches.
+    """
+
+    method: ClassVar[str] = "kmeans"
+    layer_fields: ClassVar[tuple[str, ...]] = ("bits",)
+
+    bits: int = 8
+    layers: tuple[str, ...] | None = None
+    finetune: TrainConfig = field(default_factory=_kmeans_training)
+    overrides: tuple[LayerRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.bits <= MAX_BITS:
+            raise UserError(f"kmeans bits must lie in [1, {MAX_BITS}]; got {self.bits}")
+
+
+def _lowbit_training() -> TrainConfig:
+    return TrainConfig(epochs=3, optimizer="adamw", lr=1e-3, progress=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinaryConfig(MethodConfig):
+    """Binary weights ``±alpha`` (BinaryConnect, Courbariaux et al. 2015; XNOR-Net scaling,
+    Rastegari et al. 2016), trained with the straight-through estimator.
+
+    - ``layers``: module names (default: every Conv2d/Linear except the first and the last).
+    - ``per_channel``: one ``alpha`` per output channel (else per layer).
+    - ``train``: STE training after binarizing (AdamW, lr 1e-3, 3 epochs).
+    """
+
+    method: ClassVar[str] = "binary"
+
+    layers: tuple[str, ...] | None = None
+    per_channel: bool = True
+    train: TrainConfig = field(default_factory=_lowbit_training)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TernaryConfig(MethodConfig):
+    """Ternary weights: TWN (Li et al. 2016) or TTQ (Zhu et al. 2017).
+
+    - ``algorithm``: ``twn`` (symmetric ``±alpha``) or ``ttq`` (learned positive and negative
+      scales).
+    - ``threshold``: the factor of ``Delta``: of ``mean|W|`` for TWN (default 0.7), of
+      ``max|W|`` for TTQ (default 0.05).
+    - ``layers``: module names (default: every Conv2d/Linear except the first and the last).
+    - ``per_channel``: scales per output channel (the papers use one per layer).
+    - ``train``: STE training after ternarizing (AdamW, lr 1e-3, 3 epochs).
+    """
+
+    method: ClassVar[str] = "ternary"
+
+    algorithm: Literal["twn", "ttq"] = "twn"
+    threshold: float | None = None
+    layers: tuple[str, ...] | None = None
+    per_channel: bool = False
+    train: TrainConfig = field(default_factory=_lowbit_training)
+
+
+def _mixed_training() -> TrainConfig:
+    return TrainConfig(epochs=0, lr=0.01, progress=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixedPrecisionConfig(MethodConfig):
+    """A bit width per layer for weights and input activations (HAQ, Wang et al. 2019;
+    HAWQ, Dong et al. 2019), simulated with fake quantization.
+
+    - ``weight_bits``: weight bits (2..8) of every Conv2d/Linear; ``None`` leaves weights float.
+    - ``act_bits``: bits of each such layer's input (2..8); ``None`` leaves inputs float.
+    - ``calibration_samples``: training samples that set the activation ranges.
+    - ``finetune``: quantization-aware fine-tuning afterwards (0 epochs by default).
+    - ``overrides``: per-layer ``weight_bits`` / ``act_bits`` (or ``skip``), e.g. from
+      ``propose_bits``; a layer left with neither stays float.
+    """
+
+    method: ClassVar[str] = "mixed_precision"
+    layer_fields: ClassVar[tuple[str, ...]] = ("weight_bits", "act_bits")
+
+    weight_bits: int | None = 8
+    act_bits: int | None = 8
+    calibration_samples: int = 512
+    finetune: TrainConfig = field(default_factory=_mixed_training)
+    overrides: tuple[LayerRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("weight_bits", "act_bits"):
+            if getattr(self, name) is not None:
+                _check_bits(name, getattr(self, name))
+        if self.calibration_samples < 1:
+            raise UserError(f"calibration_samples must be >= 1; got {self.calibration_samples}")
 
 
 def int8_products_saturate() -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,10 @@ from mobiledl.compress.encode import (
     relative_index_encoding,
     sparse_relative_index_bytes,
 )
-from mobiledl.compress.prune import PruneConfig, prune
+from mobiledl.compress.prune import PruneConfig
+from mobiledl.compress.quantize.config import KMeansConfig
+from mobiledl.core.config import LayerRule
+from mobiledl.core.methods import apply
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
@@ -92,6 +96,20 @@ class KMeansLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
+
+    @torch.no_grad()
+    def lower(self, keep_quantization: bool = True) -> nn.Module:
+        """The wrapped layer holding the decoded weight (see ``mobiledl.deploy.lowering``)."""
+        plain = copy.deepcopy(self.layer)
+        plain.weight = nn.Parameter(self.weight.detach().clone())
+        return plain
+
+    def packed_bytes(self) -> tuple[int, int]:
+        """``(bytes, weights covered)``: the layer in Deep Compression's "quantized" stage
+        (``bits``-bit indices in the relative-index sparse format, plus the fp32 codebook;
+        ``storage_report`` has the Huffman-coded stage too)."""
+        index_bits = FC_INDEX_BITS if isinstance(self.layer, nn.Linear) else CONV_INDEX_BITS
+        return layer_storage("", self, index_bits).quantized_bytes, self.mask.numel()
 
 
 def _nearest(values: Tensor, sorted_centroids: Tensor) -> Tensor:
@@ -191,6 +209,38 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     return _wrap(model, config["layers"], fit=False)
 
 
+def config_bits(model: nn.Module, config: KMeansConfig) -> dict[str, int]:
+    """Bits per layer the config gives: ``layers`` (default all quantizable layers) at
+    ``bits``, changed or skipped by ``overrides``."""
+    selected = (
+        resolve_bits(model, dict.fromkeys(config.layers, config.bits)) if config.layers else None
+    )
+    layers = quantizable_layers(model)
+    bits = {}
+    for name in selected or layers:
+        layer = config.for_layer(name, layers[name])
+        if layer is not None:
+            bits[name] = _check_bits(name, layer.bits)
+    return bits
+
+
+def kmeans_model(model: nn.Module, config: KMeansConfig, task: Task | None) -> nn.Module:
+    """``model`` (changed in place) whose layers share ``2**bits`` k-means centroids each.
+
+    Zeros (pruned weights) are kept out of the clusters and stay zero. With fine-tuning
+    epochs, the centroids (and the remaining float parameters such as biases) are trained.
+    """
+    layer_bits = config_bits(model, config)
+    if config.finetune.epochs and task is None:
+        raise UserError("kmeans: centroid fine-tuning needs a task")
+    quantized = _wrap(model, layer_bits, fit=True)
+    if getattr(quantized, "mobiledl_arch", None):
+        record_transform(quantized, "kmeans", {"layers": layer_bits})
+    if config.finetune.epochs:
+        train(quantized, task, config.finetune)
+    return quantized
+
+
 def kmeans_quantize(
     model: nn.Module,
     bits: int | Mapping[str, int],
@@ -198,26 +248,23 @@ def kmeans_quantize(
     finetune_epochs: int = 0,
     train_config: TrainConfig | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` whose layers share ``2**bits`` k-means centroids each (Han et al.).
-
-    ``bits`` is one width for every ``Conv2d`` / ``Linear`` or a dict ``{module name: bits}``
-    (only those layers are quantized). Zeros (pruned weights) are kept out of the clusters
-    and stay zero. With ``finetune_epochs > 0`` the centroids (and the remaining float
-    parameters such as biases) are fine-tuned on ``task``: SGD, lr 0.01, unless
-    ``train_config`` says otherwise (its ``epochs`` is replaced by ``finetune_epochs``).
-    """
-    layer_bits = resolve_bits(model, bits)
+    """Deprecated: use ``mobiledl.apply(model, KMeansConfig(...), task)``."""
+    warnings.warn("kmeans_quantize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
     if finetune_epochs < 0:
         raise UserError(f"kmeans: finetune_epochs must be >= 0; got {finetune_epochs}")
-    if finetune_epochs and task is None:
-        raise UserError("kmeans: centroid fine-tuning needs a task")
-    quantized = _wrap(copy.deepcopy(model), layer_bits, fit=True)
-    if getattr(quantized, "mobiledl_arch", None):
-        record_transform(quantized, "kmeans", {"layers": layer_bits})
-    if finetune_epochs:
-        base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
-        train(quantized, task, dataclasses.replace(base, epochs=finetune_epochs))
-    return quantized
+    base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
+    return kmeans_model(copy.deepcopy(model), _config_of(model, bits, base, finetune_epochs), task)
+
+
+def _config_of(
+    model: nn.Module, bits: int | Mapping[str, int], base: TrainConfig, epochs: int
+) -> KMeansConfig:
+    finetune = dataclasses.replace(base, epochs=epochs)
+    if not isinstance(bits, Mapping):
+        return KMeansConfig(bits=bits, finetune=finetune)
+    layer_bits = resolve_bits(model, bits)
+    rules = tuple(LayerRule((name,), {"bits": b}) for name, b in layer_bits.items())
+    return KMeansConfig(layers=tuple(layer_bits), finetune=finetune, overrides=rules)
 
 
 def kmeans_layers(model: nn.Module) -> dict[str, KMeansLayer]:
@@ -443,7 +490,7 @@ def _prune(
         steps=steps,
         finetune=dataclasses.replace(train_config, epochs=epochs),
     )
-    return prune(model, config, task)
+    return apply(model, config, task)
 
 
 def deep_compression(
@@ -478,5 +525,6 @@ def deep_compression(
         name: fc_bits if isinstance(layer, nn.Linear) else conv_bits
         for name, layer in quantizable_layers(pruned).items()
     }
-    quantized = kmeans_quantize(pruned, bits, task, finetune_epochs, base)
+    config = _config_of(pruned, bits, base, finetune_epochs)
+    quantized = kmeans_model(pruned, config, task)
     return quantized, storage_report(quantized, conv_index_bits, fc_index_bits)

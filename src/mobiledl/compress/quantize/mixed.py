@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mobiledl.compress.quantize.config import MixedPrecisionConfig
 from mobiledl.compress.quantize.observers import MovingAverageObserver, make_observer
 from mobiledl.compress.quantize.quantizer import (
     MAX_BITS,
@@ -46,6 +48,7 @@ from mobiledl.compress.quantize.quantizer import (
     set_submodule,
     tensor_range,
 )
+from mobiledl.core.config import LayerRule
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
@@ -59,9 +62,9 @@ FINETUNE_LR = 0.01
 
 @dataclass(frozen=True)
 class LayerPrecision:
-    """Bits of one layer's weights and of its input activation (``None``: float input)."""
+    """Bits of one layer's weights and of its input activation (``None``: float)."""
 
-    weight: int
+    weight: int | None
     act: int | None = None
 
 
@@ -156,21 +159,26 @@ def _wrap(model: nn.Module, precisions: Mapping[str, LayerPrecision]) -> nn.Modu
     calibrated.
     """
     for name, precision in precisions.items():
-        layer = model.get_submodule(name)
-        channels = layer.weight.shape[0]
-        observer = MovingAverageObserver(ch_axis=0, averaging_constant=1.0)
-        weight_quantizer = FakeQuantize(weight_spec(precision.weight), observer, channels)
-        weight_quantizer.dynamic = True  # training re-reads the weight's current range
-        with torch.no_grad():
-            weight_quantizer.observer(layer.weight)
-            weight_quantizer.update_qparams()
-        weight_quantizer.enable()
-        quantized: nn.Module = quant_layer(layer, weight_quantizer)
+        quantized = model.get_submodule(name)
+        if precision.weight is not None:
+            quantized = quant_layer(quantized, _weight_quantizer(quantized, precision.weight))
         if precision.act is not None:
             act_quantizer = FakeQuantize(act_spec(precision.act), make_observer("minmax"))
             quantized = InputQuantized(quantized, act_quantizer)
         set_submodule(model, name, quantized)
     return model
+
+
+def _weight_quantizer(layer: nn.Module, bits: int) -> FakeQuantize:
+    """A per-channel weight quantizer set from ``layer``'s weight; training re-reads its range."""
+    observer = MovingAverageObserver(ch_axis=0, averaging_constant=1.0)
+    quantizer = FakeQuantize(weight_spec(bits), observer, layer.weight.shape[0])
+    quantizer.dynamic = True
+    with torch.no_grad():
+        quantizer.observer(layer.weight)
+        quantizer.update_qparams()
+    quantizer.enable()
+    return quantizer
 
 
 @torch.no_grad()
@@ -198,6 +206,38 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     return model
 
 
+def config_precisions(model: nn.Module, config: MixedPrecisionConfig) -> dict[str, LayerPrecision]:
+    """The precision of every float Conv2d/Linear under ``config`` (layers left with neither
+    weight nor input bits are not listed: they stay float)."""
+    precisions = {}
+    for name, module in weighted_layers(model).items():
+        layer = config.for_layer(name, module)
+        if layer is not None and (layer.weight_bits is not None or layer.act_bits is not None):
+            precisions[name] = LayerPrecision(layer.weight_bits, layer.act_bits)
+    return precisions
+
+
+def mixed_model(model: nn.Module, config: MixedPrecisionConfig, task: Task | None) -> nn.Module:
+    """``model`` (changed in place) with per-layer weight and input-activation bit widths.
+
+    Activation ranges are calibrated on ``config.calibration_samples`` training inputs of
+    ``task``; fine-tuning epochs then train with the straight-through estimator.
+    """
+    precisions = config_precisions(model, config)
+    needs_data = config.finetune.epochs > 0 or any(p.act is not None for p in precisions.values())
+    if needs_data and task is None:
+        raise UserError("mixed precision: activation calibration and fine-tuning need a task")
+    quantized = _wrap(model, precisions)
+    if getattr(quantized, "mobiledl_arch", None):
+        layers = {name: [p.weight, p.act] for name, p in precisions.items()}
+        record_transform(quantized, "mixed_precision", {"layers": layers})
+    if task is not None:
+        _calibrate(quantized, task, config.calibration_samples)
+    if config.finetune.epochs > 0:
+        train(quantized, task, config.finetune)
+    return quantized
+
+
 def mixed_precision(
     model: nn.Module,
     config: Mapping[str, Any],
@@ -207,28 +247,26 @@ def mixed_precision(
     finetune_epochs: int = 0,
     train_config: TrainConfig | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with per-layer weight and input-activation bit widths.
+    """Deprecated: use ``mobiledl.apply(model, MixedPrecisionConfig(overrides=...), task)``.
 
-    ``config`` maps module names to weight bits (activations then take ``default_act_bits``,
-    ``None`` = float) or to ``{"weight": w, "act": a}``; unlisted layers stay float. Bits lie
-    in 2..8. Activation ranges are calibrated on ``calibration_samples`` training inputs of
-    ``task``; ``finetune_epochs > 0`` then trains with the straight-through estimator
-    (quantization-aware training, SGD lr 0.01 unless ``train_config`` says otherwise).
+    ``config`` maps module names to weight bits or to ``{"weight": w, "act": a}``; unlisted
+    layers stay float.
     """
+    warnings.warn("mixed_precision() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
     precisions = parse_config(model, config, default_act_bits)
-    needs_data = finetune_epochs > 0 or any(p.act is not None for p in precisions.values())
-    if needs_data and task is None:
-        raise UserError("mixed precision: activation calibration and fine-tuning need a task")
-    quantized = _wrap(copy.deepcopy(model), precisions)
-    if getattr(quantized, "mobiledl_arch", None):
-        layers = {name: [p.weight, p.act] for name, p in precisions.items()}
-        record_transform(quantized, "mixed_precision", {"layers": layers})
-    if task is not None:
-        _calibrate(quantized, task, calibration_samples)
-    if finetune_epochs > 0:
-        base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
-        train(quantized, task, dataclasses.replace(base, epochs=finetune_epochs))
-    return quantized
+    rules = tuple(
+        LayerRule((name,), {"weight_bits": p.weight, "act_bits": p.act})
+        for name, p in precisions.items()
+    )
+    base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
+    method_config = MixedPrecisionConfig(
+        weight_bits=None,
+        act_bits=None,
+        calibration_samples=calibration_samples,
+        finetune=dataclasses.replace(base, epochs=finetune_epochs),
+        overrides=rules,
+    )
+    return mixed_model(copy.deepcopy(model), method_config, task)
 
 
 # ---------------------------------------------------------------- sizes

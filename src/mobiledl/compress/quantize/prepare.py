@@ -88,17 +88,18 @@ def zoo_example_input(model: nn.Module) -> torch.Tensor:
 
 def _wrap_weighted_layers(prepared: fx.GraphModule, config: QuantConfig) -> None:
     """Replace each called Conv2d / Linear by its quantized subclass (same parameters)."""
-    unknown = set(config.layer_bits) - {
-        str(n.target) for n in prepared.graph.nodes if is_weighted(prepared, n)
+    weighted = {
+        str(n.target): prepared.get_submodule(str(n.target))
+        for n in prepared.graph.nodes
+        if is_weighted(prepared, n)
     }
-    if unknown:
-        raise UserError(f"layer_bits names unknown layer(s): {', '.join(sorted(unknown))}")
+    config.check_rules_match(weighted, "quantizable layer")
     for node in prepared.graph.nodes:
         if not is_weighted(prepared, node):
             continue
         name = str(node.target)
         layer = prepared.get_submodule(name)
-        spec = config.weight_spec(name)
+        spec = config.weight_spec(name, layer)
         observer = make_observer(config.weight_observer, 0 if spec.per_channel else None)
         quantizer = FakeQuantize(spec, observer, channels=layer.weight.shape[0])
         set_submodule(prepared, name, quant_layer(layer, quantizer))
@@ -183,7 +184,7 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     A saved quantized model was calibrated, so its quantizers are switched on; the saved
     scales and zero points arrive with the state dict.
     """
-    prepared = prepare(model, QuantConfig.from_dict(config))
+    prepared = prepare(model, QuantConfig.from_record(config))
     for quantizer in fake_quantizers(prepared).values():
         quantizer.enable()
     return prepared

@@ -1,6 +1,6 @@
 """Post-training quantization: module in, quantized module out.
 
-``quantize(model, QuantConfig(...), task)`` runs the standard PTQ pipeline (Krishnamoorthi
+``apply(model, QuantConfig(...), task)`` runs the standard PTQ pipeline (Krishnamoorthi
 2018; Nagel et al. 2021, "A White Paper on Neural Network Quantization", Sec. 4):
 
 1. fold BatchNorm and insert fake quantizers (``prepare``);
@@ -20,11 +20,12 @@ The result runs in plain PyTorch (simulated quantization), saves and reloads wit
 from __future__ import annotations
 
 import dataclasses
+import logging
+import warnings
 
 import torch
 from torch import Tensor, fx, nn
 
-from mobiledl.cli_support import log
 from mobiledl.compress.quantize.adaround import AdaRoundConfig, adaround
 from mobiledl.compress.quantize.bias_correction import correct_bias
 from mobiledl.compress.quantize.capture import batches
@@ -40,6 +41,8 @@ from mobiledl.compress.quantize.quantizer import (
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.train.trainer import evaluate
+
+logger = logging.getLogger(__name__)
 
 
 def calibration_data(task: Task, samples: int, seed: int = 0) -> Tensor:
@@ -92,21 +95,22 @@ def calibrate(model: nn.Module, data: Tensor) -> None:
         quantizer.enable()
 
 
-def quantize(
+def ptq(
     model: nn.Module,
-    config: QuantConfig | None = None,
+    config: QuantConfig,
     task: Task | None = None,
     data: Tensor | None = None,
-) -> fx.GraphModule:
-    """A quantized copy of ``model`` (``model`` itself is left unchanged).
+) -> tuple[fx.GraphModule, QuantConfig]:
+    """A quantized copy of ``model`` and the config it was quantized with (``observer='auto'``
+    resolved to the chosen observer, ``reduce_range=None`` to the CPU's choice).
 
     Calibration uses ``data`` (a batch of inputs) or ``config.calibration_samples`` training
-    inputs of ``task``. ``reduce_range=None`` is decided here (see ``QuantConfig``).
+    inputs of ``task``.
     """
-    config = (config or QuantConfig()).resolved()
+    config = config.resolved_for_cpu()
     if data is None:
         if task is None:
-            raise UserError("quantize needs a task or calibration data")
+            raise UserError("post-training quantization needs a task or calibration data")
         data = calibration_data(task, config.calibration_samples)
     if config.observer == AUTO:
         return _best_observer(model, config, task, data)
@@ -119,29 +123,41 @@ def quantize(
     if config.bias_correction:
         correct_bias(quantized, data)
     quantized.eval()
-    return quantized
+    return quantized, config
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | None = None,
+    task: Task | None = None,
+    data: Tensor | None = None,
+) -> fx.GraphModule:
+    """Deprecated: use ``mobiledl.apply(model, QuantConfig(...), task)``."""
+    warnings.warn("quantize() is deprecated; use mobiledl.apply", DeprecationWarning, stacklevel=2)
+    return ptq(model, config or QuantConfig(), task, data)[0]
 
 
 def _best_observer(
     model: nn.Module, config: QuantConfig, task: Task | None, data: Tensor
-) -> fx.GraphModule:
+) -> tuple[fx.GraphModule, QuantConfig]:
     """Calibrate with each of ``AUTO_OBSERVERS`` and quantize with the most accurate on
     validation. Candidates are compared before AdaRound and bias correction, which then
     refine the chosen one only (AdaRound is the expensive step)."""
     if task is None or len(task.split("val")[0]) == 0:
         raise UserError("observer 'auto' needs a task with a validation split to choose on")
     refines = config.adaround or config.bias_correction
-    best, best_name, best_accuracy = None, AUTO_OBSERVERS[0], -1.0
+    best: tuple[fx.GraphModule, QuantConfig] | None = None
+    best_accuracy = -1.0
     for name in AUTO_OBSERVERS:
         trial = dataclasses.replace(config, observer=name, adaround=False, bias_correction=False)
-        candidate = quantize(model, trial, task, data)
-        accuracy = evaluate(candidate, task, "val")
-        log(f"observer {name}: validation accuracy {accuracy:.4f}")
+        candidate = ptq(model, trial, task, data)
+        accuracy = evaluate(candidate[0], task, "val")
+        logger.info("observer %s: validation accuracy %.4f", name, accuracy)
         if accuracy > best_accuracy:
-            best, best_name, best_accuracy = candidate, name, accuracy
-    if refines:
-        return quantize(model, dataclasses.replace(config, observer=best_name), task, data)
+            best, best_accuracy = candidate, accuracy
     assert best is not None  # AUTO_OBSERVERS is not empty
+    if refines:
+        return ptq(model, dataclasses.replace(config, observer=best[1].observer), task, data)
     return best
 
 

@@ -1,9 +1,10 @@
 """Quantization-aware training: fine-tune through the fake quantizers.
 
-``qat(model, task, config, epochs)`` starts from the PTQ model of the same ``QuantConfig``
-(as torchao's QAT reuses the PTQ config), trains it with the quantizers in the forward
-pass, and returns a model with fixed grids, saved and exported exactly like a PTQ model.
-Batch norm is folded before training (its statistics stay frozen). ``config.qat_method``:
+``apply(model, QATConfig(quant=QuantConfig(...)), task)`` starts from the PTQ model of the
+same ``QuantConfig`` (as torchao's QAT reuses the PTQ config), trains it with the quantizers
+in the forward pass, and returns a model with fixed grids, saved and exported exactly like a
+PTQ model.
+Batch norm is folded before training (its statistics stay frozen). ``config.algorithm``:
 
 - ``ste`` (Jacob et al. 2018; Bengio et al. 2013): rounding passes gradients straight
   through (zero where clipped); weight grids follow the current weight range, activation
@@ -20,15 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from mobiledl.compress.quantize.config import QuantConfig
+from mobiledl.compress.quantize.config import QATConfig, QuantConfig
 from mobiledl.compress.quantize.observers import MovingAverageObserver
 from mobiledl.compress.quantize.prepare import activation_quantizers, link_layer_inputs
-from mobiledl.compress.quantize.ptq import calibrate_weights, quantize
+from mobiledl.compress.quantize.ptq import calibrate_weights, ptq
 from mobiledl.compress.quantize.quantizer import (
     EPS,
     FakeQuantize,
@@ -39,7 +41,6 @@ from mobiledl.compress.quantize.quantizer import (
     set_submodule,
 )
 from mobiledl.data.task import Task
-from mobiledl.errors import UserError
 from mobiledl.train.trainer import TrainConfig, train
 
 DEFAULT_LR = 0.005
@@ -158,26 +159,29 @@ def _fixed(quantizer: FakeQuantize) -> FakeQuantize:
     return fixed
 
 
+def qat_model(model: nn.Module, config: QATConfig, task: Task) -> fx.GraphModule:
+    """A quantized copy of ``model`` trained with ``config.algorithm`` for ``config.train``;
+    the best epoch on validation is kept and the grids are then fixed."""
+    quantized, _ = ptq(model, dataclasses.replace(config.quant, bias_correction=False), task)
+    _to_trainable(quantized, config.algorithm)
+    if config.train.epochs:
+        train(quantized, task, config.train)
+    freeze(quantized)
+    quantized.eval()
+    return quantized
+
+
 def qat(
     model: nn.Module,
     task: Task,
     config: QuantConfig | None = None,
     epochs: int = 3,
     train_config: TrainConfig | None = None,
+    algorithm: str = "ste",
 ) -> fx.GraphModule:
-    """A quantized copy of ``model`` fine-tuned for ``epochs`` with ``config.qat_method``.
-
-    Training uses ``train_config`` (default: SGD, lr 0.005, no warm-up, no progress bar)
-    with ``epochs`` replacing its epoch count; the best epoch on validation is kept.
-    """
-    config = config or QuantConfig()
-    if epochs < 0:
-        raise UserError(f"epochs must be >= 0; got {epochs}")
-    quantized = quantize(model, dataclasses.replace(config, bias_correction=False), task)
-    _to_trainable(quantized, config.qat_method)
+    """Deprecated: use ``mobiledl.apply(model, QATConfig(...), task)``."""
+    warnings.warn("qat() is deprecated; use mobiledl.apply", DeprecationWarning, stacklevel=2)
     base = train_config or TrainConfig(lr=DEFAULT_LR, warmup_epochs=0.0, progress=False)
-    if epochs:
-        train(quantized, task, dataclasses.replace(base, epochs=epochs))
-    freeze(quantized)
-    quantized.eval()
-    return quantized
+    training = dataclasses.replace(base, epochs=epochs)
+    qat_config = QATConfig(quant=config or QuantConfig(), algorithm=algorithm, train=training)
+    return qat_model(model, qat_config, task)

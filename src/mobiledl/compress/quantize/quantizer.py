@@ -22,6 +22,8 @@ Everything here is a stable building block shared by PTQ, QAT, k-means and mixed
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -172,25 +174,6 @@ def grad_scale(x: Tensor, factor: float) -> Tensor:
 # ---------------------------------------------------------------- fake-quant module
 
 
-_EXPORTING = False
-
-
-@contextlib.contextmanager
-def onnx_export_mode() -> Iterator[None]:
-    """Inside, every ``FakeQuantize`` emits ONNX-exportable 8-bit-container ops.
-
-    ONNX QuantizeLinear only knows int8/uint8, so a ``b < 8``-bit activation is clamped to
-    its grid's real range first and then quantized with an 8-bit range at the same scale and
-    zero point: the values are identical to the ``b``-bit fake quantization.
-    """
-    global _EXPORTING
-    previous, _EXPORTING = _EXPORTING, True
-    try:
-        yield
-    finally:
-        _EXPORTING = previous
-
-
 def container_range(spec: QuantSpec) -> tuple[int, int]:
     """The full range of the 8-bit integer type holding ``spec``'s codes (int8 or uint8)."""
     return (-128, 127) if spec.signed else (0, 255)
@@ -255,8 +238,6 @@ class FakeQuantize(nn.Module):
 
     def forward(self, x: Tensor, observe: bool = True) -> Tensor:
         """Fake-quantize ``x``; ``observe=False`` re-applies the grid without observing."""
-        if _EXPORTING:
-            return self._export_forward(x)
         tracking = self.dynamic and self.training and observe
         if self.observer is not None and observe and (self.observing or tracking):
             self.observer(x.detach())
@@ -269,18 +250,51 @@ class FakeQuantize(nn.Module):
     def _fake_quantize(self, x: Tensor) -> Tensor:
         return fake_quantize(x, self.scale, self.zero_point, self.spec)
 
-    def _export_forward(self, x: Tensor) -> Tensor:
-        if not self.quantizing:
-            return x
-        scale, zero_point = (p.detach() for p in self.qparams())
-        axis = self.spec.ch_axis % x.dim() if self.channels > 1 else None
+    lowers_to_qdq = True
+
+    def lower(self, keep_quantization: bool = True) -> nn.Module:
+        """The fixed grid as a ``QuantizeDequantize`` step (``nn.Identity`` when not quantizing
+        or when the float form is asked for); see ``mobiledl.deploy.lowering``."""
+        if not (self.quantizing and keep_quantization):
+            return PassThrough()
+        scale, zero_point = (p.detach().clone() for p in self.qparams())
+        return QuantizeDequantize(self.spec, scale, zero_point)
+
+
+class PassThrough(nn.Module):
+    """A lowered quantizer that is off: returns its input (called as the quantizer was)."""
+
+    def forward(self, x: Tensor, observe: bool = True) -> Tensor:
+        return x
+
+
+class QuantizeDequantize(nn.Module):
+    """A fixed grid in the form ONNX exports as a QuantizeLinear / DequantizeLinear pair.
+
+    ONNX QuantizeLinear only knows int8/uint8, so a ``b < 8``-bit grid is clamped to its real
+    range first and then quantized with the 8-bit container's range at the same scale and zero
+    point: the values are identical to the ``b``-bit fake quantization.
+    """
+
+    def __init__(self, spec: QuantSpec, scale: Tensor, zero_point: Tensor) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("scale", scale.reshape(-1).float())
+        self.register_buffer("zero_point", zero_point.reshape(-1).to(torch.int32))
+
+    def forward(self, x: Tensor, observe: bool = True) -> Tensor:
+        """``observe`` is accepted (and ignored) as the ``FakeQuantize`` it replaces takes it."""
+        channels = self.scale.numel()
+        axis = self.spec.ch_axis % x.dim() if channels > 1 else None
         if self.spec.bits < MAX_BITS:
             shape = [1] * x.dim()
             if axis is not None:
-                shape[axis] = self.channels
-            lo, hi = (v.detach().reshape(shape) for v in self.real_range())
+                shape[axis] = channels
+            lo = ((self.spec.qmin - self.zero_point) * self.scale).reshape(shape)
+            hi = ((self.spec.qmax - self.zero_point) * self.scale).reshape(shape)
             x = torch.clamp(x, lo, hi)
-        return _fake_quantize_range(x, scale, zero_point, *container_range(self.spec), axis)
+        qmin, qmax = container_range(self.spec)
+        return _fake_quantize_range(x, self.scale, self.zero_point, qmin, qmax, axis)
 
 
 # ---------------------------------------------------------------- quantized layers
@@ -312,6 +326,30 @@ class _QuantLayerMixin:
         scale = (source.qparams()[0] * weights.qparams()[0]).detach()
         rounded = torch.round(self.bias / scale) * scale
         return self.bias + (rounded - self.bias).detach()
+
+    @torch.no_grad()
+    def lower(self, keep_quantization: bool = True) -> nn.Module:
+        """A copy whose weight and bias sit exactly on their grids, as plain values, with an
+        8-bit-wide weight quantizer (see ``mobiledl.deploy.lowering``).
+
+        A ``b``-bit grid is a subset of the 8-bit grid with the same scale and zero point, so
+        the wide quantizer reproduces the rounded weights exactly and exports without a clamp.
+        The bias holds its int32-grid value (ONNX Runtime rounds it onto the same grid again).
+        """
+        quantizer = self.weight_quantizer
+        if not isinstance(quantizer, FakeQuantize):
+            raise UserError(f"cannot export a {type(quantizer).__name__} weight quantizer")
+        lowered = copy.deepcopy(self)
+        lowered.__dict__.pop("_input_quantizer", None)
+        if lowered.bias is not None:
+            lowered.bias.copy_(self.quantized_bias())
+        lowered.weight.copy_(quantizer(self.weight))
+        scale, zero_point = quantizer.qparams()
+        wide = FakeQuantize(dataclasses.replace(quantizer.spec, bits=MAX_BITS), None, scale.numel())
+        wide.set_qparams(scale.detach(), zero_point.detach())
+        wide.enable(quantizer.quantizing)
+        lowered.weight_quantizer = wide
+        return lowered
 
 
 def link_input_quantizer(layer: QuantLayer, quantizer: FakeQuantize) -> None:

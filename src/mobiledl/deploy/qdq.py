@@ -1,15 +1,16 @@
-"""Export a fake-quantized model as an ONNX QDQ graph that ONNX Runtime runs in int8.
+"""The int8 QDQ ONNX graph ONNX Runtime runs with integer kernels, from a lowered model.
 
-Every ``FakeQuantize`` is exported as a QuantizeLinear / DequantizeLinear pair with *our*
-scale and zero point (opset 17; weights per output channel along axis 0), so the graph's
-float semantics are exactly our simulation's. Then the graph is tidied for the engine:
+A lowered quantized model (``mobiledl.deploy.lowering``) exports with every quantizer as a
+QuantizeLinear / DequantizeLinear pair holding *our* scale and zero point (opset 17; weights
+per output channel along axis 0), so the graph's float semantics are exactly the simulation's.
+``tidy_qdq_graph`` then shapes it for ONNX Runtime:
 
 - the quantized weights are stored as int8 initializers (``DequantizeLinear`` of a
-  constant), not as float weights followed by ``QuantizeLinear`` — the file shrinks ~4x;
+  constant), not as float weights followed by ``QuantizeLinear``: the file shrinks ~4x;
 - per-tensor scales and zero points become scalars, which ONNX Runtime's QDQ fusions
   (QLinearAdd, QLinearConcat, ...) require;
 - biases of convolutions and linear layers become int32 with scale ``s_input * s_weight``
-  (the grid our simulation rounds them to), so a final linear layer with float output
+  (the grid the simulation rounds them to), so a final linear layer with float output
   still fuses into an integer ``QGemm``;
 - intermediate tensors get short names and nodes none (the exporter's scoped names take
   tens of kilobytes, a few percent of a small int8 model).
@@ -21,8 +22,6 @@ optimized graph ORT saves to check that it did. Inputs and outputs stay float.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -30,15 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from onnx import numpy_helper
-from torch import nn
-
-from mobiledl.compress.quantize.quantizer import FakeQuantize, onnx_export_mode, quant_layers
-from mobiledl.deploy import get_engine
-from mobiledl.deploy.engine import ArrayLike, to_numpy
-from mobiledl.errors import UserError
-from mobiledl.fileio import atomic_path
 
 INTEGER_OPS = frozenset(
     {
@@ -61,61 +52,14 @@ INTEGER_OPS = frozenset(
 )
 
 
-def export_int8_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
-    """Write the quantized ``model`` to ``path`` as an int8 QDQ ONNX graph (atomically).
-
-    ``model`` must contain fake quantizers (from ``quantize`` or ``qat``). Weights are
-    rounded onto their grids first, so the int8 initializers hold exactly the simulated
-    values.
-    """
-    if not quant_layers(model):
-        raise UserError("export_int8_onnx needs a quantized model (see quantize / qat)")
-    exported = _with_baked_weights(model)
-    engine = get_engine("onnxruntime")
-    with tempfile.TemporaryDirectory(prefix="mobiledl-q-") as tmp:
-        raw = Path(tmp) / "fake_quant.onnx"
-        with onnx_export_mode():
-            engine.export(exported, example_input[:1], raw)
-        graph = onnx.load(str(raw))
-    _bypass_identities(graph.graph)
-    _store_integer_weights(graph.graph)
-    _scalar_per_tensor_params(graph.graph)
-    _integer_biases(graph.graph)
-    _drop_unused_initializers(graph.graph)
-    _compact_names(graph.graph)
-    onnx.checker.check_model(graph)
-    target = Path(path)
-    with atomic_path(target) as tmp_path:
-        onnx.save(graph, str(tmp_path))
-    return target
-
-
-@torch.no_grad()
-def _with_baked_weights(model: nn.Module) -> nn.Module:
-    """A copy whose weights and biases sit exactly on their grids, as plain values.
-
-    Weights are quantized by 8-bit-wide quantizers: a ``b``-bit grid is a subset of the 8-bit
-    grid with the same scale and zero point, so they reproduce the rounded weights exactly
-    and export without a clamp. Biases hold their int32-grid values (ONNX Runtime rounds
-    them onto the same grid again, exactly).
-    """
-    baked = copy.deepcopy(model).eval()
-    for layer in quant_layers(baked).values():
-        quantizer = layer.weight_quantizer
-        if not isinstance(quantizer, FakeQuantize):
-            raise UserError(
-                f"cannot export a {type(quantizer).__name__} weight quantizer to int8 ONNX"
-            )
-        if layer.bias is not None:
-            layer.bias.copy_(layer.quantized_bias())
-        layer.__dict__.pop("_input_quantizer", None)
-        layer.weight.copy_(quantizer(layer.weight))
-        scale, zero_point = quantizer.qparams()
-        wide = FakeQuantize(dataclasses.replace(quantizer.spec, bits=8), None, scale.numel())
-        wide.set_qparams(scale.detach(), zero_point.detach())
-        wide.enable()
-        layer.weight_quantizer = wide
-    return baked
+def tidy_qdq_graph(graph: onnx.GraphProto) -> None:
+    """Shape an exported QDQ graph for ONNX Runtime's integer kernels (module docstring)."""
+    _bypass_identities(graph)
+    _store_integer_weights(graph)
+    _scalar_per_tensor_params(graph)
+    _integer_biases(graph)
+    _drop_unused_initializers(graph)
+    _compact_names(graph)
 
 
 def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -273,17 +217,3 @@ def integer_ops(path: str | Path) -> Counter[str]:
     """The integer operators (QLinearConv, QGemm, ...) in ONNX Runtime's optimized graph."""
     counts = optimized_op_counts(path)
     return Counter({op: n for op, n in counts.items() if op in INTEGER_OPS})
-
-
-def top1_agreement(model: nn.Module, path: str | Path, x: ArrayLike, batch: int = 256) -> float:
-    """Fraction of samples on which ``model`` (fake quant) and the ONNX file agree on top-1."""
-    runner = get_engine("onnxruntime").load(path)
-    inputs = to_numpy(x)
-    model.eval()
-    agree = 0
-    for start in range(0, len(inputs), batch):
-        chunk = inputs[start : start + batch]
-        with torch.no_grad():
-            ours = model(torch.from_numpy(chunk)).argmax(dim=1).numpy()
-        agree += int((runner.run(chunk).argmax(axis=1) == ours).sum())
-    return agree / max(len(inputs), 1)

@@ -1,0 +1,164 @@
+"""What every method command does after building its config: load the model and the task,
+``apply`` the method, measure before and after, save, and report.
+
+``mobiledl apply METHOD MODEL --task T --out OUT [flags of METHOD's config]`` reaches every
+registered method and every field of its config (the flags are derived from the config class,
+``mobiledl.cli_args``); ``mobiledl prune``, ``quantize`` and ``adapt`` are the same flow with
+the flags of the command-line contract (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from mobiledl.cli_args import add_config_arguments, config_from_args
+from mobiledl.cli_support import add_command, add_task_args, task_for_input
+from mobiledl.core.config import MethodConfig
+from mobiledl.core.methods import Method, apply, list_methods, report_of
+from mobiledl.errors import UserError
+from mobiledl.profile import Measurement
+
+
+def add_apply_command(commands: argparse._SubParsersAction) -> None:
+    """Register ``mobiledl apply METHOD ...`` with one sub-command per registered method."""
+    parser = commands.add_parser(
+        "apply",
+        help="apply any registered method to a model (flags from the method's config)",
+        description="Apply one registered method (see `mobiledl apply --help`) to a model file.",
+    )
+    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for method in list_methods():
+        if method.name == "nas_subnet":  # its input is a supernet file: `mobiledl nas extract`
+            continue
+        sub = add_command(methods, method.name, method.summary, _cmd_apply)
+        add_method_io(sub, method.needs_task)
+        add_config_arguments(sub, method.config_type, title=f"{method.name} settings")
+        sub.set_defaults(method_object=method)
+
+
+def add_method_io(
+    sub: argparse.ArgumentParser, needs_task: bool = True, artifact_aliases: tuple[str, ...] = ()
+) -> None:
+    """The model file, task and output arguments every method command takes."""
+    sub.add_argument("model", type=Path, help="a mobiledl .pt file")
+    add_task_args(sub, required=needs_task)
+    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    sub.add_argument(
+        "--artifact",
+        *artifact_aliases,
+        dest="artifact",
+        type=Path,
+        help="also write the engine's artifact here (e.g. an .onnx file)",
+    )
+    sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
+
+
+def _cmd_apply(args: argparse.Namespace) -> dict[str, Any] | None:
+    method: Method = args.method_object
+    config = config_from_args(
+        method.config_type, args, values=seed_values(method.config_type, args)
+    )
+    measurement = run_method_command(args, config)
+    return _finish(args, measurement)
+
+
+def seed_values(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
+    """``--seed`` (the task's split) also seeds a method that has a ``seed`` of its own."""
+    has_seed = any(f.name == "seed" for f in dataclasses.fields(config_type))
+    return {"seed": args.seed} if has_seed else {}
+
+
+def run_method_command(
+    args: argparse.Namespace, config: MethodConfig, meta: dict[str, Any] | None = None
+) -> Measurement:
+    """Load ``args.model``, apply ``config`` on ``args.task``, measure, save ``args.out``.
+
+    The measurement's ``extra`` holds the method's report (its keys), the input model's
+    numbers (``before``) and the after/before ratios of MACs, parameters and artifact bytes.
+    """
+    from mobiledl.measure import measure_model
+    from mobiledl.models import load_model, save_model
+
+    loaded = load_model(args.model)
+    task = _task(args, loaded)
+    before = measure_model(
+        loaded.model, loaded.name, task, latency=False, example_input=_x(task, loaded)
+    )
+    result = apply(loaded.model, config, task)
+    measurement = measure_model(
+        result,
+        loaded.name,
+        task,
+        example_input=_x(task, loaded),
+        latency=not args.no_latency,
+        artifact=args.artifact,
+    )
+    report = report_of(result)
+    measurement.extra.update(report.values if report else {})
+    measurement.extra.update(
+        method=config.method,
+        before=_summary(before),
+        ratios=_ratios(measurement, before),
+        out=str(args.out),
+        artifact=str(args.artifact) if args.artifact else None,
+    )
+    record = {"task": args.task, "seed": args.seed, "source": str(args.model), **(meta or {})}
+    save_model(args.out, result, {**record, "test_accuracy": measurement.accuracy})
+    return measurement
+
+
+def _task(args: argparse.Namespace, loaded: Any) -> Any:
+    if args.task is None:
+        return None
+    shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
+    return task_for_input(args.task, shape, args.seed, args.model)
+
+
+def _x(task: Any, loaded: Any) -> Any:
+    import torch
+
+    if task is not None:
+        return task.example_input(1)
+    return torch.randn(1, loaded.arch["in_channels"], *loaded.arch["image_size"])
+
+
+def _summary(m: Measurement) -> dict[str, Any]:
+    keys = ("accuracy", "params", "macs", "bytes", "storage_bytes", "peak_memory_bytes")
+    return {key: getattr(m, key) for key in keys}
+
+
+def _ratios(after: Measurement, before: Measurement) -> dict[str, float | None]:
+    def ratio(key: str) -> float | None:
+        new, old = getattr(after, key), getattr(before, key)
+        return new / old if new is not None and old else None
+
+    return {key: ratio(key) for key in ("macs", "params", "bytes")}
+
+
+def _finish(args: argparse.Namespace, measurement: Measurement) -> dict[str, Any] | None:
+    if args.json:
+        return measurement.to_dict()
+    ratios = measurement.extra["ratios"]
+    accuracy = "-" if measurement.accuracy is None else f"{measurement.accuracy:.4f}"
+    print(
+        f"wrote {args.out}: test accuracy {accuracy}, MACs x{_fmt(ratios['macs'])}, "
+        f"params x{_fmt(ratios['params'])}, file x{_fmt(ratios['bytes'])} "
+        f"({measurement.bytes:,} B)"
+    )
+    return None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def unused_flags(args: argparse.Namespace, used: set[str], what: str) -> None:
+    """``UserError`` naming a derived flag the user gave that ``what`` does not use."""
+    given = {dest for dest in vars(args) if dest.startswith("cfg__")}
+    extra = sorted(given - used)
+    if extra:
+        flag = "--" + extra[0].removeprefix("cfg__").replace("_", "-")
+        raise UserError(f"{flag} does not apply to {what}")
