@@ -21,6 +21,7 @@ from mobiledl.cli_methods import add_apply_command
 from mobiledl.cli_support import (
     OneLineParser,
     add_command,
+    add_engine_arg,
     add_task_args,
     log,
     logging_to_stderr,
@@ -181,10 +182,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.deploy import artifact_suffixes
     from mobiledl.profile import Measurement
 
-    if args.model.suffix == ".onnx":
-        accuracy, name = _eval_onnx(args), args.model.stem
+    if args.model.suffix in artifact_suffixes():
+        accuracy, name = _eval_artifact(args), args.model.stem
     else:
         from mobiledl.models import load_model
         from mobiledl.train import evaluate
@@ -200,10 +202,10 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-def _eval_onnx(args: argparse.Namespace) -> float:
-    from mobiledl.deploy import get_engine
+def _eval_artifact(args: argparse.Namespace) -> float:
+    from mobiledl.deploy import engine_for_artifact
 
-    runner = get_engine("onnxruntime").load(args.model)
+    runner = engine_for_artifact(args.model).load(args.model)
     task = task_for_input(args.task, tuple(runner.input_shape[1:]), args.seed, args.model)
     x, y = task.split("test")
     outputs = [runner.run(x[i : i + 256].numpy()) for i in range(0, len(x), 256)]
@@ -217,7 +219,7 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     sub = add_command(
         commands,
         "profile",
-        "params, MACs, bytes, peak memory and ONNX Runtime latency of a model",
+        "params, MACs, bytes, peak memory and engine latency of a model",
         _cmd_profile,
     )
     sub.add_argument("model", help="a mobiledl .pt file or a zoo model name")
@@ -228,9 +230,11 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
     sub.add_argument("--threads", type=int, default=None)
     sub.add_argument("--repeats", type=int, default=50)
+    add_engine_arg(sub)
 
 
 def _cmd_profile(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.deploy import DEFAULT_ENGINE
     from mobiledl.measure import engine_latency
     from mobiledl.profile import profile_model
 
@@ -238,8 +242,10 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any] | None:
     report = profile_model(model, example, bits=args.bits)
     measurement = report.measurement(name)
     if not args.no_latency:
-        log("timing in ONNX Runtime...")
-        latency = engine_latency(model, example, threads=args.threads, repeats=args.repeats)
+        log(f"timing in {args.engine or DEFAULT_ENGINE}...")
+        latency = engine_latency(
+            model, example, args.engine, threads=args.threads, repeats=args.repeats
+        )
         measurement = measurement.update(latency)
     measurement.extra["input_shape"] = list(example.shape)
     measurement.extra["layers"] = [layer.to_dict() for layer in report.layers]
@@ -288,7 +294,7 @@ def _summary_line(m: Any) -> str:
     parts.append(f"peak activation memory {m.peak_memory_bytes:,} B")
     if m.latency_ms_median is not None:
         parts.append(
-            f"ORT latency median {m.latency_ms_median:.3f} ms (p90 {m.latency_ms_p90:.3f})"
+            f"{m.engine} latency median {m.latency_ms_median:.3f} ms (p90 {m.latency_ms_p90:.3f})"
         )
     return " | ".join(parts)
 
@@ -300,6 +306,7 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "export", "export a mobiledl .pt model to ONNX", _cmd_export)
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
     sub.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    add_engine_arg(sub)
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -309,7 +316,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
 
     loaded = load_model(args.model)
     example = torch.randn(1, loaded.arch["in_channels"], *loaded.arch["image_size"])
-    engine = get_engine("onnxruntime")
+    engine = get_engine(args.engine)
     artifact = engine.export(loaded.model, example, args.out)
     diff = parity_check(loaded.model, engine.load(artifact), torch.randn(4, *example.shape[1:]))
     size = artifact.stat().st_size
@@ -321,7 +328,7 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     if args.json:
         return measurement.to_dict()
-    print(f"wrote {artifact} ({size:,} bytes); max |PyTorch - ONNX Runtime| = {diff:.2e}")
+    print(f"wrote {artifact} ({size:,} bytes); max |PyTorch - {engine.name}| = {diff:.2e}")
     return None
 
 
@@ -338,11 +345,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.deploy import get_engine
+    from mobiledl.deploy import engine_for_artifact
 
     if args.batch < 1 or args.repeats < 1:
         raise UserError("--batch and --repeats must be >= 1")
-    engine = get_engine("onnxruntime")
+    engine = engine_for_artifact(args.model)
     runner = engine.load(args.model, threads=args.threads)
     x = np.random.default_rng(0).standard_normal((args.batch, *runner.input_shape[1:]))
     stats = engine.benchmark(runner, x.astype(np.float32), args.warmup, args.repeats)

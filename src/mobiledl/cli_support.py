@@ -67,6 +67,18 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
     sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
 
 
+def add_engine_arg(sub: argparse.ArgumentParser) -> None:
+    """``--engine NAME`` of the engine that exports (default: ``DEFAULT_ENGINE``)."""
+    from mobiledl.deploy import DEFAULT_ENGINE, list_engines
+
+    sub.add_argument(
+        "--engine",
+        default=None,
+        help=f"engine that builds the artifact: {', '.join(list_engines())} "
+        f"(default {DEFAULT_ENGINE})",
+    )
+
+
 def task_for_input(spec: str, input_shape: tuple[int, ...], seed: int, model_path: Path) -> Any:
     """The task ``spec`` with inputs shaped ``input_shape`` (resized if the task allows)."""
     from mobiledl.data import build_task

@@ -30,6 +30,7 @@ def test_transfer_smoke_run_writes_results(
     assert "| tinytl |" in (tmp_path / "ondevice_transfer.md").read_text()
 
 
+@pytest.mark.usefixtures("avx2_memory_kernels")
 def test_training_memory_smoke_run_writes_results(
     load_benchmark: Callable[[str], ModuleType], tmp_path: Path
 ) -> None:

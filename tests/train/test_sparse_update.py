@@ -94,6 +94,7 @@ def test_plan_sets_exactly_the_chosen_updates() -> None:
     assert {"classifier.update", "classifier.bias"} <= trainable
 
 
+@pytest.mark.usefixtures("avx2_memory_kernels")
 def test_selection_stays_within_the_budget_measured(digits: Task) -> None:
     torch.manual_seed(0)
     model = quantize_for_sparse_update(create_model("mcunet", 10, 1, 12))

@@ -105,6 +105,7 @@ def test_predicted_peak_within_15_percent_of_measured(name: str, method: str) ->
     assert abs(predicted - measured) <= 0.15 * measured, (predicted, measured)
 
 
+@pytest.mark.usefixtures("avx2_memory_kernels")
 def test_gradient_checkpointing_lowers_predicted_and_measured_peak() -> None:
     model = prepared("mcunet", "full", size=24)
     x, y = torch.randn(8, 3, 24, 24), torch.randint(0, 10, (8,))

@@ -13,8 +13,8 @@ by one config class, as torchao drives quantization with ``Int8Config``-style ob
   the settings that differ for the layers it matches), where the method has per-layer
   settings (``layer_fields``).
 
-CLI flags and recipe fields are derived from the same classes (``mobiledl.core.fields``), so
-the three never drift apart.
+CLI flags (``mobiledl.cli_args``) and recipe fields (``mobiledl.pipeline.recipe``) are derived
+from the same classes, so the three never drift apart.
 """
 
 from __future__ import annotations

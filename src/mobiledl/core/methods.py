@@ -14,15 +14,16 @@ given in place. Packages are found through the ``mobiledl.methods`` entry point 
 
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.metadata
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
 from mobiledl.errors import UserError
 
@@ -64,7 +65,7 @@ def register_method(
     """Register ``handler(model, config, task) -> (model, report)`` for ``config_type``.
 
     ``config_type.method`` is the method's name (unique); ``needs_task``: ``apply`` refuses
-    to run without a task. ``summary`` (default: the first line of the config's docstring)
+    to run without a task. ``summary`` (default: the first sentence of the config's docstring)
     is what ``list_methods`` shows.
     """
     name = config_type.method
@@ -74,13 +75,20 @@ def register_method(
         raise ValueError(f"method '{name}' is already registered")
 
     def add(handler: Handler) -> Handler:
-        doc = (config_type.__doc__ or "").strip().splitlines()
-        method = Method(name, config_type, handler, needs_task, summary or (doc[0] if doc else ""))
+        text = summary or _first_sentence(config_type.__doc__ or "")
+        method = Method(name, config_type, handler, needs_task, text)
         _BY_NAME[name] = method
         _BY_TYPE[config_type] = method
         return handler
 
     return add
+
+
+def _first_sentence(doc: str) -> str:
+    """The docstring's first sentence, on one line."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = re.search(r"(?<!et al)(?<!e\.g)(?<!i\.e)(?<!Sec)\.(\s|$)", paragraph)
+    return paragraph if end is None else paragraph[: end.start() + 1]
 
 
 def load_plugins() -> None:
@@ -159,7 +167,7 @@ def apply(model: nn.Module, config: MethodConfig, task: Any = None) -> nn.Module
     if method.needs_task and task is None:
         raise UserError(f"method '{method.name}' needs a task (data to calibrate or train on)")
     config = config.resolved(model)
-    working = copy.deepcopy(model)
+    working = clone_module(model)
     result, values = method.handler(working, config, task)
     report = MethodReport(method.name, config.fields_dict(), dict(values))
     _record_history(result, config)

@@ -181,3 +181,30 @@ def get_engine(name: str | None = None) -> Engine:
     except ImportError as error:
         raise UserError(f"engine '{name}' needs a package that is not installed: {error}") from None
     return getattr(module, class_name)()
+
+
+def engine_for_artifact(path: PathLike) -> Engine:
+    """The engine whose artifacts end like ``path`` (``.onnx``...); ``UserError`` if none."""
+    suffix = Path(path).suffix
+    engines = _installed_engines()
+    for engine in engines:
+        if engine.file_suffix == suffix:
+            return engine
+    known = ", ".join(sorted({engine.file_suffix for engine in engines}))
+    raise UserError(f"{path}: no installed engine runs '{suffix}' files (known: {known})")
+
+
+def artifact_suffixes() -> set[str]:
+    """File suffixes of the installed engines' artifacts (``{".onnx", ...}``)."""
+    return {engine.file_suffix for engine in _installed_engines()}
+
+
+def _installed_engines() -> list[Engine]:
+    """Every engine whose package is installed (optional engines may be missing)."""
+    engines = []
+    for name in list_engines():
+        try:
+            engines.append(get_engine(name))
+        except UserError:
+            continue
+    return engines

@@ -21,11 +21,12 @@ is ``lower_model``:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.utils import parametrize
+
+from mobiledl.core.clone import clone_module
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Lowered:
 
 def lower_model(model: nn.Module, keep_quantization: bool = True) -> Lowered:
     """A copy of ``model`` in plain export-ready modules (see the module docstring)."""
-    lowered = copy.deepcopy(model).eval()
+    lowered = clone_module(model).eval()
     _bake_parametrizations(lowered)
     found = _lower_children(lowered, keep_quantization)
     return Lowered(lowered, quantized=keep_quantization and found)

@@ -8,7 +8,6 @@ result reports the profiler's predicted training peak next to the peak measured 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
@@ -180,7 +180,7 @@ def _tinytl_within_budget(model: nn.Module, task: Task, config: AdaptConfig) -> 
         )
         args = (config.optimizer, config.checkpoint_segments, task.loss)
         with torch.random.fork_rng():  # trials (lite inits, dropout) leave the real run as is
-            trial = tinytl(copy.deepcopy(model), settings, x[:1])
+            trial = tinytl(clone_module(model), settings, x[:1])
             peak = training_memory(trial, x, y, *args).peak_bytes
         if peak <= budget:
             return settings

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import register_method
 from mobiledl.data.task import Task
@@ -94,7 +94,7 @@ def distill_method(model: nn.Module, config: DistillConfig, task: Task) -> Resul
 
 def _teacher(model: nn.Module, teacher: str | nn.Module | None) -> nn.Module:
     if teacher is None:
-        return copy.deepcopy(model)
+        return clone_module(model)
     if isinstance(teacher, nn.Module):
         return teacher
     return load_model(teacher).model

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
@@ -484,7 +485,7 @@ def _spread(
 
 def _probe(model: nn.Module, task: Task, plan: SparsePlan, config: SparseUpdateConfig) -> float:
     """Validation accuracy after briefly fine-tuning ``plan`` from a copy of ``model``."""
-    trial = apply_plan(copy.deepcopy(model), copy.deepcopy(plan))
+    trial = apply_plan(clone_module(model), copy.deepcopy(plan))
     settings = FineTuneConfig(
         epochs=1,
         batch_size=config.batch_size,

@@ -9,7 +9,6 @@ only in the bytes.
 
 from __future__ import annotations
 
-import copy
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 from mobiledl.profile.allocator import peak_allocation
 from mobiledl.profile.training_memory import OPTIMIZER_STATES, training_layout, training_modes
@@ -99,7 +99,7 @@ def measure_training_step(
     A first step creates the optimizer state; the second, steady-state step is measured
     (gradients from the first are released before it starts, as ``zero_grad`` does).
     """
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    model = clone_module(model).to(memory_format=torch.channels_last)
     x = training_layout(x)
     opt = make_optimizer(model, optimizer, lr=1e-4)
     with training_modes(model):

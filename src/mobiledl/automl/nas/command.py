@@ -328,10 +328,11 @@ def _finish(
     measurement = profile_model(model, example).measurement(arch.label())
     measurement.accuracy = evaluate(model, task, "test")
     measurement.latency_ms_median = measured_ms
-    measurement.engine, measurement.batch_size, measurement.threads = "onnxruntime", 1, 1
+    engine = get_engine()
+    measurement.engine, measurement.batch_size, measurement.threads = engine.name, 1, 1
     files = {
         "model": str(args.out / "subnet.pt"),
-        "onnx": str(args.out / "subnet.onnx"),
+        "onnx": str(args.out / f"subnet{engine.suffix}"),
         "report": str(args.out / "report.html"),
         "search": str(args.out / "search.json"),
     }
@@ -345,7 +346,7 @@ def _finish(
     )
     meta = {"task": args.task, "seed": args.seed, "test_accuracy": measurement.accuracy}
     save_model(files["model"], model, meta)
-    get_engine("onnxruntime").export(model, example, files["onnx"])
+    engine.export(model, example, files["onnx"])
     chosen = {k: v for k, v in measurement.to_dict().items() if not isinstance(v, dict)}
     write_search_report(files["report"], result, constraints, chosen)
     data = measurement.to_dict()

@@ -119,20 +119,21 @@ class TimingConfig:
 def time_modules(
     modules: Sequence[tuple[nn.Module, tuple[int, ...]]], timing: TimingConfig | None = None
 ) -> list[float]:
-    """Median ONNX Runtime latency (ms) of each ``(module, input_shape)``.
+    """Median latency (ms) on the default engine of each ``(module, input_shape)``.
 
     All modules (up to :data:`GROUP` at a time) are exported first and then timed in one
     interleaved run, so each one's samples spread over the whole run and a burst of load
     from other processes hits all of them alike."""
     timing = timing or TimingConfig()
-    engine = get_engine("onnxruntime")
+    engine = get_engine()
     medians: list[float] = []
     with tempfile.TemporaryDirectory(prefix="mobiledl-nas-") as folder:
         for start in range(0, len(modules), GROUP):
             runners = {}
             for offset, (module, shape) in enumerate(modules[start : start + GROUP]):
                 example = torch.randn(*shape)
-                path = engine.export(module.eval(), example, Path(folder) / f"m{offset}.onnx")
+                target = Path(folder) / f"m{offset}{engine.suffix}"
+                path = engine.export(module.eval(), example, target)
                 runner, batch = engine.load(path, threads=timing.threads), example.numpy()
                 runners[str(offset)] = lambda r=runner, b=batch: r.run(b)
             stats = interleaved_benchmark(

@@ -16,7 +16,6 @@ architecture takes the most probable choice of every mixed operation.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from mobiledl.automl.nas.elastic import OFASupernet, Resize
 from mobiledl.automl.nas.evaluate import one_thread
 from mobiledl.automl.nas.search import Constraints
 from mobiledl.automl.nas.space import Arch, Resolution
+from mobiledl.core.clone import clone_module
 from mobiledl.data import Task
 from mobiledl.errors import UserError
 
@@ -64,7 +64,7 @@ class ProxylessSearch(nn.Module):
 
     def __init__(self, supernet: OFASupernet, resolution: Resolution) -> None:
         super().__init__()
-        self.supernet = copy.deepcopy(supernet).requires_grad_(False).train()
+        self.supernet = clone_module(supernet).requires_grad_(False).train()
         self.resolution = resolution
         space = supernet.space
         self.ops = list(itertools.product(space.kernel_sizes, space.expand_ratios))

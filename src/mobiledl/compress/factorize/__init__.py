@@ -12,7 +12,6 @@ like any model; ``save_model`` / ``load_model`` rebuild it from the recorded lay
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
@@ -26,6 +25,7 @@ from mobiledl.compress.factorize.layers import METHODS, Factorized, LayerSpec, P
 from mobiledl.compress.factorize.ranks import Candidate, Choice
 from mobiledl.compress.factorize.statistics import channel_moments, recalibrate_batchnorm
 from mobiledl.compress.factorize.vbmf import evbmf_rank
+from mobiledl.core.clone import clone_module
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
@@ -53,7 +53,7 @@ def factorize(
 ) -> nn.Module:
     """Deprecated: use ``mobiledl.apply(model, FactorizeConfig(...), task)``."""
     warnings.warn("factorize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
-    return factorize_model(copy.deepcopy(model), config, task, data)
+    return factorize_model(clone_module(model), config, task, data)
 
 
 def factorize_model(

@@ -33,7 +33,6 @@ pruned deep copy. Steps:
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph, build_d
 from mobiledl.compress.prune.latency import LatencyProbe, segment_latency_slopes
 from mobiledl.compress.prune.reconstruction import reconstruction_importance, refit_consumers
 from mobiledl.compress.prune.surgery import mask_channels, plan_cut, prune_groups
+from mobiledl.core.clone import clone_module
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.profile import profile_model
@@ -103,8 +103,8 @@ def prune_channels(
         num_batches=num_batches,
         latency=latency,
     )
-    pruned = prune_groups(copy.deepcopy(model), plan.graph, plan.keep)
-    masked = mask_channels(copy.deepcopy(model), plan.graph, plan.keep)
+    pruned = prune_groups(clone_module(model), plan.graph, plan.keep)
+    masked = mask_channels(clone_module(model), plan.graph, plan.keep)
     _check_equivalent(masked, pruned, example_input)
     if plan.criterion == "reconstruction":
         refit_consumers(pruned, model, plan.graph.layers, plan_cut(plan.graph, plan.keep), task)

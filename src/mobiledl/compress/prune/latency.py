@@ -14,7 +14,6 @@ cheapest per fraction of MACs removed.
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.surgery import prune_groups
+from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LatencyProbe:
-    """How segment latencies are measured: engine, batch size, threads, timed calls per model,
-    and clock (``thread``: CPU time of the calling thread, robust on a shared machine; needs
-    ``threads=1``)."""
+    """How segment latencies are measured: engine (``None``: the default one), batch size,
+    threads, timed calls per model, and clock (``thread``: CPU time of the calling thread,
+    robust on a shared machine; needs ``threads=1``)."""
 
-    engine: str = "onnxruntime"
+    engine: str | None = None
     batch_size: int = 1
     threads: int = 1
     repeats: int = 100
@@ -64,8 +64,8 @@ def segment_latency_slopes(
     with tempfile.TemporaryDirectory(prefix="mobiledl-latency-") as tmp:
         runners: dict[str, Callable[[], object]] = {}
         for name, counts in {"full": full, **{str(i): c for i, c in cuts.items()}}.items():
-            pruned = prune_groups(copy.deepcopy(model), planner.graph, planner.keep(counts))
-            path = engine.export(pruned.eval(), x[:1], Path(tmp) / f"{name}.onnx")
+            pruned = prune_groups(clone_module(model), planner.graph, planner.keep(counts))
+            path = engine.export(pruned.eval(), x[:1], Path(tmp) / f"{name}{engine.suffix}")
             runner = engine.load(path, threads=probe.threads)
             runners[name] = lambda runner=runner: runner.run(batch)
         stats = interleaved_benchmark(

@@ -9,7 +9,6 @@ robust layers are pruned harder than sensitive ones.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch import nn
 from mobiledl.compress.prune.criteria import weight_scores
 from mobiledl.compress.prune.granularity import Granularity, compute_masks
 from mobiledl.compress.prune.masks import apply_masks, current_masks
+from mobiledl.core.clone import clone_module
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
@@ -67,7 +67,7 @@ def sensitivity_analysis(
         raise UserError("sensitivity analysis uses masks; use granularity 'filter', not 'channel'")
     if not sparsities or not all(0.0 <= s < 1.0 for s in sparsities):
         raise UserError(f"sparsities must be a non-empty list in [0, 1); got {list(sparsities)}")
-    work = copy.deepcopy(model).eval()
+    work = clone_module(model).eval()
     scores = weight_scores(work, criterion, task, num_batches, exclude=exclude)
     scores = {name: score for name, score in scores.items() if parsed.fits(score)}
     current = current_masks(work)

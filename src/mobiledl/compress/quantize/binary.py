@@ -25,7 +25,6 @@ bits per weight plus fp32 scales, biases and full-precision layers.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from mobiledl.compress.quantize.config import BinaryConfig, TernaryConfig
+from mobiledl.core.clone import clone_module
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
@@ -296,7 +296,7 @@ def binarize(
     warnings.warn("binarize() is deprecated; use mobiledl.apply", DeprecationWarning, 2)
     training = dataclasses.replace(train_config or DEFAULT_TRAIN, epochs=_epochs(epochs))
     config = BinaryConfig(layers=_names(layers), per_channel=per_channel, train=training)
-    return binary_model(copy.deepcopy(model), config, task)
+    return binary_model(clone_module(model), config, task)
 
 
 def ternarize(
@@ -319,7 +319,7 @@ def ternarize(
         per_channel=per_channel,
         train=training,
     )
-    return ternary_model(copy.deepcopy(model), config, task)
+    return ternary_model(clone_module(model), config, task)
 
 
 def _epochs(epochs: int) -> int:

@@ -8,12 +8,11 @@ engine runs, so folding comes before choosing weight scales.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import fx, nn
 
 from mobiledl.compress.quantize.graph import target_module, trace
+from mobiledl.core.clone import clone_module
 
 BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm1d)
 
@@ -45,7 +44,7 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     else; the BatchNorm node and module disappear and the layer keeps its name. Other
     BatchNorms stay as they are.
     """
-    traced = trace(copy.deepcopy(model).eval())
+    traced = trace(clone_module(model).eval())
     for node in list(traced.graph.nodes):
         bn = target_module(traced, node)
         if not isinstance(bn, BATCH_NORMS) or not bn.track_running_stats:

@@ -19,7 +19,6 @@ centroid fine-tuning, and Huffman coding (:mod:`mobiledl.compress.encode`); its
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -42,6 +41,7 @@ from mobiledl.compress.encode import (
 )
 from mobiledl.compress.prune import PruneConfig
 from mobiledl.compress.quantize.config import KMeansConfig
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import LayerRule
 from mobiledl.core.methods import apply
 from mobiledl.data.task import Task
@@ -100,7 +100,7 @@ class KMeansLayer(nn.Module):
     @torch.no_grad()
     def lower(self, keep_quantization: bool = True) -> nn.Module:
         """The wrapped layer holding the decoded weight (see ``mobiledl.deploy.lowering``)."""
-        plain = copy.deepcopy(self.layer)
+        plain = clone_module(self.layer)
         plain.weight = nn.Parameter(self.weight.detach().clone())
         return plain
 
@@ -253,7 +253,7 @@ def kmeans_quantize(
     if finetune_epochs < 0:
         raise UserError(f"kmeans: finetune_epochs must be >= 0; got {finetune_epochs}")
     base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
-    return kmeans_model(copy.deepcopy(model), _config_of(model, bits, base, finetune_epochs), task)
+    return kmeans_model(clone_module(model), _config_of(model, bits, base, finetune_epochs), task)
 
 
 def _config_of(
@@ -520,7 +520,7 @@ def deep_compression(
     epochs replaced per stage.
     """
     base = train_config or TrainConfig(lr=FINETUNE_LR, progress=False)
-    pruned = _prune(copy.deepcopy(model), task, prune_sparsity, prune_steps, prune_epochs, base)
+    pruned = _prune(clone_module(model), task, prune_sparsity, prune_steps, prune_epochs, base)
     bits = {
         name: fc_bits if isinstance(layer, nn.Linear) else conv_bits
         for name, layer in quantizable_layers(pruned).items()

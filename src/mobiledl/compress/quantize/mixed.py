@@ -24,7 +24,6 @@ only, so a 3-bit layer exports as 8-bit codes on a 3-bit grid.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import warnings
@@ -48,6 +47,7 @@ from mobiledl.compress.quantize.quantizer import (
     set_submodule,
     tensor_range,
 )
+from mobiledl.core.clone import clone_module
 from mobiledl.core.config import LayerRule
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
@@ -266,7 +266,7 @@ def mixed_precision(
         finetune=dataclasses.replace(base, epochs=finetune_epochs),
         overrides=rules,
     )
-    return mixed_model(copy.deepcopy(model), method_config, task)
+    return mixed_model(clone_module(model), method_config, task)
 
 
 # ---------------------------------------------------------------- sizes
@@ -349,7 +349,7 @@ def bit_sensitivity(
     """
     candidates = sorted({_check_bits("(all)", "candidate", b) for b in bits})
     chosen = select_layers(model, layers)
-    work = copy.deepcopy(model).eval()
+    work = clone_module(model).eval()
     x, y = task.split(split)
     base_loss, base_acc = _score(work, x, y, task)
     loss: dict[str, list[float]] = {}

@@ -22,7 +22,6 @@ Everything here is a stable building block shared by PTQ, QAT, k-means and mixed
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 
 MIN_BITS = 2
@@ -339,7 +339,7 @@ class _QuantLayerMixin:
         quantizer = self.weight_quantizer
         if not isinstance(quantizer, FakeQuantize):
             raise UserError(f"cannot export a {type(quantizer).__name__} weight quantizer")
-        lowered = copy.deepcopy(self)
+        lowered = clone_module(self)
         lowered.__dict__.pop("_input_quantizer", None)
         if lowered.bias is not None:
             lowered.bias.copy_(self.quantized_bias())
