@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -29,3 +30,16 @@ def test_results_file_has_the_schema(path: Path) -> None:
     assert isinstance(data["rows"], list) and data["rows"]
     assert isinstance(data["summary"], dict) and isinstance(data["machine"], dict)
     assert (path.with_suffix(".md")).is_file()
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_published_tables_render_from_the_json(path: Path) -> None:
+    """The benchmark's own report, rendered from its JSON, has the published table rows."""
+    rendered = importlib.import_module(f"benchmarks.{path.stem}").markdown(
+        json.loads(path.read_text())
+    )
+
+    def rows(text: str) -> list[str]:
+        return [" ".join(line.split()) for line in text.splitlines() if line.startswith("|")]
+
+    assert rows(rendered) == rows(path.with_suffix(".md").read_text())
