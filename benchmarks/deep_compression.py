@@ -10,56 +10,36 @@ and relative-index gaps, and compare dense fp32 bytes with the coded bytes. Targ
 It also trains binary (BinaryConnect + XNOR-Net scaling) and ternary (TWN, TTQ) versions of
 each baseline (1- and 2-bit storage is simulated: no engine runs such kernels), and compares a
 sensitivity-based mixed-precision allocation with uniform bit widths at equal model size
-(post-training quantization, no fine-tuning). Writes ``results/deep_compression.json`` and
-``results/deep_compression.md``.
+(post-training quantization, no fine-tuning).
 
-    python benchmarks/deep_compression.py                    # full run, real results
-    python benchmarks/deep_compression.py --smoke --out tmp  # quick check, elsewhere
+    python -m benchmarks deep_compression          # full run, writes benchmarks/results/
+    python -m benchmarks deep_compression --smoke  # seconds, into a temporary directory
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from bench_common import names  # noqa: E402
-from torch import nn  # noqa: E402
+from benchmarks import harness
+from mobiledl import apply
+from mobiledl.compress.quantize import BinaryConfig, MixedPrecisionConfig, TernaryConfig, mixed
+from mobiledl.compress.quantize.binary import lowbit_storage_bytes
+from mobiledl.compress.quantize.kmeans import deep_compression
+from mobiledl.core.config import LayerRule
+from mobiledl.data import Task, build_task
+from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.train import TrainConfig, evaluate, train
 
-from mobiledl.compress.quantize.binary import (  # noqa: E402
-    binarize,
-    lowbit_storage_bytes,
-    ternarize,
-)
-from mobiledl.compress.quantize.kmeans import deep_compression  # noqa: E402
-from mobiledl.compress.quantize.mixed import (  # noqa: E402
-    bit_sensitivity,
-    mixed_precision,
-    model_size_bytes,
-    propose_bits,
-    weighted_layers,
-)
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.train import TrainConfig, evaluate, train  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "deep_compression"
 TARGET_RATIO = 35.0
 MAX_DROP_POINTS = 0.5
@@ -134,22 +114,18 @@ FULL = Budget(baseline=40, prune_steps=None, prune_epochs=None, finetune=None, l
 SMOKE = Budget(baseline=1, prune_steps=1, prune_epochs=1, finetune=1, lowbit=1)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(STEM, __doc__)
     parser.add_argument("--tasks", default=None, help="comma-separated (default digits,mnist1d)")
     parser.add_argument("--models", default=None, help="comma-separated (default lenet300,lenet5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data split and training")
-    parser.add_argument("--smoke", action="store_true", help="digits, lenet300, 1-epoch phases")
-    parser.add_argument("--out", type=Path, default=None, help="output directory")
-    args = parser.parse_args(argv)
-    args.tasks = names(args.tasks or ("digits" if args.smoke else "digits,mnist1d"))
-    args.models = names(args.models or ("lenet300" if args.smoke else "lenet300,lenet5"))
+    args = harness.parse(parser, argv)
+    smoke, full = {"tasks": "digits", "models": "lenet300"}, {"tasks": "digits,mnist1d"}
+    harness.resolve(args, smoke, {**full, "models": "lenet300,lenet5"})
+    args.tasks, args.models = harness.names(args.tasks), harness.names(args.models)
     unknown = [name for name in args.models if name not in RECIPES]
     if unknown:
         raise UserError(f"no recipe for model(s) {', '.join(unknown)}; have {list(RECIPES)}")
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1; got {args.threads}")
+    args.budget = SMOKE if args.smoke else FULL
     return args
 
 
@@ -188,6 +164,7 @@ def deep_compression_row(
     drop = _points(base_acc, acc)
     val_drop = _points(evaluate(base, task, "val"), evaluate(compressed, task, "val"))
     return {
+        "kind": "deep_compression",
         "task": task.name,
         "model": name,
         "test_samples": len(task.x_test),
@@ -216,20 +193,21 @@ def lowbit_rows(
     """Binary, TWN and TTQ versions of ``base`` trained ``epochs`` with the STE."""
     dense = 4 * sum(p.numel() for p in base.parameters())
     base_acc = evaluate(base, task)
-    config = TrainConfig(optimizer="adamw", lr=1e-3, seed=seed, progress=False)
+    training = TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3, seed=seed, progress=False)
     methods = {
-        "binary": lambda: binarize(base, task, epochs, train_config=config),
-        "ternary-twn": lambda: ternarize(base, task, epochs, "twn", train_config=config),
-        "ternary-ttq": lambda: ternarize(base, task, epochs, "ttq", train_config=config),
+        "binary": BinaryConfig(train=training),
+        "ternary-twn": TernaryConfig(algorithm="twn", train=training),
+        "ternary-ttq": TernaryConfig(algorithm="ttq", train=training),
     }
     rows = []
-    for method, build in methods.items():
+    for method, config in methods.items():
         start = time.perf_counter()
-        model = build()
+        model = apply(base, config, task)
         size = lowbit_storage_bytes(model)
         accuracy = evaluate(model, task)
         rows.append(
             {
+                "kind": "lowbit",
                 "task": task.name,
                 "model": name,
                 "method": method,
@@ -246,26 +224,34 @@ def lowbit_rows(
     return rows
 
 
+def at_bits(model: nn.Module, bits: dict[str, int], task: Task) -> nn.Module:
+    """``model`` with each layer's weights at ``bits[layer]`` and 8-bit activations (PTQ)."""
+    rules = tuple(LayerRule((n,), {"weight_bits": b, "act_bits": 8}) for n, b in bits.items())
+    config = MixedPrecisionConfig(weight_bits=None, act_bits=None, overrides=rules)
+    return apply(model, config, task)
+
+
 def mixed_rows(name: str, task: Task, base: nn.Module) -> list[dict[str, Any]]:
     """Uniform weight bits vs a sensitivity-based allocation of the same size (PTQ, 8-bit acts)."""
-    sensitivity = bit_sensitivity(base, task, MIXED_CANDIDATES)
-    names = list(weighted_layers(base))
+    sensitivity = mixed.bit_sensitivity(base, task, MIXED_CANDIDATES)
+    names = list(mixed.weighted_layers(base))
     rows = []
     for bits in UNIFORM_BUDGETS:
         uniform = dict.fromkeys(names, bits)
-        budget = model_size_bytes(base, uniform)
-        proposal = propose_bits(sensitivity, budget)
-        uniform_acc = evaluate(mixed_precision(base, uniform, task, default_act_bits=8), task)
-        mixed_acc = evaluate(mixed_precision(base, proposal, task, default_act_bits=8), task)
+        budget = mixed.model_size_bytes(base, uniform)
+        proposal = mixed.propose_bits(sensitivity, budget)
+        uniform_acc = evaluate(at_bits(base, uniform, task), task)
+        mixed_acc = evaluate(at_bits(base, proposal, task), task)
         rows.append(
             {
+                "kind": "mixed",
                 "task": task.name,
                 "model": name,
                 "budget_bytes": budget,
                 "uniform_bits": bits,
                 "uniform_accuracy": uniform_acc,
                 "mixed_bits": proposal,
-                "mixed_bytes": model_size_bytes(base, proposal),
+                "mixed_bytes": mixed.model_size_bytes(base, proposal),
                 "mixed_accuracy": mixed_acc,
                 "baseline_accuracy": evaluate(base, task),
             }
@@ -273,33 +259,22 @@ def mixed_rows(name: str, task: Task, base: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "seed": args.seed,
-    }
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def to_markdown(data: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> str:
     """The report: targets, the Deep Compression table, per-layer tables, other rows, notes."""
+    tables = {
+        name: [row for row in report["rows"] if row["kind"] == name]
+        for name in ("deep_compression", "lowbit", "mixed")
+    }
+    config, _pct = report["config"], harness.pct
     lines = [
         "# Deep Compression, binary/ternary and mixed precision on LeNets",
         "",
         f"Targets (Han et al. 2016, Table 1: 40x / 39x on MNIST): >= {TARGET_RATIO:.0f}x smaller "
         f"(dense fp32 bytes / pruned + k-means + Huffman bytes, biases included at fp32) with "
         f"<= {MAX_DROP_POINTS} points of test-accuracy loss. "
-        f"{'SMOKE RUN: tiny epochs, numbers meaningless. ' if data['smoke'] else ''}"
-        f"torch {data['machine']['torch']}, {data['machine']['threads']} thread(s), "
-        f"{data['total_seconds']:.0f} s in total, {data['machine']['date']}.",
+        f"{'SMOKE RUN: tiny epochs, numbers meaningless. ' if config['smoke'] else ''}"
+        f"torch {report['machine']['torch']}, {config['threads']} thread(s), "
+        f"{report['summary']['seconds']:.0f} s in total, {report['created']}.",
         "",
         "## Deep Compression",
         "",
@@ -308,7 +283,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "| targets |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for row in data["deep_compression"]:
+    for row in tables["deep_compression"]:
         met = "yes" if row["meets_ratio"] and row["meets_accuracy"] else _missed(row)
         recipe = row["recipe"]
         lines.append(
@@ -320,7 +295,7 @@ def to_markdown(data: dict[str, Any]) -> str:
             f"| {row['compression_ratio']:.1f}x | {100 * row['weights_kept']:.1f}% "
             f"| {recipe['conv_bits']}/{recipe['fc_bits']} | {met} |"
         )
-    for row in data["deep_compression"]:
+    for row in tables["deep_compression"]:
         lines += ["", f"### {row['model']} on {row['task']}", "", "```", row["table"], "```"]
     lines += [
         "",
@@ -330,7 +305,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "| simulated B | ratio |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in data["lowbit"]:
+    for row in tables["lowbit"]:
         lines.append(
             f"| {row['task']} | {row['model']} | {row['method']} | {row['epochs']} "
             f"| {_pct(row['baseline_accuracy'])} | {_pct(row['accuracy'])} "
@@ -345,7 +320,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         "| mixed bits (by layer) | mixed B | mixed acc % |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for row in data["mixed"]:
+    for row in tables["mixed"]:
         bits = ", ".join(str(b) for b in row["mixed_bits"].values())
         lines.append(
             f"| {row['task']} | {row['model']} | {_pct(row['baseline_accuracy'])} "
@@ -353,7 +328,7 @@ def to_markdown(data: dict[str, Any]) -> str:
             f"| {_pct(row['uniform_accuracy'])} | {bits} | {row['mixed_bytes']:,} "
             f"| {_pct(row['mixed_accuracy'])} |"
         )
-    lines += ["", "## Outcome", "", *_outcome(data["deep_compression"])]
+    lines += ["", "## Outcome", "", *_outcome(tables["deep_compression"])]
     lines += ["", "## Notes", "", *NOTES, ""]
     return "\n".join(lines)
 
@@ -400,13 +375,11 @@ NOTES = [
 ]
 
 
-def run(args: argparse.Namespace) -> Path:
+def main(argv: Sequence[str]) -> dict[str, Any]:
     """Every (task, model) pair: baseline, Deep Compression, low-bit and mixed rows."""
-    out = args.out or (Path(tempfile.mkdtemp(prefix="mobiledl-bench-")) if args.smoke else RESULTS)
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    budget = SMOKE if args.smoke else FULL
-    start = time.perf_counter()
-    data: dict[str, Any] = {"smoke": args.smoke, "deep_compression": [], "lowbit": [], "mixed": []}
+    budget, rows = args.budget, []
     for task_name in args.tasks:
         task = build_task(task_name, seed=args.seed)
         for name in args.models:
@@ -414,26 +387,10 @@ def run(args: argparse.Namespace) -> Path:
             base = train_baseline(name, task, budget.baseline, args.seed)
             row = deep_compression_row(name, task, copy.deepcopy(base), budget, args.seed)
             print(row["table"], file=sys.stderr)
-            data["deep_compression"].append(row)
-            data["lowbit"] += lowbit_rows(name, task, base, budget.lowbit, args.seed)
-            data["mixed"] += mixed_rows(name, task, base)
-    data["total_seconds"] = round(time.perf_counter() - start, 1)
-    data["machine"] = machine_info(args)
-    data["targets"] = {"min_ratio": TARGET_RATIO, "max_drop_points": MAX_DROP_POINTS}
-    json_path = write_json_atomic(out / f"{STEM}.json", data)
-    write_text_atomic(out / f"{STEM}.md", to_markdown(data))
-    print(f"wrote {json_path} and {out / f'{STEM}.md'}", file=sys.stderr)
-    return json_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            lowbit = lowbit_rows(name, task, base, budget.lowbit, args.seed)
+            rows += [row, *lowbit, *mixed_rows(name, task, base)]
+    targets = {"min_ratio": TARGET_RATIO, "max_drop_points": MAX_DROP_POINTS}
+    compressed = [row for row in rows if row["kind"] == "deep_compression"]
+    met = [row for row in compressed if row["meets_ratio"] and row["meets_accuracy"]]
+    summary = {"targets": targets, "rows_meeting_targets": len(met), "rows": len(compressed)}
+    return harness.write_results(args, rows, summary, markdown)

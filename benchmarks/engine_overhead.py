@@ -1,114 +1,73 @@
 """PyTorch eager vs ONNX Runtime on every zoo model, at the same thread count.
 
-For each model and batch size the script exports the model to ONNX, checks that ONNX
-Runtime gives the same output, and times both engines with ``interleaved_benchmark``
-(round-robin, rotated order) so drift on a noisy machine hits both alike. It writes
-``results/engine_overhead.json`` (rows + machine info) and ``results/engine_overhead.md``.
+For each model and batch size the benchmark exports the model to ONNX, checks that ONNX
+Runtime gives the same output, and times both engines interleaved (round-robin, rotated
+order) so drift on a noisy machine hits both alike.
 
-    python benchmarks/engine_overhead.py                    # full run, real results
-    python benchmarks/engine_overhead.py --smoke --out tmp  # quick check, elsewhere
+    python -m benchmarks engine_overhead --threads 1 --clock thread  # the published table
+    python -m benchmarks engine_overhead --smoke  # two small models, a temporary directory
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from benchmarks import harness
+from mobiledl.deploy import get_engine
+from mobiledl.errors import UserError
+from mobiledl.models import create_model, list_models
+from mobiledl.profile import count_params
 
-from mobiledl.deploy import CLOCKS, clock_for, get_engine, interleaved_benchmark  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model, list_models  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "engine_overhead"
 NUM_CLASSES = 10
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="threads for both engines")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per engine")
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(
+        STEM, __doc__, threads=2, threads_help="threads for both engines", clock=True
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls per engine")
     parser.add_argument("--models", default=None, help="comma-separated subset of the zoo")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated, default 1,32")
-    parser.add_argument(
-        "--input-shape", default="3,32,32", help="C,H,W of one input (default 3,32,32)"
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="two small models, batch 1 and 2, few repeats"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=sorted(CLOCKS),
-        default="wall",
-        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
-        "immune to other processes on a shared machine)",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output directory")
-    args = parser.parse_args(argv)
-    args.input_shape = _int_list(args.input_shape, "--input-shape")
+    parser.add_argument("--input-shape", default="3,32,32", help="C,H,W of one input")
+    args = harness.parse(parser, argv)
+    smoke = {"batch_sizes": "1,2", "repeats": 5, "warmup": 1}
+    harness.resolve(args, smoke, {"batch_sizes": "1,32", "repeats": 100, "warmup": 10})
+    args.input_shape = harness.positive_ints(args.input_shape, "--input-shape")
     if len(args.input_shape) != 3:
         raise UserError(f"--input-shape must be C,H,W; got {args.input_shape}")
-    default_batches = "1,2" if args.smoke else "1,32"
-    args.batch_sizes = _int_list(args.batch_sizes or default_batches, "--batch-sizes")
-    args.repeats = args.repeats or (5 if args.smoke else 100)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1; got {args.threads}")
-    clock_for(args.clock, [args.threads])
+    args.batch_sizes = harness.positive_ints(args.batch_sizes, "--batch-sizes")
+    args.models = select_models(args.models, args.smoke, args.input_shape)
     return args
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"{flag} must be comma-separated integers; got '{text}'") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag} must be positive integers; got '{text}'")
-    return values
 
 
 def select_models(names: str | None, smoke: bool, input_shape: list[int]) -> list[str]:
     """The zoo models to measure: ``--models``, the two smallest for ``--smoke``, or all."""
     available = [info.name for info in list_models()]
     if names:
-        chosen = [name.strip() for name in names.split(",") if name.strip()]
+        chosen = harness.names(names)
         unknown = [name for name in chosen if name not in available]
         if unknown:
             raise UserError(f"unknown model(s) {', '.join(unknown)}; available: {available}")
         return chosen
     if smoke:
-        return sorted(available, key=lambda name: _params(build(name, input_shape)))[:2]
+        return sorted(available, key=lambda name: count_params(build(name, input_shape)))[:2]
     return available
 
 
 def build(name: str, input_shape: list[int]) -> nn.Module:
     channels, height, width = input_shape
     return create_model(name, NUM_CLASSES, channels, (height, width)).eval()
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def measure(name: str, batch: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -122,158 +81,90 @@ def measure(name: str, batch: int, args: argparse.Namespace, workdir: Path) -> d
     x_np = x.numpy()
     diff = engine.parity_check(model, runner, x)
     with torch.no_grad():
-        stats = interleaved_benchmark(
+        cells = harness.interleaved(
             {"eager": lambda: model(x), "onnxruntime": lambda: runner.run(x_np)},
             warmup=args.warmup,
             repeats=args.repeats,
-            clock=CLOCKS[args.clock],
+            clock=args.clock,
             batch_size=batch,
             threads=args.threads,
         )
-    eager, ort_stats = stats["eager"], stats["onnxruntime"]
+    eager, ort = cells["eager"], cells["onnxruntime"]
     return {
         "model": name,
         "batch_size": batch,
         "input_shape": list(args.input_shape),
-        "params": _params(model),
+        "params": count_params(model),
         "onnx_bytes": artifact.stat().st_size,
-        "eager_median_ms": eager.median_ms,
-        "eager_p90_ms": eager.p90_ms,
-        "ort_median_ms": ort_stats.median_ms,
-        "ort_p90_ms": ort_stats.p90_ms,
-        "eager_over_ort": eager.median_ms / ort_stats.median_ms,
+        "eager_median_ms": eager["median_ms"],
+        "eager_p90_ms": eager["p90_ms"],
+        "ort_median_ms": ort["median_ms"],
+        "ort_p90_ms": ort["p90_ms"],
+        "eager_over_ort": eager["median_ms"] / ort["median_ms"],
         "max_abs_diff": diff,
-        "repeats": eager.repeats,
+        "repeats": eager["repeats"],
     }
 
 
-def machine_info(args: argparse.Namespace, load_at_start: float | None) -> dict[str, Any]:
-    """Versions, CPU, threads and run settings; the load average before and after the run."""
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "onnx": onnx.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": {"start": load_at_start, "end": _load_average()},
-        "threads": args.threads,
-        "clock": args.clock,
-        "input_shape": list(args.input_shape),
-        "batch_sizes": args.batch_sizes,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
-        "smoke": args.smoke,
-    }
-
-
-def _load_average() -> float | None:
-    """The 1-minute load average: other processes on the CPUs make every timing noisier."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
-    """A markdown report: setup, the table, and the geometric-mean ratio per batch size."""
-    lines = [
-        "# Engine overhead: PyTorch eager vs ONNX Runtime",
-        "",
-        f"{info['cpu']} ({info['cpu_count']} CPUs), {_plural(info['threads'], 'thread')} for both "
-        f"engines; torch {info['torch']}, onnxruntime {info['onnxruntime']}; input "
-        f"{'x'.join(map(str, info['input_shape']))}; {info['repeats']} timed calls per "
-        f"engine after {_plural(info['warmup'], 'warm-up call')}, interleaved round-robin, "
-        f"{'wall time' if info['clock'] == 'wall' else 'CPU time of the calling thread'}. "
-        f"Eager runs under `torch.no_grad()` in eval mode; ONNX Runtime uses opset 17, "
-        f"all graph optimizations, sequential execution. {info['date']}; 1-minute load "
-        f"average {info['load_average_1min']['start']} before, "
-        f"{info['load_average_1min']['end']} after.",
-        "",
-        "| model | batch | params | eager median ms | eager p90 ms | ORT median ms "
-        "| ORT p90 ms | eager/ORT | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['params']:,} "
-            f"| {row['eager_median_ms']:.3f} | {row['eager_p90_ms']:.3f} "
-            f"| {row['ort_median_ms']:.3f} | {row['ort_p90_ms']:.3f} "
-            f"| {row['eager_over_ort']:.2f}x | {row['max_abs_diff']:.1e} |"
-        )
-    lines += ["", *_summary(rows), ""]
-    return "\n".join(lines)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _summary(rows: list[dict[str, Any]]) -> list[str]:
-    lines = []
+def geomeans(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per batch size: geometric mean, minimum and maximum of eager / ORT."""
+    out = {}
     for batch in sorted({row["batch_size"] for row in rows}):
         ratios = [row["eager_over_ort"] for row in rows if row["batch_size"] == batch]
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        lines.append(
-            f"- batch {batch}: eager/ORT geometric mean {geomean:.2f}x "
-            f"(range {min(ratios):.2f}x to {max(ratios):.2f}x; >1 means ORT is faster)"
-        )
-    return lines
+        out[str(batch)] = {"geomean": geomean, "min": min(ratios), "max": max(ratios)}
+    return out
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Measure every (model, batch) pair and write JSON + markdown; return the JSON path."""
-    out = args.out or (Path(tempfile.mkdtemp(prefix="mobiledl-bench-")) if args.smoke else RESULTS)
+def markdown(report: dict[str, Any]) -> str:
+    """A markdown report: setup, the table, and the geometric-mean ratio per batch size."""
+    config, machine, rows = report["config"], report["machine"], report["rows"]
+    table = harness.markdown_table(
+        ["model", "batch", "params", "eager median ms", "eager p90 ms", "ORT median ms",
+         "ORT p90 ms", "eager/ORT", "max abs diff"],
+        [
+            (row["model"], row["batch_size"], f"{row['params']:,}",
+             f"{row['eager_median_ms']:.3f}", f"{row['eager_p90_ms']:.3f}",
+             f"{row['ort_median_ms']:.3f}", f"{row['ort_p90_ms']:.3f}",
+             f"{row['eager_over_ort']:.2f}x", f"{row['max_abs_diff']:.1e}")
+            for row in rows
+        ],
+        align="lrrrrrrrr",
+    )  # fmt: skip
+    lines = [
+        "# Engine overhead: PyTorch eager vs ONNX Runtime",
+        "",
+        f"{machine['cpu']} ({machine['cores']} CPUs), "
+        f"{harness.plural(config['threads'], 'thread')} for both engines; torch "
+        f"{machine['torch']}, onnxruntime {machine['onnxruntime']}; "
+        f"input {'x'.join(map(str, config['input_shape']))}; {config['repeats']} timed calls per "
+        f"engine after {harness.plural(config['warmup'], 'warm-up call')}, interleaved "
+        f"round-robin, {harness.clock_text(config['clock'])}. Eager runs under "
+        "`torch.no_grad()` in eval mode; ONNX Runtime uses opset 17, all graph optimizations, "
+        f"sequential execution. {report['created']}; 1-minute load average "
+        f"{machine['load_average_1min_start']} before, {machine['load_average_1min']} after.",
+        "",
+        *table,
+        "",
+        *(
+            f"- batch {batch}: eager/ORT geometric mean {g['geomean']:.2f}x (range "
+            f"{g['min']:.2f}x to {g['max']:.2f}x; >1 means ORT is faster)"
+            for batch, g in report["summary"]["eager_over_ort"].items()
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Measure every (model, batch) pair and write JSON + markdown."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_at_start = _warn_if_busy()
-    names = select_models(args.models, args.smoke, args.input_shape)
-    pairs = [(name, batch) for name in names for batch in args.batch_sizes]
+    pairs = [(name, batch) for name in args.models for batch in args.batch_sizes]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobiledl-onnx-") as tmp:
         progress = tqdm(pairs, file=sys.stderr, unit="run", dynamic_ncols=True)
         for name, batch in progress:
             progress.set_description(f"{name} batch {batch}")
             rows.append(measure(name, batch, args, Path(tmp)))
-    info = machine_info(args, load_at_start)
-    json_path = write_json_atomic(out / f"{STEM}.json", {"machine": info, "rows": rows})
-    write_text_atomic(out / f"{STEM}.md", to_markdown(rows, info))
-    print(f"wrote {json_path} and {out / f'{STEM}.md'}", file=sys.stderr)
-    return json_path
-
-
-def _warn_if_busy() -> float | None:
-    """The current load average; warn on stderr if other processes hold the CPUs."""
-    load = _load_average()
-    if load is not None and load > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"warning: 1-minute load average is {load} on {os.cpu_count()} CPUs; "
-            "other processes will distort the timings",
-            file=sys.stderr,
-        )
-    return load
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return harness.write_results(args, rows, {"eager_over_ort": geomeans(rows)}, markdown)

@@ -12,7 +12,7 @@ ONNX Runtime at batch 1 and 32, at half the MACs. Rows:
 - LeNet-300-100, ``svd``: truncated SVD of its linear layers (Denton et al. 2014; data-aware),
   fine-tuned with logit KD.
 
-For each model the script trains a baseline, factorizes it with
+For each model the benchmark trains a baseline, factorizes it with
 ``FactorizeConfig(macs_ratio=0.5, ...)`` (ranks chosen greedily by energy kept per MAC
 saved), fine-tunes the factorized model with KD, and also fine-tunes the baseline with the
 same budget (no KD) as a reference. Accuracy is on the test split; the loss
@@ -20,10 +20,8 @@ is measured against the better of the baseline and the fine-tuned baseline. Late
 ONNX exports timed with ``interleaved_benchmark`` (medians) at every batch size and ONNX
 Runtime thread count; speedup = baseline median / factorized median.
 
-    python benchmarks/factorize.py                    # full run, writes results/
-    python benchmarks/factorize.py --smoke --out tmp  # seconds: tiny data, 8x8 digits
-
-Writes ``factorize.json`` and ``factorize.md`` (atomically) to ``--out``.
+    python -m benchmarks factorize --threads 1 --clock thread  # the published table
+    python -m benchmarks factorize --smoke  # seconds: tiny data, 8x8 digits
 """
 
 from __future__ import annotations
@@ -34,46 +32,21 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from bench_common import (  # noqa: E402
-    clock_text,
-    load_task,
-    machine,
-    names,
-    positive_ints,
-    speedups,
-)
-from torch import nn  # noqa: E402
+from benchmarks import harness
+from mobiledl import apply
+from mobiledl.compress.factorize import FactorizeConfig, factorized_layers
+from mobiledl.data import Task
+from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.profile import count_params, profile_model
+from mobiledl.train import TrainConfig, evaluate, seed_everything, train
+from mobiledl.train.methods import DistillConfig
 
-from mobiledl.compress.factorize import (  # noqa: E402
-    FactorizeConfig,
-    factorize,
-    factorized_layers,
-)
-from mobiledl.data import Task  # noqa: E402
-from mobiledl.deploy import CLOCKS, clock_for  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.profile import count_params, profile_model  # noqa: E402
-from mobiledl.train import (  # noqa: E402
-    FeatureDistiller,
-    TrainConfig,
-    evaluate,
-    seed_everything,
-    train,
-)
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "factorize"
 SPEEDUP_TARGET = 1.4
 ACCURACY_TOLERANCE = 0.01  # one point
@@ -120,52 +93,22 @@ CASES = {
 }
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(
+        STEM, __doc__, threads="1,2", threads_help="ONNX Runtime intra-op threads",
+        many_threads=True, clock=True,
+    )  # fmt: skip
     parser.add_argument("--models", default="resnet20,lenet300")
-    parser.add_argument("--task", default=None, help="default mnist5k (smoke: digits)")
-    parser.add_argument("--image-size", type=int, default=None, help="resize inputs to S×S")
-    parser.add_argument("--epochs", type=int, default=None, help="baseline training (default 12)")
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="default 6")
-    parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--macs-ratio", type=float, default=0.5)
+    harness.add_compress_arguments(parser, epochs=12, finetune=6)
     parser.add_argument("--no-comparison", action="store_true", help="target rows only")
-    parser.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op threads")
-    parser.add_argument("--batch-sizes", default="1,32")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
-    parser.add_argument(
-        "--train-threads",
-        type=int,
-        default=1,
-        help="PyTorch threads for training (1: on a shared CPU, spinning OpenMP workers of "
-        "two threads made training ~6x slower)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny data and epochs, 8x8 input")
-    parser.add_argument(
-        "--clock",
-        choices=sorted(CLOCKS),
-        default="wall",
-        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
-        "immune to other processes on a shared machine)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
-    args = parser.parse_args(argv)
-    args.models = names(args.models)
+    args = harness.parse(parser, argv)
+    common = {"batch_sizes": "1,32", "train_threads": 1}
+    full = {**common, "epochs": 12, "finetune_epochs": 6, "repeats": 90}
+    harness.resolve_compress(args, common, full)
+    args.models = harness.names(args.models)
     unknown = [name for name in args.models if name not in CASES]
     if unknown:
         raise UserError(f"--models: unknown '{unknown[0]}'; choose from {', '.join(CASES)}")
-    args.threads = positive_ints(args.threads, "--threads")
-    clock_for(args.clock, args.threads)
-    args.batch_sizes = positive_ints(args.batch_sizes, "--batch-sizes")
-    args.task = args.task or ("digits" if args.smoke else "mnist5k")
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 12)
-    args.finetune_epochs = (
-        args.finetune_epochs if args.finetune_epochs is not None else (1 if args.smoke else 6)
-    )
-    args.repeats = args.repeats or (3 if args.smoke else 90)
-    if not 0.0 < args.macs_ratio <= 1.0:
-        raise UserError(f"--macs-ratio must lie in (0, 1]; got {args.macs_ratio}")
     return args
 
 
@@ -184,14 +127,13 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
 
 def finetune_with_kd(
     model: nn.Module, teacher: nn.Module, task: Task, case: Case, args: argparse.Namespace
-) -> None:
-    """Logit KD (alpha 0.9, T 4) plus the case's feature KD from ``teacher``."""
-    config = finetune_config(args)
-    if case.feature is None:
-        train(model, task, config, teacher=teacher)
-        return
-    with FeatureDistiller(model, teacher, task.example_input(1), case.feature) as distiller:
-        train(model, task, config, teacher=teacher, extra_loss=distiller)
+) -> nn.Module:
+    """``model`` fine-tuned with logit KD (alpha 0.9, T 4) plus the case's feature KD from
+    ``teacher``."""
+    config = DistillConfig(
+        teacher=teacher, feature=case.feature or "none", train=finetune_config(args)
+    )
+    return apply(model, config, task)
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -224,7 +166,7 @@ def run_model(name: str, task: Task, args: argparse.Namespace) -> list[dict[str,
     for case in cases:
         row, models[case.label] = run_case(case, baseline, task, args)
         rows.append({**common, **row})
-    timing = speedups(
+    timing = harness.onnx_speedups(
         models, "baseline", task, args.batch_sizes, args.threads, args.repeats, args.clock
     )
     for row in rows:
@@ -241,11 +183,11 @@ def run_case(
         decomposition=case.methods, macs_ratio=args.macs_ratio, round_to=case.round_to
     )
     begin = time.perf_counter()
-    factorized = factorize(baseline, config, task)
+    factorized = apply(baseline, config, task)
     factorize_seconds = time.perf_counter() - begin
     before_finetune = evaluate(factorized, task)
     begin = time.perf_counter()
-    finetune_with_kd(factorized, baseline, task, case, args)
+    factorized = finetune_with_kd(factorized, baseline, task, case, args)
     base_profile, fact_profile = (
         profile_model(baseline, example),
         profile_model(factorized, example),
@@ -284,13 +226,13 @@ def checks(result: dict[str, Any]) -> dict[str, bool]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    config = report["config"]
+    config, task, machine = report["config"], report["summary"]["task"], report["machine"]
     cells = [f"t{t}_b{b}" for t in config["threads"] for b in config["batch_sizes"]]
     lines = [
         "# Low-rank factorization to half the MACs, fine-tuned with distillation",
         "",
-        f"Task `{report['task']['name']}` (inputs {report['task']['input_shape']}, "
-        f"{report['task']['train']} train / {report['task']['test']} test). Baselines trained "
+        f"Task `{task['name']}` (inputs {task['input_shape']}, "
+        f"{task['train']} train / {task['test']} test). Baselines trained "
         f"{config['epochs']} epochs; the factorized model is fine-tuned "
         f"{config['finetune_epochs']} epochs with KD (lr {config['finetune_lr']}), the baseline "
         f"{config['finetune_epochs']} epochs without (reference). Target: "
@@ -298,16 +240,16 @@ def markdown(report: dict[str, Any]) -> str:
         "Accuracy on the test split; Δ in points against the better of baseline and "
         "fine-tuned baseline. Latency: ONNX Runtime fp32 medians, "
         "`tT_bB` = T intra-op threads at batch B, ×speedup over the baseline, timed interleaved "
-        f"({clock_text(config.get('clock', 'wall'))}).",
+        f"({harness.clock_text(config['clock'])}).",
         "",
         "| model | method | ranks × | KD | base acc. | base+FT acc. | before FT | after FT | Δ | "
         "MACs (M) | params (k) | " + " | ".join(cells) + " |",
         "|" + "---|" * (11 + len(cells)),
     ]
-    for result in report["results"]:
+    for result in report["rows"]:
         lines.append(_row(result, cells))
     lines += [""]
-    for result in report["results"]:
+    for result in report["rows"]:
         verdict = ", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in result["checks"].items())
         ranks = "; ".join(f"{n}: {r}" for n, r in result["ranks"].items())
         role = "target row" if result["target_row"] else "comparison row"
@@ -317,10 +259,8 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        f"Total wall time {report['seconds']:.0f} s on {report['machine']['cpu_count']} cores "
-        f"(load average at the end {report['machine']['load_average'][0]:.1f}; torch "
-        f"{report['machine']['torch']}, onnxruntime {report['machine']['onnxruntime']}, "
-        f"tensorly {report['machine']['tensorly']}).",
+        f"{harness.machine_line(report)} tensorly {machine['tensorly']}; 1-minute load "
+        f"average {machine['load_average_1min']} at the end.",
         "",
     ]
     return "\n".join(lines + NOTES) + "\n"
@@ -344,42 +284,18 @@ def _row(result: dict[str, Any], cells: list[str]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.train_threads)
-    started = time.perf_counter()
-    task = load_task(args.task, args.image_size, args.seed, args.smoke)
-    results = []
+    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke)
+    rows = []
     for name in args.models:
         print(f"[{STEM}] {name}: train, factorize, fine-tune with KD, time", file=sys.stderr)
-        for result in run_model(name, task, args):
-            result["checks"] = checks(result)
-            results.append(result)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    report = {
-        "benchmark": STEM,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(tensorly=version("tensorly")),
-        "config": config,
-        "task": {
-            "name": task.name,
-            "input_shape": list(task.input_shape),
-            "train": len(task.x_train),
-            "val": len(task.x_val),
-            "test": len(task.x_test),
-        },
+        for row in run_model(name, task, args):
+            row["checks"] = checks(row)
+            rows.append(row)
+    summary = {
+        "task": harness.task_summary(task),
         "targets": {"speedup": SPEEDUP_TARGET, "accuracy_drop_points": 100 * ACCURACY_TOLERANCE},
-        "results": results,
-        "seconds": time.perf_counter() - started,
     }
-    write_json_atomic(args.out / f"{STEM}.json", report)
-    write_text_atomic(args.out / f"{STEM}.md", markdown(report))
-    return report
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return harness.write_results(args, rows, summary, markdown, packages=("tensorly",))

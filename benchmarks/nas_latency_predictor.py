@@ -7,82 +7,72 @@ predictor corrects the table sum with ``a * lut_sum + b * units + c``, fitted on
 random sub-networks (none used to build it) by the mean absolute percentage error (target
 <= 10%). Two baselines: the raw table sum, and a linear fit of latency on MACs.
 
-    python benchmarks/nas_latency_predictor.py                    # full run, writes results/
-    python benchmarks/nas_latency_predictor.py --smoke --out tmp  # seconds: tiny space
-
-Writes ``nas_latency_predictor.json`` and ``.md`` (atomically) to ``--out``.
+    python -m benchmarks nas_latency_predictor          # full run, writes benchmarks/results/
+    python -m benchmarks nas_latency_predictor --smoke  # seconds: tiny space
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from mobiledl.automl.nas.efficiency import (  # noqa: E402
+from benchmarks import harness
+from mobiledl.automl.nas.efficiency import (
     CostTable,
     LatencyPredictor,
     LatencyTable,
     TimingConfig,
     mape,
 )
-from mobiledl.automl.nas.elastic import OFASupernet  # noqa: E402
-from mobiledl.automl.nas.run import measure_subnet_latency  # noqa: E402
-from mobiledl.automl.nas.space import Arch, default_space, tiny_space  # noqa: E402
-from mobiledl.automl.nas.store import load_supernet  # noqa: E402
-from mobiledl.data import build_task  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+from mobiledl.automl.nas.elastic import OFASupernet
+from mobiledl.automl.nas.run import measure_subnet_latency
+from mobiledl.automl.nas.space import Arch, default_space, tiny_space
+from mobiledl.automl.nas.store import load_supernet
+from mobiledl.data import build_task
 
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "nas_latency_predictor"
 MAPE_TARGET = 10.0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(STEM, __doc__, threads=False)
     parser.add_argument("--task", default=None, help="default mnist1d (smoke: digits)")
     parser.add_argument("--supernet", type=Path, help="a supernet file (default: a fresh one)")
     parser.add_argument("--fit-samples", type=int, default=None, help="default 60 (smoke 6)")
     parser.add_argument("--test-samples", type=int, default=None, help="default 60 (smoke 6)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 90)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny space, few samples")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
-    args = parser.parse_args(argv)
-    args.task = args.task or ("digits" if args.smoke else "mnist1d")
-    args.fit_samples = args.fit_samples or (6 if args.smoke else 60)
-    args.test_samples = args.test_samples or (6 if args.smoke else 60)
-    args.repeats = args.repeats or (5 if args.smoke else 90)
-    return args
+    args = harness.parse(parser, argv)
+    smoke = {"task": "digits", "fit_samples": 6, "test_samples": 6, "repeats": 5}
+    return harness.resolve(args, smoke, {"task": "mnist1d", "fit_samples": 60,
+                                         "test_samples": 60, "repeats": 90})  # fmt: skip
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def fresh_supernet(task_name: str, smoke: bool, seed: int) -> OFASupernet:
+    """The benchmark space on ``task_name``'s inputs (mnist1d: three resolutions), or the
+    tiny space for a smoke run, with seeded fresh weights."""
+    task = build_task(task_name, seed=seed)
+    resolutions = ((1, 24), (1, 32), (1, 40)) if task.image_size == (1, 40) else (task.image_size,)
+    space = (tiny_space if smoke else default_space)(resolutions)
+    torch.manual_seed(seed)
+    return OFASupernet(space, task.num_classes, task.in_channels, task.image_size)
+
+
 def make_supernet(args: argparse.Namespace) -> OFASupernet:
     """The benchmark space (or tiny for --smoke) with fresh weights: latency ignores them."""
     if args.supernet:
         return load_supernet(args.supernet).supernet
-    task = build_task(args.task, seed=args.seed)
-    resolutions = ((1, 24), (1, 32), (1, 40)) if task.image_size == (1, 40) else (task.image_size,)
-    space = (tiny_space if args.smoke else default_space)(resolutions)
-    torch.manual_seed(args.seed)
-    return OFASupernet(space, task.num_classes, task.in_channels, task.image_size)
+    return fresh_supernet(args.task, args.smoke, args.seed)
 
 
 def disjoint_samples(supernet: OFASupernet, fit: int, test: int, seed: int) -> tuple[list, list]:
@@ -146,26 +136,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    import os
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-    }
-
-
 def markdown(report: dict[str, Any]) -> str:
-    r, c = report["result"], report["config"]
-    verdict = "met" if report["checks"]["mape_at_most_10"] else "NOT met"
+    r, c = report["summary"], report["config"]
+    verdict = "met" if r["checks"]["mape_at_most_10"] else "NOT met"
     lines = [
         "# Latency predictor of the once-for-all space vs measured ONNX Runtime latency",
         "",
-        f"Space: `{report['space']}` on task `{c['task']}` inputs; {r['lut_entries']} lookup-table "
+        f"Space: `{r['space']}` on task `{c['task']}` inputs; {r['lut_entries']} lookup-table "
         f"units timed in {r['lut_seconds']:.0f} s. Predictor fitted on {r['fit_samples']} "
         f"random sub-networks, tested on {r['test_samples']} others (measured "
         f"{r['measured_range_ms'][0]:.3f}-{r['measured_range_ms'][1]:.3f} ms). ONNX Runtime, "
@@ -192,33 +169,19 @@ def markdown(report: dict[str, Any]) -> str:
             else "here it does as well as the table."
         ),
         "",
-        f"Total wall time {report['seconds']:.0f} s on {report['machine']['cpu_count']} cores "
-        f"(torch {report['machine']['torch']}, onnxruntime {report['machine']['onnxruntime']}).",
+        harness.machine_line(report),
         "",
     ]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
-    started = time.perf_counter()
     result = run(args)
-    report = {
-        "benchmark": STEM,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "space": "tiny" if args.smoke else "default",
-        "result": result,
-        "checks": {"mape_at_most_10": result["mape"]["predictor"] <= MAPE_TARGET},
-        "seconds": time.perf_counter() - started,
-    }
-    write_json_atomic(args.out / f"{STEM}.json", report)
-    write_text_atomic(args.out / f"{STEM}.md", markdown(report))
+    rows = result.pop("test")
+    result["space"] = "tiny" if args.smoke else "default"
+    result["checks"] = {"mape_at_most_10": result["mape"]["predictor"] <= MAPE_TARGET}
+    report = harness.write_results(args, rows, result, markdown)
     errors = result["mape"]
     log(f"predictor MAPE {errors['predictor']:.2f}% (table sum {errors['lut_sum']:.1f}%)")
     return report
-
-
-if __name__ == "__main__":
-    main()

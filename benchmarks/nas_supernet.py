@@ -1,7 +1,9 @@
 """Once-for-all supernet: sub-networks vs training from scratch, searched nets vs MobileNetV2,
 and a Ray search against the same search in process.
 
-1. Train the supernet by progressive shrinking (or reuse ``--supernet``).
+1. Train the supernet by progressive shrinking, then ``--continue-epochs`` more expand-phase
+   runs (2 random sub-networks per step, each with its own cosine schedule), or reuse
+   ``--supernet``.
 2. Fit the latency model (lookup table timed in ONNX Runtime + learned correction).
 3. Supernet vs scratch: for ``--archs`` architectures (largest, smallest, random), the test
    accuracy of the sub-network taken from the supernet (BN recalibration, no retraining)
@@ -15,11 +17,14 @@ and a Ray search against the same search in process.
 5. Ray vs in process: the same search (same seed, same latency model) with candidate
    evaluations on a local Ray and in this process. Target: identical results.
 
-    python benchmarks/nas_supernet.py --out run1         # full run (+30 expand epochs)
-    python benchmarks/nas_supernet.py --init run1/nas_supernet_supernet.pt  # +30 more, results/
-    python benchmarks/nas_supernet.py --smoke --out tmp  # tiny space and data, seconds
+Every stage is kept under ``--out``/``nas_supernet_stages/`` (a supernet file per training
+run, JSON for the others) with the settings it was computed from; re-running the command
+skips the stages already done with the same settings, so an interrupted run resumes and
+adding a continuation to ``--continue-epochs`` trains only that one. The results are
+rewritten after each stage.
 
-Writes ``nas_supernet.json`` and ``nas_supernet.md`` (atomically) to ``--out``, after each stage.
+    python -m benchmarks nas_supernet          # full run (hours), resumable
+    python -m benchmarks nas_supernet --smoke  # tiny space and data, seconds
 """
 
 from __future__ import annotations
@@ -27,72 +32,58 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
-import platform
 import random
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
 
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from mobiledl.automl.nas.efficiency import TimingConfig, measure_latency  # noqa: E402
-from mobiledl.automl.nas.elastic import OFASupernet  # noqa: E402
-from mobiledl.automl.nas.evaluate import EvalSpec, LocalEvaluator, RayEvaluator  # noqa: E402
-from mobiledl.automl.nas.extract import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.nas_latency_predictor import fresh_supernet
+from mobiledl.automl.nas.efficiency import LatencyPredictor, TimingConfig, measure_latency
+from mobiledl.automl.nas.elastic import OFASupernet
+from mobiledl.automl.nas.evaluate import EvalSpec, LocalEvaluator, RayEvaluator
+from mobiledl.automl.nas.extract import (
     build_subnet,
     calibration_indices,
     extract_subnet,
     recalibrate_bn,
 )
-from mobiledl.automl.nas.run import (  # noqa: E402
+from mobiledl.automl.nas.run import (
     SearchConfig,
     fit_latency_model,
     fit_predictor,
     run_search,
     sample_archs,
 )
-from mobiledl.automl.nas.search import Constraints, EvolutionConfig  # noqa: E402
-from mobiledl.automl.nas.space import Arch, default_space, tiny_space  # noqa: E402
-from mobiledl.automl.nas.store import load_supernet, save_supernet  # noqa: E402
-from mobiledl.automl.nas.train import ShrinkConfig, progressive_shrink  # noqa: E402
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.profile import profile_model  # noqa: E402
-from mobiledl.train import TrainConfig, evaluate, train  # noqa: E402
+from mobiledl.automl.nas.search import Constraints, EvolutionConfig
+from mobiledl.automl.nas.space import Arch
+from mobiledl.automl.nas.store import load_supernet, save_supernet
+from mobiledl.automl.nas.train import ShrinkConfig, progressive_shrink
+from mobiledl.data import Task
+from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.profile import profile_model
+from mobiledl.train import TrainConfig, evaluate, train
 
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "nas_supernet"
 SCRATCH_TOLERANCE = 1.5  # points
+KINDS = ("scratch", "mobilenet_v2")  # the two tables of rows
 BUDGET_MARGIN = 0.95  # search within 95% of MobileNetV2's latency: room for predictor error
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(STEM, __doc__, threads=False)
     parser.add_argument("--task", default=None, help="default mnist1d (smoke: digits)")
-    parser.add_argument("--supernet", type=Path, help="reuse a trained supernet file")
-    parser.add_argument(
-        "--init",
-        type=Path,
-        help="continue a supernet file written by this script: --continue-epochs more "
-        "expand-phase epochs (its earlier training is kept in the report)",
-    )
+    parser.add_argument("--supernet", type=Path, help="use this trained supernet file")
     parser.add_argument("--epochs", default=None, help="full,kernel,depth,expand (15,6,6,6)")
     parser.add_argument(
         "--continue-epochs",
-        type=int,
         default=None,
-        help="then more expand-phase epochs with 2 random networks per step (default 30)",
+        help="then runs of more expand-phase epochs, 2 random networks per step (30,30)",
     )
     parser.add_argument("--scratch-epochs", type=int, default=None, help="default 20")
     parser.add_argument("--archs", type=int, default=None, help="default 5")
@@ -100,32 +91,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-samples", type=int, default=None, help="default 40")
     parser.add_argument("--predictor-samples", type=int, default=None, help="default 120")
     parser.add_argument("--ray-samples", type=int, default=None, help="default 40")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 90)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
-    parser.add_argument(
-        "--reuse-scratch",
-        type=Path,
-        help="a previous nas_supernet.json: reuse its from-scratch accuracies of the same "
-        "architectures and settings (training is deterministic; saves the retraining)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny space, data and epochs")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
-    args = parser.parse_args(argv)
-    smoke = args.smoke
-    args.task = args.task or ("digits" if smoke else "mnist1d")
-    epochs = args.epochs or ("1,1,2,2" if smoke else "15,6,6,6")
-    args.epochs = [int(v) for v in epochs.split(",")]
-    if args.continue_epochs is None:
-        args.continue_epochs = 0 if smoke else 30
-    args.scratch_epochs = args.scratch_epochs or (1 if smoke else 20)
-    args.archs = args.archs or (2 if smoke else 5)
-    widths = args.mbv2_widths or ("0.1,0.25,0.35" if smoke else "0.35,0.5,0.75")
-    args.mbv2_widths = [float(v) for v in widths.split(",")]
-    args.latency_samples = args.latency_samples or (5 if smoke else 40)
-    args.predictor_samples = args.predictor_samples or (8 if smoke else 120)
-    args.ray_samples = args.ray_samples or (6 if smoke else 40)
-    args.repeats = args.repeats or (5 if smoke else 90)
+    args = harness.parse(parser, argv)
+    smoke = {"task": "digits", "epochs": "1,1,2,2", "continue_epochs": "1", "scratch_epochs": 1}
+    full = {"task": "mnist1d", "epochs": "15,6,6,6", "continue_epochs": "30,30"}
+    smoke.update(archs=2, mbv2_widths="0.1,0.25,0.35", latency_samples=5, predictor_samples=8)
+    full.update(scratch_epochs=20, archs=5, mbv2_widths="0.35,0.5,0.75", latency_samples=40)
+    smoke.update(ray_samples=6, repeats=5)
+    full.update(predictor_samples=120, ray_samples=40, repeats=90)
+    harness.resolve(args, smoke, full)
+    args.epochs = [int(v) for v in harness.names(args.epochs)]
+    if len(args.epochs) != 4:
+        raise UserError(f"--epochs takes full,kernel,depth,expand; got {args.epochs}")
+    args.continue_epochs = [int(v) for v in harness.names(args.continue_epochs)]
+    args.mbv2_widths = [float(v) for v in harness.names(args.mbv2_widths)]
     return args
 
 
@@ -133,77 +112,50 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_task(args: argparse.Namespace) -> Task:
-    task = build_task(args.task, seed=args.seed)
-    if args.smoke:  # a few hundred samples: the point is to run every step, not to learn
-        task.x_train, task.y_train = task.x_train[:256], task.y_train[:256]
-        task.x_val, task.y_val = task.x_val[:128], task.y_val[:128]
-        task.x_test, task.y_test = task.x_test[:128], task.y_test[:128]
-    return task
-
-
 def shrink_configs(args: argparse.Namespace) -> list[ShrinkConfig]:
-    """``mobiledl nas train`` defaults, then ``--init`` continuation of the expand phase
-    (``--expand-epochs N --sandwich 2``, other phases 0)."""
+    """``mobiledl nas train`` defaults, then one expand-phase run per ``--continue-epochs``
+    entry (``--expand-epochs N --sandwich 2``, other phases 0). The first continuation shares
+    the seed; the k-th after it (k >= 2) uses ``seed + k`` so it draws new samples."""
     full, kernel, depth, expand = args.epochs
-    common = {"batch_size": 128, "lr": 0.1, "shrink_lr": 0.03, "seed": args.seed}
-    configs = [ShrinkConfig(full, kernel, depth, expand, sandwich=1, progress=False, **common)]
-    if args.continue_epochs:
-        configs.append(
-            ShrinkConfig(0, 0, 0, args.continue_epochs, sandwich=2, progress=False, **common)
-        )
+    common = {"batch_size": 128, "lr": 0.1, "shrink_lr": 0.03, "progress": False}
+    configs = [ShrinkConfig(full, kernel, depth, expand, sandwich=1, seed=args.seed, **common)]
+    for k, epochs in enumerate(args.continue_epochs, start=1):
+        seed = args.seed if k == 1 else args.seed + k
+        configs.append(ShrinkConfig(0, 0, 0, epochs, sandwich=2, seed=seed, **common))
     return configs
 
 
-def supernet_stage(args: argparse.Namespace, task: Task) -> tuple[OFASupernet, dict[str, Any]]:
-    """Train (or load) the supernet; the same settings as ``mobiledl nas train`` defaults."""
+def supernet_stages(
+    args: argparse.Namespace, task: Task, store: harness.StageStore
+) -> tuple[OFASupernet, dict[str, Any]]:
+    """The trained supernet and its record: ``--supernet``, or every training run in turn,
+    each saved to its own file and loaded instead of retrained when its settings match."""
     if args.supernet:
         loaded = load_supernet(args.supernet)
         return loaded.supernet, {"file": str(args.supernet), **loaded.meta, "history": None}
-    if args.init:
-        return _continue_supernet(args, task)
-    resolutions = ((1, 24), (1, 32), (1, 40)) if task.image_size == (1, 40) else (task.image_size,)
-    space = (tiny_space if args.smoke else default_space)(resolutions)
-    torch.manual_seed(args.seed)
-    supernet = OFASupernet(space, task.num_classes, task.in_channels, task.image_size)
-    configs = shrink_configs(args)
-    started = time.perf_counter()
-    history = [h for c in configs for h in progressive_shrink(supernet, task, c).history]
-    meta = {
-        "task": args.task,
-        "seed": args.seed,
-        "config": [dataclasses.asdict(c) for c in configs],
-        "seconds": time.perf_counter() - started,
-    }
-    path = args.out / f"{STEM}_supernet.pt"
-    if not args.smoke:
-        save_supernet(path, supernet, {**meta, "history": history})
-    return supernet, {"file": str(path) if not args.smoke else None, **meta}
-
-
-def _continue_supernet(args: argparse.Namespace, task: Task) -> tuple[OFASupernet, dict[str, Any]]:
-    """``--init``: more expand-phase epochs on a supernet this script trained before."""
-    loaded = load_supernet(args.init)
-    if loaded.meta.get("task") != args.task or not loaded.meta.get("config"):
-        raise UserError(f"{args.init}: not a supernet this script trained on '{args.task}'")
-    supernet, common = loaded.supernet, {"batch_size": 128, "lr": 0.1, "shrink_lr": 0.03}
-    seed = args.seed + len(loaded.meta["config"])  # new samples, not a replay of the last run
-    config = ShrinkConfig(
-        0, 0, 0, args.continue_epochs, sandwich=2, seed=seed, progress=False, **common
-    )
-    started = time.perf_counter()
-    history = progressive_shrink(supernet, task, config)
-    meta = {
-        "task": args.task,
-        "seed": args.seed,
-        "init": str(args.init),
-        "config": [*loaded.meta["config"], dataclasses.asdict(config)],
-        "seconds": loaded.meta.get("seconds", 0.0) + time.perf_counter() - started,
-    }
-    path = args.out / f"{STEM}_supernet.pt"
-    previous = loaded.meta.get("history") or []
-    save_supernet(path, supernet, {**meta, "history": [*previous, *history.history]})
-    return supernet, {"file": str(path), **meta}
+    configs = [dataclasses.asdict(c) for c in shrink_configs(args)]
+    supernet, meta = fresh_supernet(args.task, args.smoke, args.seed), {"seconds": 0.0}
+    history: list[dict[str, Any]] = []
+    for index, config in enumerate(shrink_configs(args)):
+        path = store.path(f"supernet_{index}", ".pt")
+        if path.is_file() and load_supernet(path).meta.get("config") == configs[: index + 1]:
+            loaded = load_supernet(path)
+            log(f"supernet run {index}: done before, loaded from {path}")
+            supernet, meta, history = loaded.supernet, loaded.meta, loaded.meta["history"]
+            continue
+        log(f"supernet run {index}: {dataclasses.asdict(config)}")
+        started = time.perf_counter()
+        history = [*history, *progressive_shrink(supernet, task, config).history]
+        meta = {
+            "task": args.task,
+            "seed": args.seed,
+            "config": configs[: index + 1],
+            "seconds": meta["seconds"] + time.perf_counter() - started,
+            "history": history,
+        }
+        save_supernet(path, supernet, meta)
+    record = {k: v for k, v in meta.items() if k != "history"}
+    return supernet, {"file": str(path), **record}
 
 
 def subnet_accuracy(supernet: OFASupernet, task: Task, arch: Arch, seed: int) -> float:
@@ -221,20 +173,8 @@ def train_from_scratch(model: torch.nn.Module, task: Task, args: argparse.Namesp
     return evaluate(model, task, "test")
 
 
-def previous_scratch(args: argparse.Namespace) -> dict[str, float]:
-    """From-scratch accuracies of a previous run with the same task, seed and epochs."""
-    if not args.reuse_scratch:
-        return {}
-    previous = json.loads(args.reuse_scratch.read_text())
-    same = all(
-        previous["config"][k] == getattr(args, k) for k in ("task", "seed", "scratch_epochs")
-    )
-    return {r["arch"]: r["scratch_accuracy"] for r in previous.get("scratch", [])} if same else {}
-
-
 def scratch_stage(supernet: OFASupernet, task: Task, args: argparse.Namespace) -> list[dict]:
     """Supernet sub-networks vs the same architectures trained from scratch."""
-    reused = previous_scratch(args)
     space, rng = supernet.space, random.Random(args.seed + 7)
     archs = [space.largest(), space.smallest()]
     while len(archs) < args.archs:
@@ -245,18 +185,16 @@ def scratch_stage(supernet: OFASupernet, task: Task, args: argparse.Namespace) -
     for arch in archs[: args.archs]:
         log(f"scratch: {arch.label()}")
         from_supernet = subnet_accuracy(supernet, task, arch, args.seed)
-        scratch = reused.get(arch.label())
-        if scratch is None:
-            torch.manual_seed(args.seed)
-            fresh = build_subnet(space, arch, task.num_classes, task.in_channels, task.image_size)
-            scratch = train_from_scratch(fresh, task, args)
+        torch.manual_seed(args.seed)
+        fresh = build_subnet(space, arch, task.num_classes, task.in_channels, task.image_size)
+        scratch = train_from_scratch(fresh, task, args)
         rows.append(
             {
+                "kind": "scratch",
                 "arch": arch.label(),
                 "supernet_accuracy": from_supernet,
                 "scratch_accuracy": scratch,
                 "delta_points": 100 * (from_supernet - scratch),
-                "scratch_reused": arch.label() in reused,
             }
         )
     return rows
@@ -280,7 +218,12 @@ def mobilenet_stage(
     rows, models = [], []
     for (width, net), budget in zip(nets.items(), budgets, strict=True):
         log(f"mobilenet_v2 x{width}: train; search at {budget:.3f} ms")
-        row = {"width_mult": width, "budget_ms": budget, "calibration_scale": scale}
+        row = {
+            "kind": "mobilenet_v2",
+            "width_mult": width,
+            "budget_ms": budget,
+            "calibration_scale": scale,
+        }
         row["mbv2_accuracy"] = train_from_scratch(net, task, args)
         row["mbv2_macs"] = profile_model(net, task.example_input(1)).macs
         try:
@@ -372,14 +315,17 @@ def ray_stage(
     }
 
 
-def checks(report: dict[str, Any]) -> dict[str, Any]:
+def checks(
+    scratch: list[dict[str, Any]], mbv2: list[dict[str, Any]], ray: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The targets: sub-networks vs scratch, searched vs MobileNetV2, Ray vs in process."""
     out: dict[str, Any] = {}
-    if report.get("scratch"):
-        deltas = [row["delta_points"] for row in report["scratch"]]
+    if scratch:
+        deltas = [row["delta_points"] for row in scratch]
         out["supernet_no_worse_than_scratch_minus_1.5"] = min(deltas) >= -SCRATCH_TOLERANCE
         out["supernet_within_1.5_abs"] = max(abs(d) for d in deltas) <= SCRATCH_TOLERANCE
-    if report.get("mobilenet_v2"):
-        rows = report["mobilenet_v2"]
+    if mbv2:
+        rows = mbv2
         found = [r for r in rows if r["arch"] is not None]
         out["searched_more_accurate_at_every_target"] = len(found) == len(rows) and all(
             r["searched_accuracy"] > r["mbv2_accuracy"] for r in found
@@ -387,39 +333,22 @@ def checks(report: dict[str, Any]) -> dict[str, Any]:
         out["searched_measured_not_slower_at_every_target"] = len(found) == len(rows) and all(
             r["searched_ms"] <= r["mbv2_ms"] for r in found
         )
-    if report.get("ray"):
-        out["ray_identical_to_in_process"] = report["ray"]["identical"]
+    if ray:
+        out["ray_identical_to_in_process"] = ray["identical"]
     return out
-
-
-def machine() -> dict[str, Any]:
-    import os
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-    }
-    if importlib.util.find_spec("ray"):
-        import ray
-
-        info["ray"] = ray.__version__
-    return info
 
 
 def training_text(report: dict[str, Any]) -> str:
     """The supernet's phases as trained (from its record when it has one, else the flags)."""
-    configs = (report.get("supernet") or {}).get("config")
+    configs = (report["summary"].get("supernet") or {}).get("config")
     if configs:
         first, rest = configs[0], configs[1:]
         phases = [first[k] for k in ("full_epochs", "kernel_epochs", "depth_epochs")]
         epochs = [*phases, first["expand_epochs"]]
         more = "+".join(str(c["expand_epochs"]) for c in rest) or "0"
     else:
-        epochs, more = report["config"]["epochs"], str(report["config"]["continue_epochs"])
+        epochs = report["config"]["epochs"]
+        more = "+".join(str(e) for e in report["config"]["continue_epochs"]) or "0"
     return (
         f"epochs full/kernel/depth/expand = {'/'.join(str(e) for e in epochs)} (1 random "
         f"sub-network per step), then {more} more expand-phase epochs (2 random sub-networks "
@@ -438,23 +367,21 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['created']}.",
         "",
     ]
-    lines += _scratch_lines(report) + _mbv2_lines(report) + _ray_lines(report)
+    scratch, mbv2 = ([r for r in report["rows"] if r["kind"] == k] for k in KINDS)
+    lines += _scratch_lines(report, scratch) if scratch else []
+    lines += (_mbv2_lines(mbv2) if mbv2 else []) + _ray_lines(report)
     lines += [
         "## Checks",
         "",
-        *[f"- {name}: {'yes' if ok else 'NO'}" for name, ok in report["checks"].items()],
+        *[f"- {name}: {harness.yes(ok)}" for name, ok in report["summary"]["checks"].items()],
         "",
-        f"Total wall time {report.get('seconds', 0):.0f} s on {report['machine']['cpu_count']} "
-        f"cores (torch {report['machine']['torch']}, onnxruntime "
-        f"{report['machine']['onnxruntime']}).",
+        harness.machine_line(report),
         "",
     ]
     return "\n".join(lines)
 
 
-def _scratch_lines(report: dict[str, Any]) -> list[str]:
-    if not report.get("scratch"):
-        return []
+def _scratch_lines(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Sub-networks from the supernet vs trained from scratch",
         "",
@@ -466,13 +393,12 @@ def _scratch_lines(report: dict[str, Any]) -> list[str]:
         "| architecture | supernet (%) | scratch (%) | Δ (points) |",
         "|---|---|---|---|",
     ]
-    for r in report["scratch"]:
-        mark = "*" if r["scratch_reused"] else ""
+    for r in rows:
+        mark = "*" if r.get("scratch_reused") else ""
         lines.append(
             f"| `{r['arch']}` | {100 * r['supernet_accuracy']:.1f} | "
             f"{100 * r['scratch_accuracy']:.1f}{mark} | {r['delta_points']:+.1f} |"
         )
-    rows = report["scratch"]
     below = [r for r in rows if r["delta_points"] < -SCRATCH_TOLERANCE]
     lines += [
         "",
@@ -486,18 +412,16 @@ def _scratch_lines(report: dict[str, Any]) -> list[str]:
         )
         + ".",
     ]
-    if any(r["scratch_reused"] for r in rows):
+    if any(r.get("scratch_reused") for r in rows):
         lines += [
             "",
             "\\* reused from an earlier run with the same task, seed and epochs "
-            "(`--reuse-scratch`; training from scratch is deterministic on one thread).",
+            "(training from scratch is deterministic on one thread).",
         ]
     return [*lines, ""]
 
 
-def _mbv2_lines(report: dict[str, Any]) -> list[str]:
-    if not report.get("mobilenet_v2"):
-        return []
+def _mbv2_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Searched sub-network vs MobileNetV2 at the same latency",
         "",
@@ -510,7 +434,7 @@ def _mbv2_lines(report: dict[str, Any]) -> list[str]:
         "| w | MBv2 (%) | MBv2 ms | searched sub-network | searched (%) | searched ms |",
         "|---|---|---|---|---|---|",
     ]
-    for r in report["mobilenet_v2"]:
+    for r in rows:
         if r["arch"] is None:
             lines.append(
                 f"| {r['width_mult']} | {100 * r['mbv2_accuracy']:.1f} | – | none within "
@@ -525,9 +449,9 @@ def _mbv2_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _ray_lines(report: dict[str, Any]) -> list[str]:
-    ray = report.get("ray")
+    ray = report["summary"].get("ray")
     if not ray:
-        return ["## Ray", "", f"Skipped: {report.get('ray_skipped', 'not run')}.", ""]
+        return ["## Ray", "", f"Skipped: {report['summary'].get('ray_skipped', 'not run')}.", ""]
     return [
         "## Ray vs in process",
         "",
@@ -541,44 +465,48 @@ def _ray_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run every stage; the report is rewritten after each, so partial results survive."""
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Run every stage not done before; the results are rewritten after each."""
     args = parse_args(argv)
     torch.set_num_threads(1)
-    started = time.perf_counter()
-    task = load_task(args)
-    report: dict[str, Any] = {
-        "benchmark": STEM,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }
+    task = harness.load_task(args.task, seed=args.seed, smoke=args.smoke)
+    store = harness.StageStore(args.out / f"{STEM}_stages")
+    summary: dict[str, Any] = {}
+    scratch: list[dict[str, Any]] = []
+    mbv2: list[dict[str, Any]] = []
 
-    def save() -> None:
-        report["checks"] = checks(report)
-        report["seconds"] = time.perf_counter() - started
-        write_json_atomic(args.out / f"{STEM}.json", report)
-        write_text_atomic(args.out / f"{STEM}.md", markdown(report))
+    def save() -> dict[str, Any]:
+        summary["checks"] = checks(scratch, mbv2, summary.get("ray"))
+        return harness.write_results(args, [*scratch, *mbv2], summary, markdown)
 
-    log("supernet")
-    supernet, report["supernet"] = supernet_stage(args, task)
+    supernet, summary["supernet"] = supernet_stages(args, task, store)
     timing = TimingConfig(warmup=min(10, args.repeats), repeats=args.repeats)
-    latency, report["latency_model"] = fit_latency_model(
-        supernet, args.latency_samples, args.seed, timing
+    key = {"supernet": summary["supernet"].get("config") or summary["supernet"]["file"]}
+    key.update(task=args.task, seed=args.seed, repeats=args.repeats)
+
+    def latency_stage() -> dict[str, Any]:
+        predictor, stats = fit_latency_model(supernet, args.latency_samples, args.seed, timing)
+        return {"predictor": predictor.to_dict(), "stats": stats}
+
+    key["latency_samples"] = args.latency_samples
+    fitted = store.json("latency_model", key, latency_stage)
+    latency = LatencyPredictor.from_dict(fitted["predictor"])
+    summary["latency_model"] = fitted["stats"]
+    save()
+    key.update(scratch_epochs=args.scratch_epochs, archs=args.archs)
+    scratch = store.json("scratch", key, lambda: scratch_stage(supernet, task, args))
+    save()
+    key.update(mbv2_widths=args.mbv2_widths, predictor_samples=args.predictor_samples)
+    mbv2 = store.json(
+        "mobilenet_v2", key, lambda: mobilenet_stage(supernet, task, latency, args, timing)
     )
     save()
-    report["scratch"] = scratch_stage(supernet, task, args)
-    save()
-    report["mobilenet_v2"] = mobilenet_stage(supernet, task, latency, args, timing)
-    save()
     if args.no_ray or not importlib.util.find_spec("ray"):
-        report["ray_skipped"] = "--no-ray" if args.no_ray else "ray is not installed"
-    else:
-        budget = BUDGET_MARGIN * report["mobilenet_v2"][-1]["budget_ms"]
-        report["ray"] = ray_stage(supernet, task, latency, budget, args)
-    save()
-    return report
-
-
-if __name__ == "__main__":
-    main()
+        summary["ray_skipped"] = "--no-ray" if args.no_ray else "ray is not installed"
+        return save()
+    budget = BUDGET_MARGIN * mbv2[-1]["budget_ms"]
+    key.update(ray_samples=args.ray_samples)
+    summary["ray"] = store.json(
+        "ray", key, lambda: ray_stage(supernet, task, latency, budget, args)
+    )
+    return save()

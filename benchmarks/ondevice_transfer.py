@@ -12,10 +12,10 @@ schedule, batch 64) on mobiledl's lean engine: ``full``, ``last`` (classifier), 
 and classifier), ``tinytl`` (Cai et al. 2020) and ``sparse`` (Lin et al. 2022, int8 frozen
 weights with QAS) at three budgets between its minimum and TinyTL's predicted peak. Each row
 reports test accuracy, the profiler's predicted training peak and the peak measured on a real
-step. Writes ``results/ondevice_transfer.json`` and ``.md``.
+step.
 
-    python benchmarks/ondevice_transfer.py                    # full run, real results
-    python benchmarks/ondevice_transfer.py --smoke --out tmp  # quick check, elsewhere
+    python -m benchmarks ondevice_transfer          # full run, writes benchmarks/results/
+    python -m benchmarks ondevice_transfer --smoke  # seconds, into a temporary directory
 """
 
 from __future__ import annotations
@@ -24,35 +24,26 @@ import argparse
 import copy
 import dataclasses
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.profile import training_memory  # noqa: E402
-from mobiledl.train import (  # noqa: E402
+from benchmarks import harness
+from mobiledl import apply, report_of
+from mobiledl.data import Task, build_task
+from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.profile import training_memory
+from mobiledl.train import (
     AdaptConfig,
     SparsePlan,
     SparseUpdateConfig,
     TrainConfig,
-    adapt,
     apply_plan,
     evaluate,
     quantize_for_sparse_update,
@@ -60,7 +51,6 @@ from mobiledl.train import (  # noqa: E402
     train,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "ondevice_transfer"
 
 
@@ -96,19 +86,14 @@ RECIPES = {
 }  # fmt: skip
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: with other work on a 2-core CPU, two spinning OpenMP "
-        "threads made full fine-tuning 12x slower)",
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(
+        STEM,
+        __doc__,
+        threads_help="torch threads (default 1: with other work on a 2-core CPU, two spinning "
+        "OpenMP threads made full fine-tuning 12x slower)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="digits, tiny model, 1 epoch")
-    parser.add_argument("--out", type=Path, default=None, help="output directory")
-    args = parser.parse_args(argv)
+    args = harness.parse(parser, argv)
     args.recipe = RECIPES["smoke" if args.smoke else "full"]
     return args
 
@@ -169,19 +154,17 @@ def run_method(
     pretrained: nn.Module, target: Task, config: AdaptConfig, budget: int | None = None
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    result = adapt(copy.deepcopy(pretrained), target, config)
-    measured = result.measured.peak_bytes
+    report = report_of(apply(pretrained, config, target)).values
+    measured = report["measured_peak_memory_bytes"]
     return {
         "method": config.strategy,
         "memory_budget_bytes": budget,
-        "accuracy": result.accuracy,
-        "predicted_peak_bytes": result.predicted.peak_bytes,
+        "accuracy": report["accuracy"],
+        "predicted_peak_bytes": report["training_peak_bytes"],
         "measured_peak_bytes": measured,
         "within_budget": None if budget is None else measured <= budget,
-        "trainable_params": result.predicted.trainable_params,
-        "peak_breakdown": result.predicted.peak_breakdown,
-        "plan": result.plan,
-        "best_val_accuracy": max(h["val_accuracy"] for h in result.history),
+        "trainable_params": report["trainable_params"],
+        "plan": report["plan"],
         "seconds": time.perf_counter() - start,
     }
 
@@ -194,41 +177,6 @@ def sparse_floor(pretrained: nn.Module, target: Task, recipe: Recipe) -> int:
     apply_plan(model, SparsePlan())
     x, y = (t[: recipe.batch_size] for t in target.split("train"))
     return training_memory(model, x, y).peak_bytes
-
-
-def run(args: argparse.Namespace) -> Path:
-    torch.set_num_threads(args.threads)
-    recipe, started = args.recipe, time.perf_counter()
-    out = args.out or (Path(tempfile.mkdtemp(prefix="mobiledl-bench-")) if args.smoke else RESULTS)
-    source, target = tasks(recipe)
-    pretrained = pretrain(recipe, source, args.seed)
-    base = AdaptConfig(epochs=recipe.adapt_epochs, batch_size=recipe.batch_size, seed=args.seed)
-    rows = []
-    for method in ("full", "last", "bias", "tinytl"):
-        rows.append(run_method(pretrained, target, dataclasses.replace(base, strategy=method)))
-        log_row(rows[-1])
-    floor, tinytl_peak = sparse_floor(pretrained, target, recipe), rows[-1]["predicted_peak_bytes"]
-    probe = SparseUpdateConfig(
-        probe_steps=recipe.probe_steps,
-        candidate_layers=recipe.probe_layers,
-        ratios=recipe.probe_ratios,
-        bias_depths=recipe.probe_bias_depths,
-    )
-    for fraction in recipe.budget_fractions:
-        budget = math.ceil(floor + fraction * max(0, tinytl_peak - floor))
-        for method in ("sparse", "tinytl"):  # TinyTL in as many last blocks as fit the budget
-            config = dataclasses.replace(base, strategy=method, memory_budget=budget, sparse=probe)
-            try:
-                rows.append(run_method(pretrained, target, config, budget))
-            except UserError as exc:  # a budget below the minimum: report it, keep going
-                rows.append({"method": method, "memory_budget_bytes": budget, "error": str(exc)})
-            log_row(rows[-1])
-    info = machine_info(args, evaluate(pretrained, source, "test"), time.perf_counter() - started)
-    summary = summarize(rows)
-    data = {"machine": info, "summary": summary, "rows": rows}
-    json_path = write_json_atomic(out / f"{STEM}.json", data)
-    write_text_atomic(out / f"{STEM}.md", to_markdown(rows, summary, info))
-    return json_path
 
 
 def log_row(row: dict[str, Any]) -> None:
@@ -286,30 +234,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def machine_info(args: argparse.Namespace, source_accuracy: float, seconds: float) -> dict:
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "seed": args.seed,
-        "smoke": args.smoke,
-        "recipe": dataclasses.asdict(args.recipe),
-        "pretrained_source_test_accuracy": source_accuracy,
-        "total_seconds": seconds,
-    }
-
-
-def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict) -> str:
-    recipe = info["recipe"]
+def markdown(report: dict[str, Any]) -> str:
+    rows, s, config = report["rows"], report["summary"], report["config"]
+    recipe = config["recipe"]
     lines = [
         "# On-device transfer under a memory budget (TinyTL, sparse update)",
         "",
         f"{recipe['model']} (width {recipe['width_mult']}) pretrained on {recipe['source_train']} "
         f"{recipe['source']} digits at {recipe['image_size']}x{recipe['image_size']} "
         f"({recipe['pretrain_epochs']} epochs; source test accuracy "
-        f"{info['pretrained_source_test_accuracy']:.4f}), adapted to {recipe['target_train']} "
+        f"{s['pretrained_source_test_accuracy']:.4f}), adapted to {recipe['target_train']} "
         "other digits with inverted contrast and a 90-degree rotation. Every method: "
         f"{recipe['adapt_epochs']} epochs, batch {recipe['batch_size']}, SGD with momentum, lean "
         "engine. Peak = one training step (weights, optimizer state, batch, activations, "
@@ -318,26 +252,12 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict)
         "with a budget adapts only as many of the last blocks (lite residuals and biases) as "
         "fit that budget (`mobiledl adapt --method tinytl --memory-budget-kb N`).",
         "",
-        "| method | budget (KB) | test accuracy | predicted peak (KB) | measured peak (KB) "
-        "| trainable params | within budget |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        budget = (
-            "" if r["memory_budget_bytes"] is None else f"{r['memory_budget_bytes'] / 1024:,.0f}"
-        )
-        if "error" in r:
-            lines.append(f"| {r['method']} | {budget} | {r['error']} | | | | |")
-            continue
-        within = "" if r["within_budget"] is None else ("yes" if r["within_budget"] else "NO")
-        blocks = r["plan"].get("last_blocks")
-        method = r["method"] if blocks is None else f"{r['method']} (last {blocks} blocks)"
-        lines.append(
-            f"| {method} | {budget} | {r['accuracy']:.4f} "
-            f"| {r['predicted_peak_bytes'] / 1024:,.0f} | {r['measured_peak_bytes'] / 1024:,.0f} "
-            f"| {r['trainable_params']:,} | {within} |"
-        )
-    s = summary
+        *harness.markdown_table(
+            ["method", "budget (KB)", "test accuracy", "predicted peak (KB)",
+             "measured peak (KB)", "trainable params", "within budget"],
+            map(_cells, rows),
+        ),
+    ]  # fmt: skip
     lines += [
         "",
         f"- TinyTL memory saving vs full fine-tuning: {s['tinytl_memory_saving_predicted']:.2f}x "
@@ -345,16 +265,15 @@ def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], info: dict)
         f"- TinyTL vs last layer: {s['tinytl_minus_last_points']:+.1f} points (target >= +5); "
         f"full vs TinyTL: {s['full_minus_tinytl_points']:+.1f} points (target <= 3).",
         "- Sparse update within its budget (measured) at every budget: "
-        f"{_yes(s['sparse_all_within_budget'])}; beats TinyTL's accuracy at no more than "
-        f"TinyTL's measured memory: {_yes(s['sparse_beats_tinytl_at_equal_memory'])}.",
+        f"{harness.yes(s['sparse_all_within_budget'])}; beats TinyTL's accuracy at no more than "
+        f"TinyTL's measured memory: {harness.yes(s['sparse_beats_tinytl_at_equal_memory'])}.",
         "- Sparse update vs TinyTL given the same budget (TinyTL in the last blocks that fit): "
         + "; ".join(_pair(p) for p in s["sparse_vs_tinytl_at_budget"])
         + f". Sparse more accurate at one budget or more: "
-        f"{_yes(s['sparse_beats_budgeted_tinytl'])}; budgeted TinyTL within its budget "
-        f"(measured): {_yes(s['budgeted_tinytl_all_within_budget'])}.",
+        f"{harness.yes(s['sparse_beats_budgeted_tinytl'])}; budgeted TinyTL within its budget "
+        f"(measured): {harness.yes(s['budgeted_tinytl_all_within_budget'])}.",
         "",
-        f"Machine: {info['cpu_count']} cores, torch {info['torch']}, {info['threads']} thread(s); "
-        f"total {info['total_seconds'] / 60:.1f} min; {info['date']}.",
+        harness.machine_line(report),
     ]
     return "\n".join(lines) + "\n"
 
@@ -364,15 +283,53 @@ def _pair(pair: dict[str, Any]) -> str:
     return f"{pair['budget_bytes'] / 1024:,.0f} KB: sparse {pair['sparse']:.4f}, TinyTL {tinytl}"
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "NO"
+def _cells(row: dict[str, Any]) -> list[str]:
+    """One table row: an error in the accuracy column, a budgeted TinyTL's block count."""
+    budget = row["memory_budget_bytes"]
+    budget = "" if budget is None else f"{budget / 1024:,.0f}"
+    if "error" in row:
+        return [row["method"], budget, row["error"], "", "", "", ""]
+    within = "" if row["within_budget"] is None else harness.yes(row["within_budget"])
+    blocks = row["plan"].get("last_blocks")
+    method = row["method"] if blocks is None else f"{row['method']} (last {blocks} blocks)"
+    return [
+        method,
+        budget,
+        f"{row['accuracy']:.4f}",
+        f"{row['predicted_peak_bytes'] / 1024:,.0f}",
+        f"{row['measured_peak_bytes'] / 1024:,.0f}",
+        f"{row['trainable_params']:,}",
+        within,
+    ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    path = run(parse_args(argv))
-    print(path.with_suffix(".md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    recipe = args.recipe
+    source, target = tasks(recipe)
+    pretrained = pretrain(recipe, source, args.seed)
+    base = AdaptConfig(epochs=recipe.adapt_epochs, batch_size=recipe.batch_size, seed=args.seed)
+    rows = []
+    for method in ("full", "last", "bias", "tinytl"):
+        rows.append(run_method(pretrained, target, dataclasses.replace(base, strategy=method)))
+        log_row(rows[-1])
+    floor, tinytl_peak = sparse_floor(pretrained, target, recipe), rows[-1]["predicted_peak_bytes"]
+    probe = SparseUpdateConfig(
+        probe_steps=recipe.probe_steps,
+        candidate_layers=recipe.probe_layers,
+        ratios=recipe.probe_ratios,
+        bias_depths=recipe.probe_bias_depths,
+    )
+    for fraction in recipe.budget_fractions:
+        budget = math.ceil(floor + fraction * max(0, tinytl_peak - floor))
+        for method in ("sparse", "tinytl"):  # TinyTL in as many last blocks as fit the budget
+            config = dataclasses.replace(base, strategy=method, memory_budget=budget, sparse=probe)
+            try:
+                rows.append(run_method(pretrained, target, config, budget))
+            except UserError as exc:  # a budget below the minimum: report it, keep going
+                rows.append({"method": method, "memory_budget_bytes": budget, "error": str(exc)})
+            log_row(rows[-1])
+    summary = summarize(rows)
+    summary["pretrained_source_test_accuracy"] = evaluate(pretrained, source, "test")
+    return harness.write_results(args, rows, summary, markdown)

@@ -1,21 +1,20 @@
-"""Channel pruning to half the MACs: mobiledl's ``prune_channels`` against Torch-Pruning.
+"""Channel pruning to half the MACs: mobiledl's ``channel_prune`` against Torch-Pruning.
 
 For ResNet-20 and MobileNetV2 trained on a real task (default: ``mnist5k``, 5,000 real 28×28
-MNIST digits), the script prunes the trained model to ``--macs-ratio`` of its MACs with
-``mobiledl.compress.prune.prune_channels`` (one row per ``--criteria`` entry, plus one with the
-engine-measured latency-aware allocation, ``scope="latency"``, per ``--latency-criteria`` entry)
-and with
+MNIST digits), the benchmark prunes the trained model to ``--macs-ratio`` of its MACs with
+``mobiledl.apply(model, ChannelPruneConfig(...))`` (one row per ``--criteria`` entry, plus one
+with the engine-measured latency-aware allocation, ``scope="latency"``, per
+``--latency-criteria`` entry) and with
 Torch-Pruning's ``MetaPruner`` (L1 magnitude importance, ``round_to=8``, pruning ratio bisected
 to the same MAC target), then fine-tunes every candidate, and the unpruned model too, with the
 same budget, data and seed. It reports test accuracy, MACs and params (``mobiledl.profile``
 for all) and ONNX Runtime latency at each batch size and thread count, timed with
 ``interleaved_benchmark`` (medians; speedup = unpruned median / candidate median).
 
-    python benchmarks/prune_channel.py                    # full run, writes results/
-    python benchmarks/prune_channel.py --smoke --out tmp  # seconds: tiny data, 8x8 digits
+    python -m benchmarks prune_channel --threads 1 --clock thread --train-threads 1  # published
+    python -m benchmarks prune_channel --smoke  # seconds: tiny data, 8x8 digits
 
-Writes ``prune_channel.json`` and ``prune_channel.md`` (atomically) to ``--out``.
-Torch-Pruning (``pip install torch-pruning``) is needed only by this script.
+Torch-Pruning (``pip install torch-pruning``) is needed only by this benchmark.
 """
 
 from __future__ import annotations
@@ -26,37 +25,19 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from bench_common import (  # noqa: E402
-    clock_text,
-    load_task,
-    machine,
-    names,
-    positive_ints,
-    speedups,
-)
-from torch import nn  # noqa: E402
+from benchmarks import harness
+from mobiledl import apply
+from mobiledl.compress.prune import ChannelPruneConfig
+from mobiledl.data import Task
+from mobiledl.models import create_model
+from mobiledl.profile import count_params, profile_model
+from mobiledl.train import TrainConfig, evaluate, seed_everything, train
 
-from mobiledl.compress.prune.channel import prune_channels  # noqa: E402
-from mobiledl.compress.prune.latency import LatencyProbe  # noqa: E402
-from mobiledl.data import Task  # noqa: E402
-from mobiledl.deploy import CLOCKS, clock_for  # noqa: E402
-from mobiledl.errors import UserError  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.profile import count_params, profile_model  # noqa: E402
-from mobiledl.train import TrainConfig, evaluate, seed_everything, train  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "prune_channel"
 SPEEDUP_TARGET = 1.6
 ACCURACY_TOLERANCE = 0.01  # one point
@@ -92,15 +73,13 @@ NOTES = [
 ]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(
+        STEM, __doc__, threads=None, threads_help="ORT intra-op threads (1,2; smoke 1)",
+        many_threads=True, clock=True,
+    )  # fmt: skip
     parser.add_argument("--models", default="resnet20,mobilenet_v2")
-    parser.add_argument("--task", default=None, help="default mnist5k (smoke: digits)")
-    parser.add_argument("--image-size", type=int, default=None, help="resize inputs to S×S")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 8)")
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="default 3")
-    parser.add_argument("--finetune-lr", type=float, default=0.01)
-    parser.add_argument("--macs-ratio", type=float, default=0.5)
+    harness.add_compress_arguments(parser, epochs=8, finetune=3)
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--criteria", default="l1,reconstruction", help="mobiledl criteria")
     parser.add_argument(
@@ -108,38 +87,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="reconstruction",
         help="criteria also run with scope='latency' (engine-measured allocation); '' for none",
     )
-    parser.add_argument("--threads", default=None, help="ORT intra-op threads (1,2)")
-    parser.add_argument("--batch-sizes", default=None, help="default 1,32 (smoke: 1,2)")
-    parser.add_argument("--train-threads", type=int, default=None, help="torch threads (smoke: 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny data and epochs, 8x8 input")
-    parser.add_argument(
-        "--clock",
-        choices=sorted(CLOCKS),
-        default="wall",
-        help="wall: perf_counter; thread: CPU time of the calling thread (needs --threads 1; "
-        "immune to other processes on a shared machine)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="output directory")
-    args = parser.parse_args(argv)
-    args.models = names(args.models)
-    args.criteria = names(args.criteria)
-    args.latency_criteria = names(args.latency_criteria)
-    args.threads = positive_ints(args.threads or ("1" if args.smoke else "1,2"), "--threads")
-    clock_for(args.clock, args.threads)
-    args.batch_sizes = positive_ints(
-        args.batch_sizes or ("1,2" if args.smoke else "1,32"), "--batch-sizes"
-    )
-    args.train_threads = args.train_threads or (1 if args.smoke else None)
-    args.task = args.task or ("digits" if args.smoke else "mnist5k")
-    args.epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 8)
-    args.finetune_epochs = (
-        args.finetune_epochs if args.finetune_epochs is not None else (1 if args.smoke else 3)
-    )
-    args.repeats = args.repeats or (3 if args.smoke else 60)
-    if not 0.0 < args.macs_ratio <= 1.0:
-        raise UserError(f"--macs-ratio must lie in (0, 1]; got {args.macs_ratio}")
+    args = harness.parse(parser, argv)
+    smoke = {"threads": [1], "batch_sizes": "1,2", "train_threads": 1}
+    full = {"threads": [1, 2], "batch_sizes": "1,32", "epochs": 8, "finetune_epochs": 3}
+    harness.resolve_compress(args, smoke, {**full, "repeats": 60})
+    args.models, args.criteria = harness.names(args.models), harness.names(args.criteria)
+    args.latency_criteria = harness.names(args.latency_criteria)
     return args
 
 
@@ -179,34 +132,21 @@ def candidates(
     baseline: nn.Module, task: Task, args: argparse.Namespace
 ) -> dict[str, tuple[str, Callable[[], nn.Module]]]:
     """Name -> (description, builder) of every model to compare."""
-    example = task.example_input(1)
     built: dict[str, tuple[str, Callable[[], nn.Module]]] = {
         "unpruned": ("trained model, no pruning", lambda: copy.deepcopy(baseline)),
     }
-    for criterion in args.criteria:
-        built[f"mobiledl-{criterion}"] = (
-            f"prune_channels(criterion='{criterion}', macs_ratio={args.macs_ratio}, "
-            f"round_to={args.round_to})",
-            lambda c=criterion: prune_channels(
-                baseline, example, c, macs_ratio=args.macs_ratio, round_to=args.round_to, task=task
-            ),
+    scopes = [(c, "layer") for c in args.criteria] + [(c, "latency") for c in args.latency_criteria]
+    for criterion, scope in scopes:
+        config = ChannelPruneConfig(
+            criterion=criterion, macs_ratio=args.macs_ratio, round_to=args.round_to, scope=scope
         )
-    probe = LatencyProbe(clock=args.clock)
-    for criterion in args.latency_criteria:
-        built[f"mobiledl-{criterion}-latency"] = (
+        latency = ", scope='latency'" if scope == "latency" else ""
+        built[f"mobiledl-{criterion}" + ("-latency" if latency else "")] = (
             f"prune_channels(criterion='{criterion}', macs_ratio={args.macs_ratio}, "
-            f"round_to={args.round_to}, scope='latency')",
-            lambda c=criterion: prune_channels(
-                baseline,
-                example,
-                c,
-                macs_ratio=args.macs_ratio,
-                round_to=args.round_to,
-                task=task,
-                scope="latency",
-                latency=probe,
-            ),
+            f"round_to={args.round_to}{latency})",
+            lambda config=config: apply(baseline, config, task),
         )
+    example = task.example_input(1)
     built["torch-pruning"] = (
         f"MetaPruner(MagnitudeImportance(p=1), round_to={args.round_to}), ratio bisected",
         lambda: torch_pruning_to_macs(baseline, example, args.macs_ratio, args.round_to),
@@ -273,7 +213,7 @@ def run_model(name: str, task: Task, args: argparse.Namespace) -> dict[str, Any]
             f"{row['accuracy_before_finetune']:.4f} -> {row['accuracy']:.4f} "
             f"(prune {prune_seconds:.0f} s, fine-tune {row['finetune_seconds']:.0f} s)"
         )
-    timing = speedups(
+    timing = harness.onnx_speedups(
         models, "unpruned", task, args.batch_sizes, args.threads, args.repeats, args.clock
     )
     for row in rows:
@@ -310,30 +250,28 @@ def checks(result: dict[str, Any]) -> dict[str, dict[str, bool]]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    config = report["config"]
+    config, task, machine = report["config"], report["summary"]["task"], report["machine"]
     cells = [f"t{t}_b{b}" for t in config["threads"] for b in config["batch_sizes"]]
     lines = [
         "# Channel pruning to half the MACs: mobiledl vs Torch-Pruning",
         "",
-        f"Task `{report['task']['name']}` (inputs {report['task']['input_shape']}, "
-        f"{report['task']['train']} train / {report['task']['test']} test). Trained "
+        f"Task `{task['name']}` (inputs {task['input_shape']}, "
+        f"{task['train']} train / {task['test']} test). Trained "
         f"{config['epochs']} epochs; every row, the unpruned model included, is then "
         f"fine-tuned {config['finetune_epochs']} epochs (lr {config['finetune_lr']}, same "
         f"seed and data). Target: {config['macs_ratio']} of the MACs, channel counts "
         f"rounded to {config['round_to']}. Accuracy is on the test split; Δ is in points "
         "against the fine-tuned unpruned model. Latency: ONNX Runtime medians, `tT_bB` = T "
         "intra-op threads at batch B, ×speedup over the unpruned model, timed interleaved "
-        f"({clock_text(config.get('clock', 'wall'))}). "
+        f"({harness.clock_text(config['clock'])}). "
         f"Run {report['created']}, training with {config['train_threads'] or 'default'} "
         "torch threads.",
         "",
     ]
-    for result in report["results"]:
+    for result in report["rows"]:
         lines += _model_table(result, cells)
     lines += [
-        f"Total wall time {report['seconds']:.0f} s on {report['machine']['cpu_count']} cores "
-        f"(torch {report['machine']['torch']}, onnxruntime {report['machine']['onnxruntime']}, "
-        f"torch-pruning {report['machine']['torch_pruning']}).",
+        f"{harness.machine_line(report)} torch-pruning {machine['torch-pruning']}.",
         "",
     ]
     return "\n".join(lines + NOTES) + "\n"
@@ -368,44 +306,22 @@ def _model_table(result: dict[str, Any], cells: list[str]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; the report is rewritten after each model, so a long run leaves
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Run the benchmark; the results are rewritten after each model, so a long run leaves
     usable partial results."""
     args = parse_args(argv)
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
-    started = time.perf_counter()
-    task = load_task(args.task, args.image_size, args.seed, args.smoke)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    report = {
-        "benchmark": STEM,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(torch_pruning=version("torch-pruning")),
-        "config": config,
-        "task": {
-            "name": task.name,
-            "input_shape": list(task.input_shape),
-            "train": len(task.x_train),
-            "val": len(task.x_val),
-            "test": len(task.x_test),
-        },
+    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke)
+    summary = {
+        "task": harness.task_summary(task),
         "targets": {"speedup": SPEEDUP_TARGET, "accuracy_drop_points": 100 * ACCURACY_TOLERANCE},
-        "results": [],
     }
+    rows: list[dict[str, Any]] = []
     for name in args.models:
         log(f"{name}: train, prune, fine-tune, time")
         result = run_model(name, task, args)
         result["checks"] = checks(result)
-        report["results"].append(result)
-        report["seconds"] = time.perf_counter() - started
-        write_json_atomic(args.out / f"{STEM}.json", report)
-        write_text_atomic(args.out / f"{STEM}.md", markdown(report))
+        rows.append(result)
+        report = harness.write_results(args, rows, summary, markdown, packages=("torch-pruning",))
     return report
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

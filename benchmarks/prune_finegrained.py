@@ -1,54 +1,44 @@
 """Fine-grained magnitude pruning of LeNets at >= 90% sparsity, against the dense model.
 
-For each model (LeNet-300-100, LeNet-5), task (digits, mnist1d) and seed the script trains a
+For each model (LeNet-300-100, LeNet-5), task (digits, mnist1d) and seed the benchmark trains a
 dense model, then prunes a copy to the target sparsity with iterative pruning + retraining
 (Han et al. 2015) and with automated gradual pruning (Zhu & Gupta 2017), both with global
 L1 magnitude ranking and the same fine-tuning budget. It reports test accuracy of both,
 sparsity, and the weight bytes dense (fp32) versus in the Deep Compression sparse format
 (relative 5-bit indices for fully connected and 4-bit for conv layers, fp32 values; Han et
 al. 2016). Target: at most 0.5 points lost against the dense model trained with the same
-recipe. Writes ``results/prune_finegrained.json`` and ``.md``.
+recipe.
 
-    python benchmarks/prune_finegrained.py                    # full run, real results
-    python benchmarks/prune_finegrained.py --smoke --out tmp  # quick check, elsewhere
+    python -m benchmarks prune_finegrained          # full run, writes benchmarks/results/
+    python -m benchmarks prune_finegrained --smoke  # seconds, into a temporary directory
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
 
-import torch  # noqa: E402
+from benchmarks import harness
+from mobiledl import apply, report_of
+from mobiledl.compress.encode import CONV_INDEX_BITS, FC_INDEX_BITS
+from mobiledl.compress.prune import PruneConfig
+from mobiledl.data import Task, build_task
+from mobiledl.models import create_model
+from mobiledl.train import TrainConfig, evaluate, train
 
-from mobiledl.compress.encode import (  # noqa: E402
-    CONV_INDEX_BITS,
-    FC_INDEX_BITS,
-    model_storage,
-)
-from mobiledl.compress.prune import PruneConfig, layer_sparsity, prune, sparsity_of  # noqa: E402
-from mobiledl.data import Task, build_task  # noqa: E402
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model  # noqa: E402
-from mobiledl.train import TrainConfig, evaluate, train  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "prune_finegrained"
 MAX_DROP = 0.005
+SPARSE_FORMAT = (
+    f"Deep Compression relative index: {FC_INDEX_BITS}-bit gaps fc, {CONV_INDEX_BITS}-bit gaps "
+    "conv, fp32 values, filler entries on overflow; biases dense fp32"
+)
 
 
 @dataclass(frozen=True)
@@ -61,23 +51,18 @@ class Recipe:
     lr: float = 0.05
 
 
-RECIPES = {"full": Recipe(60, 5, 12), "smoke": Recipe(2, 2, 1)}
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet300,lenet5")
-    parser.add_argument("--tasks", default="digits,mnist1d")
-    parser.add_argument("--schedules", default="iterative,agp")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(STEM, __doc__)
+    parser.add_argument("--models", default=None, help="default lenet300,lenet5")
+    parser.add_argument("--tasks", default=None, help="default digits,mnist1d")
+    parser.add_argument("--schedules", default=None, help="default iterative,agp")
+    parser.add_argument("--seeds", default=None, help="comma-separated model seeds (0,1,2)")
     parser.add_argument("--sparsity", type=float, default=0.92, help="target (default 0.92)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--smoke", action="store_true", help="lenet300 on digits, tiny epochs")
-    parser.add_argument("--out", type=Path, default=None, help="output directory")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.models, args.tasks, args.schedules, args.seeds = "lenet300", "digits", "agp", "0"
-    args.recipe = RECIPES["smoke" if args.smoke else "full"]
+    args = harness.parse(parser, argv)
+    smoke = {"models": "lenet300", "tasks": "digits", "schedules": "agp", "seeds": "0"}
+    full = {"models": "lenet300,lenet5", "tasks": "digits,mnist1d", "schedules": "iterative,agp"}
+    harness.resolve(args, smoke, {**full, "seeds": "0,1,2"})
+    args.recipe = Recipe(2, 2, 1) if args.smoke else Recipe(60, 5, 12)
     return args
 
 
@@ -109,15 +94,14 @@ def run_seed(
     result: dict[str, Any] = {"seed": seed, "dense_accuracy": evaluate(dense, task, "test")}
     for schedule in schedules:
         start = time.perf_counter()
-        config = prune_config(schedule, args.sparsity, args.recipe, seed)
-        pruned = prune(copy.deepcopy(dense), config, task)
-        storage = model_storage(pruned)
+        pruned = apply(dense, prune_config(schedule, args.sparsity, args.recipe, seed), task)
+        report = report_of(pruned).values
         result[schedule] = {
             "accuracy": evaluate(pruned, task, "test"),
-            "sparsity": sparsity_of(pruned),
-            "layer_sparsity": layer_sparsity(pruned),
-            "dense_bytes": storage.dense_bytes,
-            "sparse_bytes": storage.sparse_bytes,
+            "sparsity": report["sparsity"],
+            "layer_sparsity": report["layer_sparsity"],
+            "dense_bytes": report["dense_bytes"],
+            "sparse_bytes": report["sparse_format_bytes"],
             "seconds": time.perf_counter() - start,
         }
     return result
@@ -127,6 +111,7 @@ def summarize(name: str, task: str, schedule: str, seeds: list[dict[str, Any]]) 
     """One table row: means over seeds, with the per-seed numbers kept."""
     dense = [s["dense_accuracy"] for s in seeds]
     pruned = [s[schedule]["accuracy"] for s in seeds]
+    sparse_bytes = statistics.mean(s[schedule]["sparse_bytes"] for s in seeds)
     drop = statistics.mean(dense) - statistics.mean(pruned)
     last = seeds[-1][schedule]
     return {
@@ -140,65 +125,13 @@ def summarize(name: str, task: str, schedule: str, seeds: list[dict[str, Any]]) 
         "meets_target": drop <= MAX_DROP,
         "sparsity": statistics.mean(s[schedule]["sparsity"] for s in seeds),
         "dense_bytes": last["dense_bytes"],
-        "sparse_format_bytes": round(statistics.mean(s[schedule]["sparse_bytes"] for s in seeds)),
-        "compression": last["dense_bytes"]
-        / statistics.mean(s[schedule]["sparse_bytes"] for s in seeds),
+        "sparse_format_bytes": round(sparse_bytes),
+        "compression": last["dense_bytes"] / sparse_bytes,
         "dense_accuracy_per_seed": dense,
         "pruned_accuracy_per_seed": pruned,
         "layer_sparsity_last_seed": last["layer_sparsity"],
         "prune_seconds_mean": statistics.mean(s[schedule]["seconds"] for s in seeds),
     }
-
-
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "smoke": args.smoke,
-        "target_sparsity": args.sparsity,
-        "recipe": vars(args.recipe),
-        "criterion": "l1 (global magnitude ranking), granularity element",
-        "sparse_format": f"Deep Compression relative index: {FC_INDEX_BITS}-bit gaps fc, "
-        f"{CONV_INDEX_BITS}-bit gaps conv, fp32 values, filler entries on overflow; biases "
-        "dense fp32",
-    }
-
-
-def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
-    recipe = info["recipe"]
-    lines = [
-        "# Fine-grained pruning of LeNets (target: <= 0.5 points lost at >= 90% sparsity)",
-        "",
-        f"Global L1 magnitude pruning to {info['target_sparsity']:.0%} of conv/linear weights. "
-        f"Dense: {recipe['dense_epochs']} epochs SGD (lr {recipe['lr']}, cosine). Iterative: "
-        f"{recipe['steps']} rounds x {recipe['finetune_epochs']} epochs; AGP: the same "
-        f"{recipe['steps'] * recipe['finetune_epochs']} epochs in one run. Accuracies are test "
-        "means over seeds "
-        f"{rows[0]['seeds'] if rows else []}. Bytes: {info['sparse_format']}.",
-        "",
-        "Noise: one test sample is 0.28 points on digits (359 test samples) and 0.1 on mnist1d "
-        "(1,000); 'sd' is the standard deviation over seeds of the per-seed drop.",
-        "",
-        "| model | task | schedule | dense acc | pruned acc | drop (pts) | sd | sparsity "
-        "| dense bytes | sparse bytes | compression | target met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['task']} | {r['schedule']} | {r['dense_accuracy']:.4f} "
-            f"| {r['pruned_accuracy']:.4f} | {r['accuracy_drop_points']:+.2f} | {_drop_sd(r):.2f} "
-            f"| {r['sparsity']:.3f} | {r['dense_bytes']:,} | {r['sparse_format_bytes']:,} "
-            f"| {r['compression']:.1f}x | {'yes' if r['meets_target'] else 'NO'} |"
-        )
-    lines += [
-        "",
-        f"Machine: {info['cpu_count']} cores, torch {info['torch']}, {info['threads']} thread(s); "
-        f"{info['date']}.",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def _drop_sd(row: dict[str, Any]) -> float:
@@ -208,31 +141,54 @@ def _drop_sd(row: dict[str, Any]) -> float:
     return statistics.stdev(drops) if len(drops) > 1 else 0.0
 
 
-def run(args: argparse.Namespace) -> Path:
+def markdown(report: dict[str, Any]) -> str:
+    rows, config = report["rows"], report["config"]
+    recipe = config["recipe"]
+    table = harness.markdown_table(
+        ["model", "task", "schedule", "dense acc", "pruned acc", "drop (pts)", "sd", "sparsity",
+         "dense bytes", "sparse bytes", "compression", "target met"],
+        [
+            (r["model"], r["task"], r["schedule"], f"{r['dense_accuracy']:.4f}",
+             f"{r['pruned_accuracy']:.4f}", f"{r['accuracy_drop_points']:+.2f}",
+             f"{_drop_sd(r):.2f}", f"{r['sparsity']:.3f}", f"{r['dense_bytes']:,}",
+             f"{r['sparse_format_bytes']:,}", f"{r['compression']:.1f}x",
+             harness.yes(r["meets_target"]))
+            for r in rows
+        ],
+    )  # fmt: skip
+    lines = [
+        "# Fine-grained pruning of LeNets (target: <= 0.5 points lost at >= 90% sparsity)",
+        "",
+        f"Global L1 magnitude pruning to {config['sparsity']:.0%} of conv/linear weights. "
+        f"Dense: {recipe['dense_epochs']} epochs SGD (lr {recipe['lr']}, cosine). Iterative: "
+        f"{recipe['steps']} rounds x {recipe['finetune_epochs']} epochs; AGP: the same "
+        f"{recipe['steps'] * recipe['finetune_epochs']} epochs in one run. Accuracies are test "
+        f"means over seeds {rows[0]['seeds'] if rows else []}. Bytes: {config['sparse_format']}.",
+        "",
+        "Noise: one test sample is 0.28 points on digits (359 test samples) and 0.1 on mnist1d "
+        "(1,000); 'sd' is the standard deviation over seeds of the per-seed drop.",
+        "",
+        *table,
+        "",
+        harness.machine_line(report),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="mobiledl-bench-")) if args.smoke else RESULTS)
-    schedules = args.schedules.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    schedules, seeds = harness.names(args.schedules), [int(s) for s in harness.names(args.seeds)]
     rows = []
-    for task_name in args.tasks.split(","):
+    for task_name in harness.names(args.tasks):
         task = build_task(task_name, seed=0)
-        for name in args.models.split(","):
+        for name in harness.names(args.models):
             per_seed = []
             for seed in seeds:
                 per_seed.append(run_seed(name, task, schedules, seed, args))
                 print(f"{name} {task_name} seed {seed}: {per_seed[-1]}", file=sys.stderr)
             rows += [summarize(name, task_name, s, per_seed) for s in schedules]
-    info = machine_info(args)
-    json_path = write_json_atomic(out / f"{STEM}.json", {"machine": info, "rows": rows})
-    write_text_atomic(out / f"{STEM}.md", to_markdown(rows, info))
-    return json_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    path = run(parse_args(argv))
-    print(path.with_suffix(".md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    summary = {"rows_meeting_target": sum(r["meets_target"] for r in rows), "rows": len(rows)}
+    constants = {"max_drop": MAX_DROP, "sparse_format": SPARSE_FORMAT,
+                 "criterion": "l1 (global magnitude ranking), granularity element"}  # fmt: skip
+    return harness.write_results(args, rows, summary, markdown, constants=constants)

@@ -1,63 +1,56 @@
 """Training-memory profiler against the measured peak, for every zoo model and method.
 
 For each zoo model (3x32x32 inputs, 10 classes, batch 16, SGD with momentum) and each of full
-fine-tuning, last layer, bias only (with the classifier) and TinyTL, the script predicts the peak
-of one training step with ``mobiledl.profile.training_memory`` and measures it on a real step
-(``mobiledl.train.measure_training_step``: the bytes of the tensors alive when the step starts,
-plus the peak of PyTorch's CPU-allocator events during forward, backward and the update). Full
-fine-tuning is also run with gradient checkpointing over sqrt(n) stages of ``model.features``
-(Chen et al. 2016). Target: prediction within 15% of measurement in every row. Writes
-``results/training_memory.json`` and ``.md``.
+fine-tuning, last layer, bias only (with the classifier) and TinyTL, the benchmark predicts the
+peak of one training step with ``mobiledl.profile.training_memory`` and measures it on a real
+step (``mobiledl.train.measure_training_step``: the bytes of the tensors alive when the step
+starts, plus the peak of PyTorch's CPU-allocator events during forward, backward and the
+update). Full fine-tuning is also run with gradient checkpointing over sqrt(n) stages of
+``model.features`` (Chen et al. 2016). Target: prediction within 15% of measurement in every
+row.
 
-    python benchmarks/training_memory.py                    # full run, real results
-    python benchmarks/training_memory.py --smoke --out tmp  # two models, elsewhere
+    python -m benchmarks training_memory          # full run, writes benchmarks/results/
+    python -m benchmarks training_memory --smoke  # two small models, a temporary directory
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if SRC.is_dir() and str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from benchmarks import harness
+from mobiledl.models import create_model, list_models
+from mobiledl.profile import training_memory
+from mobiledl.train import freeze, measure_training_step, tinytl
 
-from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
-from mobiledl.models import create_model, list_models  # noqa: E402
-from mobiledl.profile import training_memory  # noqa: E402
-from mobiledl.train import freeze, measure_training_step, tinytl  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "training_memory"
 METHODS = ("full", "last", "bias", "tinytl", "full+checkpoint")
 TOLERANCE = 0.15
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+MEASUREMENT = (
+    "resident tensor bytes at step start + peak of torch.profiler CPU allocator events over "
+    "forward, backward and optimizer step (second, steady-state step)"
+)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = harness.benchmark_parser(STEM, __doc__)
     parser.add_argument("--models", default=None, help="comma-separated (default: the zoo)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--smoke", action="store_true", help="two small models, batch 8")
-    parser.add_argument("--out", type=Path, default=None, help="output directory")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.models, args.batch, args.image_size = "lenet5,resnet8", 8, 16
-    names = [info.name for info in list_models()]
-    args.models = args.models.split(",") if args.models else names
+    parser.add_argument("--batch", type=int, default=None, help="default 16 (smoke 8)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 32 (smoke 16)")
+    args = harness.parse(parser, argv)
+    zoo = ",".join(info.name for info in list_models())
+    smoke = {"models": "lenet5,resnet8", "batch": 8, "image_size": 16}
+    harness.resolve(args, smoke, {"models": zoo, "batch": 16, "image_size": 32})
+    args.models = harness.names(args.models)
     return args
 
 
@@ -102,54 +95,37 @@ def measure_row(name: str, method: str, args: argparse.Namespace) -> dict[str, A
     }
 
 
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "threads": args.threads,
-        "smoke": args.smoke,
-        "batch": args.batch,
-        "input": [3, args.image_size, args.image_size],
-        "optimizer": "SGD with momentum (one state copy per trainable parameter)",
-        "layout": "channels-last activations, lean autograd (mobiledl.train.lean)",
-        "measurement": "resident tensor bytes at step start + peak of torch.profiler CPU "
-        "allocator events over forward, backward and optimizer step (second, steady-state step)",
-    }
-
-
-def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
-    worst = max(abs(r["error"]) for r in rows)
+def markdown(report: dict[str, Any]) -> str:
+    rows, config = report["rows"], report["config"]
+    table = harness.markdown_table(
+        ["model", "method", "trainable params", "predicted peak (KB)", "measured peak (KB)",
+         "error", "peak at", "within 15%"],
+        [
+            (r["model"], r["method"], f"{r['trainable_params']:,}",
+             f"{r['predicted_peak_bytes'] / 1024:,.0f}", f"{r['measured_peak_bytes'] / 1024:,.0f}",
+             f"{r['error']:+.1%}", f"{r['peak_phase']} {r['peak_layer']}",
+             harness.yes(r["within_tolerance"]))
+            for r in rows
+        ],
+    )  # fmt: skip
     lines = [
         "# Training memory: profiler prediction against the measured peak",
         "",
-        f"Batch {info['batch']} of {info['input']} inputs, 10 classes, {info['optimizer']}; "
-        f"{info['layout']}. Measured: {info['measurement']}. Target: |error| <= "
-        f"{TOLERANCE:.0%} in every row; worst here {worst:.1%}.",
+        f"Batch {config['batch']} of {[3, config['image_size'], config['image_size']]} inputs, "
+        f"10 classes, {config['optimizer']}; {config['layout']}. Measured: "
+        f"{config['measurement']}. Target: |error| <= {TOLERANCE:.0%} in every row; worst "
+        f"here {report['summary']['worst_error']:.1%}.",
         "",
-        "| model | method | trainable params | predicted peak (KB) | measured peak (KB) "
-        "| error | peak at | within 15% |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['trainable_params']:,} "
-            f"| {r['predicted_peak_bytes'] / 1024:,.0f} | {r['measured_peak_bytes'] / 1024:,.0f} "
-            f"| {r['error']:+.1%} | {r['peak_phase']} {r['peak_layer']} "
-            f"| {'yes' if r['within_tolerance'] else 'NO'} |"
-        )
-    lines += [
+        *table,
         "",
-        f"Machine: {info['cpu_count']} cores, torch {info['torch']}, {info['threads']} "
-        f"thread(s); {info['date']}.",
+        harness.machine_line(report),
     ]
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> Path:
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="mobiledl-bench-")) if args.smoke else RESULTS)
     rows = []
     for name in args.models:
         for method in METHODS:
@@ -160,17 +136,15 @@ def run(args: argparse.Namespace) -> Path:
                 f"{row['measured_peak_bytes']:,} B ({row['error']:+.1%})",
                 file=sys.stderr,
             )
-    info = machine_info(args)
-    json_path = write_json_atomic(out / f"{STEM}.json", {"machine": info, "rows": rows})
-    write_text_atomic(out / f"{STEM}.md", to_markdown(rows, info))
-    return json_path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    path = run(parse_args(argv))
-    print(path.with_suffix(".md").read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    summary = {
+        "worst_error": max(abs(r["error"]) for r in rows),
+        "rows_within_tolerance": sum(r["within_tolerance"] for r in rows),
+        "rows": len(rows),
+    }
+    constants = {
+        "tolerance": TOLERANCE,
+        "optimizer": "SGD with momentum (one state copy per trainable parameter)",
+        "layout": "channels-last activations, lean autograd (mobiledl.train.lean)",
+        "measurement": MEASUREMENT,
+    }
+    return harness.write_results(args, rows, summary, markdown, constants=constants)

@@ -1,22 +1,15 @@
 """Fixtures shared across the test suite.
 
 None of these is autouse: a module opts in with
-``pytestmark = pytest.mark.usefixtures("single_thread")`` (or ``"restore_threads"``), and
-``load_benchmark`` is requested by name.
+``pytestmark = pytest.mark.usefixtures("single_thread")`` (or ``"restore_threads"``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import ModuleType
+from collections.abc import Iterator
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -38,30 +31,6 @@ def restore_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def load_benchmark() -> Callable[[str], ModuleType]:
-    """Return a loader importing ``benchmarks/<stem>.py`` as module ``<stem>_benchmark``.
-
-    The module is registered in ``sys.modules`` before it runs, so that dataclasses (which
-    look their module up there) work in the script, and ``benchmarks/`` is on ``sys.path``
-    (as it is for ``python benchmarks/<stem>.py``) so the scripts' shared ``bench_common``
-    imports.
-    """
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-
-    def load(stem: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(
-            f"{stem}_benchmark", BENCHMARKS / f"{stem}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 @pytest.fixture

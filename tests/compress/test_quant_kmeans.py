@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -202,12 +200,3 @@ def test_deep_compression_pipeline_prunes_quantizes_and_reports() -> None:
     assert totals == sorted(totals, reverse=True)
     assert report.compression_ratio > 5
     assert 0.0 <= evaluate(compressed, task) <= 1.0
-
-
-def test_benchmark_smoke(load_benchmark: Callable[[str], ModuleType], tmp_path: Path) -> None:
-    module = load_benchmark("deep_compression")
-    module.main(["--smoke", "--out", str(tmp_path)])
-    data = json.loads((tmp_path / "deep_compression.json").read_text())
-    assert data["smoke"] is True
-    assert data["deep_compression"] and data["lowbit"] and data["mixed"]
-    assert (tmp_path / "deep_compression.md").read_text().startswith("# Deep Compression")

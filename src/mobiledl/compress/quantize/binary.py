@@ -48,7 +48,7 @@ TWN_THRESHOLD = 0.7
 TTQ_THRESHOLD = 0.05
 # Adam by default: a TTQ scale's gradient is a sum over every weight of its region, and plain
 # SGD at lr 0.01 diverged to chance accuracy on LeNet-5; Adam trained binary and TWN weights
-# at least as well as SGD there too (measured with benchmarks/deep_compression.py).
+# at least as well as SGD there too (measured with `python -m benchmarks deep_compression`).
 DEFAULT_TRAIN = TrainConfig(optimizer="adamw", lr=1e-3, progress=False)
 
 

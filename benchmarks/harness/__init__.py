@@ -1,0 +1,53 @@
+"""The benchmark harness: one argument parser, machine description, interleaved timing,
+markdown tables and one result schema for every benchmark in ``benchmarks/``.
+
+A benchmark module builds its parser with ``benchmark_parser``, parses with ``parse``, runs,
+and hands its rows and summary to ``write_results``, which writes
+``{benchmark, git_commit, argv, config, machine, created, rows, summary}`` as JSON and the
+benchmark's markdown beside it, both atomically.
+"""
+
+from benchmarks.harness.cli import (
+    add_compress_arguments,
+    benchmark_parser,
+    names,
+    parse,
+    positive_ints,
+    resolve,
+    resolve_compress,
+)
+from benchmarks.harness.machine import machine_info
+from benchmarks.harness.peers import ort_quantize_static, quiet
+from benchmarks.harness.results import SCHEMA_KEYS, git_commit, write_results
+from benchmarks.harness.stages import StageStore
+from benchmarks.harness.tables import machine_line, markdown_table, pct, plural, yes
+from benchmarks.harness.tasks import load_task, task_summary
+from benchmarks.harness.timing import clock_text, interleaved, onnx_grid, onnx_speedups
+
+__all__ = [
+    "add_compress_arguments",
+    "SCHEMA_KEYS",
+    "StageStore",
+    "benchmark_parser",
+    "clock_text",
+    "git_commit",
+    "interleaved",
+    "load_task",
+    "machine_info",
+    "machine_line",
+    "markdown_table",
+    "names",
+    "onnx_grid",
+    "onnx_speedups",
+    "ort_quantize_static",
+    "parse",
+    "pct",
+    "plural",
+    "positive_ints",
+    "quiet",
+    "resolve",
+    "resolve_compress",
+    "task_summary",
+    "write_results",
+    "yes",
+]

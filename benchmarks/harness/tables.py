@@ -1,0 +1,45 @@
+"""Markdown tables and the small formatting helpers the reports share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Iterable[Sequence[object]], align: str = ""
+) -> list[str]:
+    """The lines of a markdown table. ``align`` has one letter per column, ``l`` or ``r``
+    (default: every column unaligned, ``---``)."""
+    marks = {"l": "---", "r": "---:"}
+    rule = [marks[a] for a in align] if align else ["---"] * len(headers)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage without the sign, or a dash for a missing value."""
+    return "—" if value is None else f"{100 * value:.{digits}f}"
+
+
+def yes(flag: bool) -> str:
+    """A check's verdict, loud when it failed."""
+    return "yes" if flag else "NO"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def machine_line(report: dict[str, Any]) -> str:
+    """The closing line of a report: where, with what and how long it ran, and when."""
+    machine = report["machine"]
+    seconds = report["summary"].get("seconds")
+    took = "" if seconds is None else f"{seconds:.0f} s in total; "
+    threads = plural(machine["torch_threads"], "torch thread")
+    return (
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
+        f"onnxruntime {machine['onnxruntime']}, {threads}; {took}{report['created']}."
+    )
