@@ -46,7 +46,6 @@ from mobiledl.data import Task, build_task  # noqa: E402
 from mobiledl.errors import UserError  # noqa: E402
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model  # noqa: E402
-from mobiledl.profile import training_memory  # noqa: E402
 from mobiledl.train import (  # noqa: E402
     AdaptConfig,
     SparsePlan,
@@ -59,6 +58,7 @@ from mobiledl.train import (  # noqa: E402
     replace_classifier,
     train,
 )
+from mobiledl.train.ondevice.memory import training_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "ondevice_transfer"

@@ -2,7 +2,7 @@
 
 For each zoo model (3x32x32 inputs, 10 classes, batch 16, SGD with momentum) and each of full
 fine-tuning, last layer, bias only (with the classifier) and TinyTL, the script predicts the peak
-of one training step with ``mobiledl.profile.training_memory`` and measures it on a real step
+of one training step with ``mobiledl.train.ondevice.memory`` and measures it on a real step
 (``mobiledl.train.measure_training_step``: the bytes of the tensors alive when the step starts,
 plus the peak of PyTorch's CPU-allocator events during forward, backward and the update). Full
 fine-tuning is also run with gradient checkpointing over sqrt(n) stages of ``model.features``
@@ -36,8 +36,8 @@ from torch import nn  # noqa: E402
 
 from mobiledl.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from mobiledl.models import create_model, list_models  # noqa: E402
-from mobiledl.profile import training_memory  # noqa: E402
 from mobiledl.train import freeze, measure_training_step, tinytl  # noqa: E402
+from mobiledl.train.ondevice.memory import training_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "training_memory"
@@ -113,7 +113,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "input": [3, args.image_size, args.image_size],
         "optimizer": "SGD with momentum (one state copy per trainable parameter)",
-        "layout": "channels-last activations, lean autograd (mobiledl.train.lean)",
+        "layout": "channels-last activations, lean autograd (mobiledl.train.ondevice.lean)",
         "measurement": "resident tensor bytes at step start + peak of torch.profiler CPU "
         "allocator events over forward, backward and optimizer step (second, steady-state step)",
     }
