@@ -38,7 +38,6 @@ from mobiledl import apply, report_of
 from mobiledl.data import Task, build_task
 from mobiledl.errors import UserError
 from mobiledl.models import create_model
-from mobiledl.profile import training_memory
 from mobiledl.train import (
     AdaptConfig,
     SparsePlan,
@@ -50,6 +49,7 @@ from mobiledl.train import (
     replace_classifier,
     train,
 )
+from mobiledl.train.ondevice.memory import training_memory
 
 STEM = "ondevice_transfer"
 

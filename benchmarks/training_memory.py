@@ -2,7 +2,7 @@
 
 For each zoo model (3x32x32 inputs, 10 classes, batch 16, SGD with momentum) and each of full
 fine-tuning, last layer, bias only (with the classifier) and TinyTL, the benchmark predicts the
-peak of one training step with ``mobiledl.profile.training_memory`` and measures it on a real
+peak of one training step with ``mobiledl.train.ondevice.memory`` and measures it on a real
 step (``mobiledl.train.measure_training_step``: the bytes of the tensors alive when the step
 starts, plus the peak of PyTorch's CPU-allocator events during forward, backward and the
 update). Full fine-tuning is also run with gradient checkpointing over sqrt(n) stages of
@@ -27,8 +27,8 @@ from torch import nn
 
 from benchmarks import harness
 from mobiledl.models import create_model, list_models
-from mobiledl.profile import training_memory
 from mobiledl.train import freeze, measure_training_step, tinytl
+from mobiledl.train.ondevice.memory import training_memory
 
 STEM = "training_memory"
 METHODS = ("full", "last", "bias", "tinytl", "full+checkpoint")
@@ -144,7 +144,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     constants = {
         "tolerance": TOLERANCE,
         "optimizer": "SGD with momentum (one state copy per trainable parameter)",
-        "layout": "channels-last activations, lean autograd (mobiledl.train.lean)",
+        "layout": "channels-last activations, lean autograd (mobiledl.train.ondevice.lean)",
         "measurement": MEASUREMENT,
     }
     return harness.write_results(args, rows, summary, markdown, constants=constants)

@@ -12,7 +12,6 @@ from torch import nn
 from mobiledl.data import Task, build_task
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
-from mobiledl.profile import trace_training
 from mobiledl.train import (
     Contribution,
     QuantizedConv2d,
@@ -24,6 +23,7 @@ from mobiledl.train import (
     select_update,
     sparse_update,
 )
+from mobiledl.train.ondevice.memory import trace_training
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

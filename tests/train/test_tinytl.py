@@ -10,7 +10,6 @@ from torch import nn
 
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
-from mobiledl.profile import training_layout, training_modes
 from mobiledl.train import (
     LeanAutograd,
     LiteResidual,
@@ -20,6 +19,7 @@ from mobiledl.train import (
     tinytl,
     training_step,
 )
+from mobiledl.train.ondevice.memory import training_layout, training_modes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,7 +41,7 @@ def test_tinytl_freezes_weights_and_trains_biases_lite_modules_and_classifier() 
 
 
 def test_last_blocks_adapts_only_the_tail_and_needs_less_training_memory() -> None:
-    from mobiledl.profile import training_memory
+    from mobiledl.train.ondevice.memory import training_memory
 
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))

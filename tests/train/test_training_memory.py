@@ -8,8 +8,8 @@ from torch import nn
 
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, list_models
-from mobiledl.profile import trace_training, training_memory
 from mobiledl.train import freeze, measure_training_step, tinytl
+from mobiledl.train.ondevice.memory import trace_training, training_memory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

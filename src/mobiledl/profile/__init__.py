@@ -2,9 +2,9 @@
 
 ``profile_model(model, example_input, bits=32)`` runs the model once and returns a
 ``ModelProfile`` with a per-layer breakdown; ``.measurement(name)`` turns it into the
-``Measurement`` row every mobiledl step records. ``training_memory(model, batch)`` predicts
-the memory of one training step layer by layer (weights, gradients, optimizer state, saved
-activations) and its peak; ``peak_allocation`` measures what a piece of code allocates.
+``Measurement`` row every mobiledl step records; ``peak_allocation`` measures what a piece of
+code allocates. The memory of a training step is predicted next to the on-device training
+engine whose rules it encodes: ``mobiledl.train.ondevice.memory``.
 """
 
 from mobiledl.profile.allocator import AllocationPeak, peak_allocation
@@ -19,37 +19,17 @@ from mobiledl.profile.profiler import (
     weight_bytes,
 )
 from mobiledl.profile.storage import packed_storage_bytes
-from mobiledl.profile.training_memory import (
-    OPTIMIZER_STATES,
-    LayerTrainingMemory,
-    ModuleMemory,
-    TrainingMemoryProfile,
-    TrainingTrace,
-    trace_training,
-    training_layout,
-    training_memory,
-    training_modes,
-)
 
 __all__ = [
-    "OPTIMIZER_STATES",
     "AllocationPeak",
     "LayerProfile",
-    "LayerTrainingMemory",
     "Measurement",
     "ModelProfile",
-    "ModuleMemory",
-    "TrainingMemoryProfile",
-    "TrainingTrace",
     "count_macs",
     "count_params",
     "peak_activation_memory",
     "packed_storage_bytes",
     "peak_allocation",
     "profile_model",
-    "trace_training",
-    "training_layout",
-    "training_memory",
-    "training_modes",
     "weight_bytes",
 ]

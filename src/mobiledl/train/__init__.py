@@ -5,7 +5,6 @@ the TinyTL baselines (``full``, ``last``, ``bias``), TinyTL (Cai et al. 2020) or
 under a memory budget (Lin et al. 2022), all trained by the lean engine of ``lean`` / ``step``.
 """
 
-from mobiledl.train.adapt import METHODS, AdaptConfig, AdaptResult, adapt
 from mobiledl.train.distill import (
     FeatureDistiller,
     HintAdapter,
@@ -15,9 +14,11 @@ from mobiledl.train.distill import (
     hint_loss,
     logit_distillation_loss,
 )
-from mobiledl.train.lean import LeanAutograd, fused_layers, gradient_checkpointing
-from mobiledl.train.ondevice import FineTuneConfig, fine_tune
-from mobiledl.train.sparse_update import (
+from mobiledl.train.ondevice.adapt import METHODS, AdaptConfig, AdaptResult, adapt
+from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
+from mobiledl.train.ondevice.lean import LeanAutograd, fused_layers, gradient_checkpointing
+from mobiledl.train.ondevice.memory import TrainingMemoryProfile, trace_training, training_memory
+from mobiledl.train.ondevice.sparse_update import (
     Contribution,
     QuantizedConv2d,
     QuantizedLinear,
@@ -28,8 +29,13 @@ from mobiledl.train.sparse_update import (
     select_update,
     sparse_update,
 )
-from mobiledl.train.step import MeasuredStep, make_optimizer, measure_training_step, training_step
-from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, tinytl
+from mobiledl.train.ondevice.step import (
+    MeasuredStep,
+    make_optimizer,
+    measure_training_step,
+    training_step,
+)
+from mobiledl.train.ondevice.tinytl import LiteResidual, TinyTLConfig, tinytl
 from mobiledl.train.trainer import (
     ExtraLoss,
     TrainConfig,
@@ -60,6 +66,7 @@ __all__ = [
     "TinyTLConfig",
     "TrainConfig",
     "TrainResult",
+    "TrainingMemoryProfile",
     "adapt",
     "apply_plan",
     "attention_map",
@@ -82,6 +89,8 @@ __all__ = [
     "select_update",
     "sparse_update",
     "tinytl",
+    "trace_training",
     "train",
+    "training_memory",
     "training_step",
 ]

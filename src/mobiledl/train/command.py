@@ -20,7 +20,7 @@ RENAMES = {"strategy": "--method", "sparse.probe_steps": "--probe-steps"}
 
 def add_adapt_command(commands: argparse._SubParsersAction) -> None:
     """Register ``mobiledl adapt``."""
-    from mobiledl.train.adapt import AdaptConfig
+    from mobiledl.train.ondevice.adapt import AdaptConfig
 
     sub = add_command(
         commands,
@@ -41,7 +41,7 @@ def add_adapt_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.train.adapt import AdaptConfig
+    from mobiledl.train.ondevice.adapt import AdaptConfig
 
     budget = args.memory_budget_kb
     if budget is not None and not budget > 0:

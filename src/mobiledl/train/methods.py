@@ -14,8 +14,8 @@ from mobiledl.core.methods import register_method
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models import load_model
-from mobiledl.train.adapt import AdaptConfig, adapt_model
 from mobiledl.train.distill import FeatureDistiller
+from mobiledl.train.ondevice.adapt import AdaptConfig, adapt_model
 from mobiledl.train.trainer import TrainConfig, train
 
 Result = tuple[nn.Module, dict[str, Any]]

@@ -21,11 +21,11 @@ from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.profile import Measurement
-from mobiledl.profile.training_memory import TrainingMemoryProfile, training_memory
-from mobiledl.train.ondevice import FineTuneConfig, fine_tune
-from mobiledl.train.sparse_update import SparseUpdateConfig, sparse_update
-from mobiledl.train.step import MeasuredStep, measure_training_step
-from mobiledl.train.tinytl import LiteResidual, TinyTLConfig, find_blocks, tinytl
+from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
+from mobiledl.train.ondevice.memory import TrainingMemoryProfile, training_memory
+from mobiledl.train.ondevice.sparse_update import SparseUpdateConfig, sparse_update
+from mobiledl.train.ondevice.step import MeasuredStep, measure_training_step
+from mobiledl.train.ondevice.tinytl import LiteResidual, TinyTLConfig, find_blocks, tinytl
 from mobiledl.train.trainer import evaluate, seed_everything
 from mobiledl.train.transfer import BASELINES, freeze, replace_classifier
 

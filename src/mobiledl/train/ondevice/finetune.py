@@ -18,8 +18,8 @@ from torch import nn
 
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
-from mobiledl.profile.training_memory import training_layout, training_modes
-from mobiledl.train.step import make_optimizer, training_step
+from mobiledl.train.ondevice.memory import training_layout, training_modes
+from mobiledl.train.ondevice.step import make_optimizer, training_step
 from mobiledl.train.trainer import evaluate, seed_everything
 
 

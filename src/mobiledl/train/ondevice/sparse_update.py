@@ -16,7 +16,7 @@
    spread over the depth (the last one always among them) at several channel ratios (the first
    ``ratio * C_out`` output channels).
 4. **Selection under the budget.** Starting from classifier-only training, the candidate with the
-   largest accuracy gain per byte of predicted training peak (``mobiledl.profile.training_memory``,
+   largest accuracy gain per byte of predicted training peak (``mobiledl.train.ondevice.memory``,
    which accounts for the saved inputs, gradients and optimizer state it adds) is added while the
    peak stays within the budget (MCUNetV3 searches this knapsack evolutionarily; greedy by gain
    per byte is its usual approximation).
@@ -42,14 +42,14 @@ from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
-from mobiledl.profile.training_memory import (
+from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
+from mobiledl.train.ondevice.lean import BitMask, conv_input_grad, is_channels_last
+from mobiledl.train.ondevice.memory import (
     ModuleMemory,
     TrainingTrace,
     clamp_bounds,
     trace_training,
 )
-from mobiledl.train.lean import BitMask, conv_input_grad, is_channels_last
-from mobiledl.train.ondevice import FineTuneConfig, fine_tune
 from mobiledl.train.trainer import evaluate
 
 TRANSFORM = "sparse_update"

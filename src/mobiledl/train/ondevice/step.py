@@ -1,6 +1,6 @@
 """One on-device training step, and its peak memory measured from PyTorch's allocator.
 
-The step is the one ``mobiledl.profile.training_memory`` predicts: the model in the trainer's
+The step is the one ``mobiledl.train.ondevice.memory`` predicts: the model in the trainer's
 modes (``training_modes``), forward under ``LeanAutograd`` (optionally through checkpointed
 stages), backward, optimizer step. ``measure_training_step`` runs it for real on CPU and adds
 up the allocator's events (``mobiledl.profile.allocator``), so prediction and measurement meet
@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 from mobiledl.profile.allocator import peak_allocation
-from mobiledl.profile.training_memory import OPTIMIZER_STATES, training_layout, training_modes
-from mobiledl.train.lean import LeanAutograd, fused_layers, gradient_checkpointing
+from mobiledl.train.ondevice.lean import LeanAutograd, fused_layers, gradient_checkpointing
+from mobiledl.train.ondevice.memory import OPTIMIZER_STATES, training_layout, training_modes
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 

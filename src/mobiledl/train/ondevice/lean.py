@@ -22,7 +22,7 @@ enabled, routes these calls through autograd functions that save exactly what is
 
 Everything else (convolutions with trainable weights, linear layers, whose PyTorch backward
 already saves the input only when the weight trains, batch norm in training mode, h-swish,
-max pooling, ...) runs unchanged. ``mobiledl.profile.training_memory`` predicts the memory of
+max pooling, ...) runs unchanged. ``mobiledl.train.ondevice.memory`` predicts the memory of
 a step run this way.
 """
 
@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
 from mobiledl.errors import UserError
-from mobiledl.profile.training_memory import TILE, fusable_conv_bn, segment_bounds
+from mobiledl.train.ondevice.memory import TILE, fusable_conv_bn, segment_bounds
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
