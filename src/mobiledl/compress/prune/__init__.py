@@ -20,6 +20,7 @@ import warnings
 
 from torch import nn
 
+from mobiledl.compress.prune.attention import PrunedMultiheadAttention
 from mobiledl.compress.prune.config import ChannelPruneConfig, PruneConfig
 from mobiledl.compress.prune.criteria import (
     CRITERIA,
@@ -78,6 +79,7 @@ __all__ = [
     "LayerCall",
     "ParamSlice",
     "PruneConfig",
+    "PrunedMultiheadAttention",
     "PruningRule",
     "SensitivityResult",
     "UnsupportedPattern",

@@ -20,7 +20,8 @@ registered for the layer's type. A rule says
 
 ``register_pruning_rule(MyLayer, rule)`` adds (or replaces) the rule for a type; the tracer
 then treats every ``MyLayer`` as one call and does not trace into its ``forward``. A rule
-may also be registered for a function. The built-in rules are in ``layer_rules.py``.
+may also be registered for a function (``F.scaled_dot_product_attention`` has one). The
+built-in rules are in ``layer_rules.py`` and ``attention.py``.
 """
 
 from __future__ import annotations
@@ -376,7 +377,7 @@ def complement(positions: Tensor, size: int) -> Tensor:
 # ---------------------------------------------------------------------------- registry
 
 _RULES: dict[Any, PruningRule] = {}
-_BUILTINS = ("mobiledl.compress.prune.layer_rules",)
+_BUILTINS = ("mobiledl.compress.prune.layer_rules", "mobiledl.compress.prune.attention")
 _loaded = False
 
 
