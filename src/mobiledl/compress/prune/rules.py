@@ -161,7 +161,7 @@ class LayerCall:
     def owner(self) -> str:
         """The module a function call runs in (``""``: the model itself)."""
         stack = self.node.meta.get("nn_module_stack") if self.node is not None else None
-        return next(reversed(stack)) if stack else ""
+        return next(reversed(stack.values()))[0] if stack else ""
 
     def describe(self) -> str:
         """``"layer 'name' (Type)"`` (or the function node) for messages."""
