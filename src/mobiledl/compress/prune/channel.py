@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from mobiledl.compress.prune.graph import (
     ChannelGroup,
     DependencyGraph,
+    GroupMember,
     build_dependency_graph,
     unmapped_message,
 )
@@ -271,7 +272,9 @@ def _weight_importance(
     return importance
 
 
-def _members(model: nn.Module, group: ChannelGroup) -> list[tuple]:
+def _members(
+    model: nn.Module, group: ChannelGroup
+) -> list[tuple[GroupMember, nn.Module, PruningRule]]:
     """(member, layer, its rule) for every member surgery cuts."""
     found = []
     for member in group.real_members:
@@ -284,11 +287,14 @@ def _members(model: nn.Module, group: ChannelGroup) -> list[tuple]:
 
 def _scored_params(model: nn.Module, graph: DependencyGraph) -> list[str]:
     """Full names of the parameters the groups' rules score, each once."""
+    params = dict(model.named_parameters())
     names: dict[str, None] = {}
     for group in graph.groups:
         for member, module, rule in _members(model, group):
             for param in rule.scored_params(module, member.slot.kind):
-                names[f"{member.slot.module}.{param}"] = None
+                name = f"{member.slot.module}.{param}"
+                if name in params:  # a buffer or a missing tensor has no scores
+                    names[name] = None
     return list(names)
 
 
