@@ -124,8 +124,7 @@ class Unsupported(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
-        self.norm = nn.GroupNorm(4, 16)
+        self.mixing = nn.LocalResponseNorm(2)  # a layer type without a pruning rule
         self.mid = nn.Conv2d(16, 16, 1)
         self.sliced = nn.Conv2d(16, 16, 1)
         self.last = nn.Conv2d(16, 16, 1)
@@ -133,9 +132,10 @@ class Unsupported(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = F.relu(self.stem(x))
-        b = self.norm(self.grouped(a))
+        b = self.mixing(a)
         c = F.relu(self.mid(b))
-        d = self.sliced(c)[:, :8].sum(1, keepdim=True)
+        s = self.sliced(c)
+        d = s[:, : s.shape[1] // 2].sum(1, keepdim=True)
         e = self.last(c) + d
         return self.fc(e.view(-1, 16 * 8 * 8))
 
@@ -148,19 +148,20 @@ def test_unsupported_patterns_warn_naming_the_layer_and_the_model_stays_correct(
     with pytest.warns(UserWarning) as record:
         graph = build_dependency_graph(model, x)
     message = " ".join(str(w.message) for w in record)
-    assert "layer 'grouped' (Conv2d): grouped convolution (groups=4)" in message
-    assert "layer 'norm' (GroupNorm)" in message
-    assert "selects a fixed range of channels" in message
+    assert "layer 'mixing' (LocalResponseNorm): layer type LocalResponseNorm has no" in message
+    assert "slices the channels at bounds computed at run time" in message
     assert "reshapes the channels to fixed sizes" in message
     assert [g.layers for g in graph.prunable_groups] == [["mid", "sliced", "last"]]
     with pytest.warns(UserWarning):
         pruned = check_pruned(model, x, sparsity=0.5)
     assert pruned.mid.out_channels == 8 and pruned.stem.out_channels == 16
+    with pytest.raises(UserError, match="layer 'mixing' .* no pruning rule.*strict"):
+        prune_channels(model, x, sparsity=0.5, strict=True)
 
 
 def test_per_layer_on_a_frozen_layer_and_an_untraceable_model_are_user_errors():
     x = torch.randn(1, 3, 8, 8)
-    with pytest.warns(UserWarning), pytest.raises(UserError, match="layer 'stem' cannot be pruned"):
+    with pytest.raises(UserError, match="layer 'stem' cannot be pruned.*LocalResponseNorm"):
         plan_channels(Unsupported(), x, per_layer={"stem.weight": 0.5})
     with pytest.raises(UserError, match="no prunable layer 'nope'"):
         plan_channels(FunctionalNet(), x, per_layer={"nope": 0.5})

@@ -8,6 +8,10 @@ weights; ``apply(model, ChannelPruneConfig(...), task)`` physically removes chan
 pieces: ``weight_scores`` (criteria), ``compute_masks`` (granularity), ``apply_masks`` /
 ``remove_masks`` (masks that survive training), ``sensitivity_analysis`` and
 ``allocate_sparsity`` (per-layer sparsity from sensitivity).
+
+What each layer type does to channels during channel pruning is its pruning rule, kept in
+one registry (``rules.py``); ``register_pruning_rule(MyLayer, rule)`` teaches channel
+pruning a layer of your own (see ``docs/pruning.md``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import warnings
 
 from torch import nn
 
+from mobiledl.compress.prune.attention import PrunedMultiheadAttention
 from mobiledl.compress.prune.config import ChannelPruneConfig, PruneConfig
 from mobiledl.compress.prune.criteria import (
     CRITERIA,
@@ -25,6 +30,7 @@ from mobiledl.compress.prune.criteria import (
     weight_scores,
 )
 from mobiledl.compress.prune.granularity import Granularity, compute_masks
+from mobiledl.compress.prune.layer_rules import ChannelwiseRule, ElementwiseRule
 from mobiledl.compress.prune.masks import (
     apply_masks,
     current_masks,
@@ -32,6 +38,15 @@ from mobiledl.compress.prune.masks import (
     prunable_layers,
     remove_masks,
     sparsity_of,
+)
+from mobiledl.compress.prune.rules import (
+    ChannelLabels,
+    LayerCall,
+    ParamSlice,
+    PruningRule,
+    UnsupportedPattern,
+    register_pruning_rule,
+    rule_for,
 )
 from mobiledl.compress.prune.schedules import (
     SCHEDULES,
@@ -55,11 +70,19 @@ from mobiledl.data.task import Task
 
 __all__ = [
     "CRITERIA",
+    "ChannelLabels",
     "ChannelPruneConfig",
+    "ChannelwiseRule",
+    "ElementwiseRule",
     "SCHEDULES",
     "Granularity",
+    "LayerCall",
+    "ParamSlice",
     "PruneConfig",
+    "PrunedMultiheadAttention",
+    "PruningRule",
     "SensitivityResult",
+    "UnsupportedPattern",
     "agp",
     "agp_sparsity",
     "allocate_sparsity",
@@ -76,9 +99,11 @@ __all__ = [
     "prunable_layers",
     "prune",
     "prune_step",
+    "register_pruning_rule",
     "remove_masks",
     "resolve_target",
     "rewind",
+    "rule_for",
     "sensitivity_analysis",
     "sparsity_of",
     "train_slimming",

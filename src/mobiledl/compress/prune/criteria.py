@@ -61,11 +61,45 @@ def weight_scores(
     if criterion not in CRITERIA:
         raise UserError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
     layers = prunable_layers(model, exclude)
-    if criterion in ("l1", "l2"):
-        power = 1 if criterion == "l1" else 2
-        return {name: m.weight.detach().abs() ** power for name, m in layers.items()}
     if criterion == "bn":
         return _bn_scores(model, layers)
+    targets = {name: (weight_leaf(m), m.weight.detach()) for name, m in layers.items()}
+    return _scores(model, targets, criterion, task, num_batches, batch_size, seed)
+
+
+def parameter_scores(
+    model: nn.Module,
+    names: list[str],
+    criterion: str,
+    task: Task | None = None,
+    num_batches: int = 8,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """``weight_scores`` for any named parameters (an attention layer's ``in_proj_weight``,
+    an embedding table): ``l1``, ``l2``, ``taylor`` or ``hessian``."""
+    if criterion not in DATA_CRITERIA + ("l1", "l2"):
+        raise UserError(f"criterion '{criterion}' does not score parameters")
+    params = dict(model.named_parameters())
+    targets = {name: (params[name], params[name].detach()) for name in names}
+    return _scores(model, targets, criterion, task, num_batches, batch_size, seed)
+
+
+Targets = dict[str, tuple[Tensor, Tensor]]  # name -> (trainable leaf, effective value)
+
+
+def _scores(
+    model: nn.Module,
+    targets: Targets,
+    criterion: str,
+    task: Task | None,
+    num_batches: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Tensor]:
+    if criterion in ("l1", "l2"):
+        power = 1 if criterion == "l1" else 2
+        return {name: value.abs() ** power for name, (_, value) in targets.items()}
     if task is None:
         raise UserError(f"criterion '{criterion}' needs a task: it estimates from data")
     if num_batches < 1:
@@ -75,8 +109,8 @@ def weight_scores(
     try:
         batches = _batches(task, num_batches, batch_size, seed)
         if criterion == "taylor":
-            return _taylor_scores(model, layers, task, batches)
-        return _hessian_scores(model, layers, task, batches, seed)
+            return _taylor_scores(model, targets, task, batches)
+        return _hessian_scores(model, targets, task, batches, seed)
     finally:
         model.train(was_training)
 
@@ -92,25 +126,25 @@ def _batches(task: Task, num_batches: int, batch_size: int, seed: int) -> list[t
 
 
 def _taylor_scores(
-    model: nn.Module, layers: dict[str, nn.Module], task: Task, batches: list[tuple]
+    model: nn.Module, targets: Targets, task: Task, batches: list[tuple]
 ) -> dict[str, Tensor]:
     """Mean over batches of ``(g * w)**2`` (Molchanov et al. 2019)."""
-    params = [weight_leaf(m) for m in layers.values()]
+    params = [leaf for leaf, _ in targets.values()]
     totals = [torch.zeros_like(p) for p in params]
     for x, y in batches:
         loss = task.loss(model(x), y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for total, grad, module in zip(totals, grads, layers.values(), strict=True):
+        for total, grad, (_, value) in zip(totals, grads, targets.values(), strict=True):
             if grad is not None:
-                total += (grad * module.weight.detach()) ** 2
-    return {name: total / len(batches) for name, total in zip(layers, totals, strict=True)}
+                total += (grad * value) ** 2
+    return {name: total / len(batches) for name, total in zip(targets, totals, strict=True)}
 
 
 def _hessian_scores(
-    model: nn.Module, layers: dict[str, nn.Module], task: Task, batches: list[tuple], seed: int
+    model: nn.Module, targets: Targets, task: Task, batches: list[tuple], seed: int
 ) -> dict[str, Tensor]:
     """OBD saliency ``0.5 * diag(H) * w**2`` with a Hutchinson estimate of ``diag(H)``."""
-    params = [weight_leaf(m) for m in layers.values()]
+    params = [leaf for leaf, _ in targets.values()]
     totals = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(seed)
     for x, y in batches:
@@ -118,8 +152,8 @@ def _hessian_scores(
         for total, estimate in zip(totals, diagonal, strict=True):
             total += estimate
     return {
-        name: 0.5 * total / len(batches) * module.weight.detach() ** 2
-        for (name, module), total in zip(layers.items(), totals, strict=True)
+        name: 0.5 * total / len(batches) * value**2
+        for (name, (_, value)), total in zip(targets.items(), totals, strict=True)
     }
 
 

@@ -21,13 +21,21 @@ out exactly. Two rules turn labels into constraints, kept in a union-find:
   computed factor (channel shuffle) thereby ties channel ``k * C/g + i`` for every ``k``;
   ``chunk`` ties channel ``i`` of every piece, so the pruned model still splits evenly.
 
+What a *layer* does to channels is its pruning rule (``rules.py``): convolutions, linear
+layers, norms, embeddings, attention and any layer a user registers a rule for; the tracer
+treats every layer with a rule as one call. Slicing the channel dim with constant bounds
+(``torch.cat([a, b], 1)[:, :k]``, GhostNet-style) keeps the channels before the slice's end
+in place, or, when nothing else reads the channels after it, removes those instead (they
+are dead).
+
 The result is a list of ``ChannelGroup``: each unit of a group is one set of coupled channels,
 and each member (a layer, a dim, and for every index of that dim its unit) is what surgery
-slices. The model's input channels and its outputs are never prunable. A pattern the analysis
-cannot map (a grouped convolution, an op that mixes channels such as ``x.mean(1)``, a
-``view`` to a hard-coded size, a parameter used directly in ``forward``) freezes the channels
-it touches and is listed in one ``warnings.warn`` naming the node or layer; the model is never
-left broken.
+slices. The model's input channels and its outputs are never prunable; channels a layer's
+math needs whole (a LayerNorm's) are *held*. A pattern the analysis cannot map (an op that
+mixes channels such as ``x.mean(1)``, a ``view`` to a hard-coded size, a parameter used
+directly in ``forward``, a layer type without a rule) freezes the channels it touches and is
+listed in one ``warnings.warn`` naming the node or layer, or, with ``strict``, raises a
+``UserError``; the model is never left broken.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,50 +52,20 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mobiledl.compress.prune.rules import (
+    NONE,
+    ChannelLabels,
+    LayerCall,
+    Slot,
+    UnsupportedPattern,
+    broadcast_along,
+    has_own_rule,
+    rep_along,
+    rule_for,
+)
 from mobiledl.errors import UserError
 
-NONE = -1  # label of a value that comes from no channel (a scalar, a padded border, ...)
-
-SlotKind = Literal["out", "in", "channel"]
-
-_ELEMENTWISE_MODULES = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.Identity,
-)
-_POOL_MODULES = (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
-    nn.Upsample,
-)
-_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+SlotKind = str  # "out", "in", "channel", "heads", or a kind of a user's rule
 
 _ELEMENTWISE_FUNCTIONS = {
     operator.add,
@@ -171,19 +149,6 @@ _REDUCTION_FUNCTIONS: dict[Callable[..., Any], str] = {
 }
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One dimension of one layer that pruning shrinks.
-
-    ``out``: output channels of a convolution (weight dim 0, bias) or output features of a
-    linear layer; ``in``: their input channels (weight dim 1); ``channel``: the channels of a
-    channel-wise layer (batch norm, depthwise convolution), whose input and output are one.
-    """
-
-    module: str
-    kind: SlotKind
-
-
 @dataclass
 class GroupMember:
     """A slot of a group and, for every index along the slot's dim, the unit it belongs to.
@@ -206,21 +171,33 @@ class GroupMember:
 class ChannelGroup:
     """Channels of several layers that must be removed together: ``width`` units, each a set
     of coupled channels. ``frozen[u]`` marks units that must stay (model input and output,
-    unsupported ops)."""
+    held or unsupported ops), ``dropped[u]`` units that must go (channels a constant slice
+    cuts off and nothing else reads)."""
 
     members: list[GroupMember]
     width: int
     frozen: Tensor
+    dropped: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    def __post_init__(self) -> None:
+        if len(self.dropped) != self.width:
+            self.dropped = torch.zeros(self.width, dtype=torch.bool)
 
     @property
     def prunable(self) -> bool:
         """True if at least one unit may be removed and one would remain."""
-        return self.width > 1 and not bool(self.frozen.all())
+        free = ~self.frozen & ~self.dropped
+        return int((~self.dropped).sum()) > 1 and bool(free.any())
+
+    @property
+    def real_members(self) -> list[GroupMember]:
+        """The members surgery cuts (not the virtual slots that only count MACs)."""
+        return [member for member in self.members if not member.slot.virtual]
 
     @property
     def layers(self) -> list[str]:
         """Names of the modules in the group, in execution order, each once."""
-        return list(dict.fromkeys(member.slot.module for member in self.members))
+        return list(dict.fromkeys(member.slot.module for member in self.real_members))
 
     def kept_positions(self, member: GroupMember, keep: Tensor) -> Tensor:
         """Indices along ``member``'s dim that belong to the units in ``keep``."""
@@ -234,8 +211,9 @@ class ChannelGroup:
         Usually one segment; after a concatenation, the channels of each concatenated layer
         form their own segment, whose kept count is rounded on its own.
         """
-        present = torch.zeros(self.width, len(self.members), dtype=torch.bool)
-        for index, member in enumerate(self.members):
+        members = self.real_members
+        present = torch.zeros(self.width, len(members), dtype=torch.bool)
+        for index, member in enumerate(members):
             present[member.units, index] = True
         _, inverse = torch.unique(present, dim=0, return_inverse=True)
         first = {int(key): None for key in inverse.tolist()}
@@ -243,17 +221,30 @@ class ChannelGroup:
 
     def describe(self) -> str:
         """``"features.1.conv.out, features.1.bn.channel, ..."`` (for messages)."""
-        return ", ".join(f"{m.slot.module}.{m.slot.kind}" for m in self.members)
+        return ", ".join(f"{m.slot.module}.{m.slot.kind}" for m in self.real_members)
+
+
+#: How a layer's MACs fall with pruning: (MACs on the traced batch, slot kinds) terms.
+CostTerms = list[tuple[float, tuple[str, ...]]]
 
 
 @dataclass
 class DependencyGraph:
     """Every group of coupled channels of a model, what the analysis left unpruned, and the
-    layers with prunable dims in the order they run."""
+    layers with prunable dims in the order they run.
+
+    ``warnings``: unsupported patterns that froze channels; ``held``: layers whose math
+    needs their channels whole (not warned; named when a target is missed); ``costs``: the
+    layers whose MACs do not simply scale with the product of their slots' kept fractions
+    (grouped convolutions, attention), on a traced batch of ``batch`` samples.
+    """
 
     groups: list[ChannelGroup]
     warnings: list[str]
     layers: list[str]
+    held: list[str] = field(default_factory=list)
+    costs: dict[str, CostTerms] = field(default_factory=dict)
+    batch: int = 2
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -265,12 +256,13 @@ class DependencyGraph:
 
 
 def build_dependency_graph(
-    model: nn.Module, example_input: Tensor, warn: bool = True
+    model: nn.Module, example_input: Tensor, warn: bool = True, strict: bool = False
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_input`` (one sample suffices) and group coupled channels.
 
     Raises ``UserError`` if ``torch.fx`` cannot trace the model. With ``warn``, issues one
-    ``UserWarning`` listing every node whose channels had to stay for lack of a mapping.
+    ``UserWarning`` listing every node whose channels had to stay for lack of a mapping;
+    with ``strict``, that list is a ``UserError`` instead.
     """
     traced = _trace(model)
     values = _record_values(traced, _two_samples(example_input))
@@ -278,23 +270,36 @@ def build_dependency_graph(
     for node in traced.graph.nodes:
         flow.visit(node)
     graph = flow.finish()
+    if strict and graph.warnings:
+        raise UserError(unmapped_message(graph) + " (strict)")
     if warn and graph.warnings:
-        warnings.warn(
-            "channel pruning leaves some channels in place: " + "; ".join(graph.warnings),
-            stacklevel=2,
-        )
+        warnings.warn(unmapped_message(graph), stacklevel=2)
     return graph
 
 
+def unmapped_message(graph: DependencyGraph) -> str:
+    """One line naming every pattern that left channels in place."""
+    return "channel pruning leaves some channels in place: " + "; ".join(graph.warnings)
+
+
+class _RuleTracer(torch.fx.Tracer):
+    """``torch.fx`` tracing that keeps every layer with a pruning rule as one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return has_own_rule(m) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    tracer = _RuleTracer()
     try:
-        return torch.fx.symbolic_trace(model)
+        graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types for data-dependent Python
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"channel pruning needs a model torch.fx can trace; {type(model).__name__} "
             f"cannot be traced ({first[:160]})"
         ) from None
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _two_samples(example_input: Tensor) -> Tensor:
@@ -379,28 +384,9 @@ class _UnionFind:
         self.frozen[self.roots(ids)] = True
 
 
-@dataclass(frozen=True)
-class _Labels:
-    """Channel ids shaped like a tensor, and the dim pruning shrinks (``None``: none)."""
-
-    ids: Tensor
-    pdim: int | None
-
-
-def _rep_along(ids: Tensor, dim: int) -> Tensor:
-    """One id per index along ``dim`` (the largest; ``NONE`` only if the slice has no id)."""
-    return ids.movedim(dim, 0).reshape(ids.shape[dim], -1).amax(1)
-
-
 def _size_at(ids: Tensor, dim: int) -> int:
     """Size of ``ids`` along ``dim``; 1 for a dim it lacks (it broadcasts there)."""
     return ids.shape[dim] if 0 <= dim < ids.dim() else 1
-
-
-def _broadcast_along(vector: Tensor, dim: int, shape: torch.Size) -> Tensor:
-    view = [1] * len(shape)
-    view[dim] = -1
-    return vector.reshape(view).expand(shape)
 
 
 def _leaves(value: Any) -> Iterator[Any]:
@@ -415,8 +401,28 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
-class _Unsupported(Exception):
-    """Raised inside a handler: the node's channels are frozen with this reason."""
+@dataclass
+class _Event:
+    """Why some channels stay: ``ids`` frozen for ``reason``; ``always``: warn even if no
+    layer could have lost them (a layer with weights left unpruned); ``held``: the layer's
+    math needs them whole (reported, not warned)."""
+
+    reason: str
+    ids: np.ndarray
+    always: bool = False
+    held: bool = False
+
+
+@dataclass
+class _Slice:
+    """A slice of the channel dim at constant bounds: the ids before its end (``prefix``)
+    and after it (``tail``); the tail is removed (``dropping``) unless one of its ids must
+    stay, and then the prefix is held instead."""
+
+    reason: str
+    prefix: np.ndarray
+    tail: np.ndarray
+    dropping: bool = True
 
 
 class _ChannelFlow:
@@ -428,23 +434,41 @@ class _ChannelFlow:
         self.uf = _UnionFind()
         self.labels: dict[torch.fx.Node, Any] = {}
         self.slots: dict[Slot, Tensor] = {}
-        self.producers: dict[str, Tensor] = {}
-        self.events: list[tuple[str, np.ndarray, bool]] = []  # reason, ids, always warn
+        self.producers: dict[Slot, Tensor] = {}
+        self.costs: dict[str, CostTerms] = {}
+        self.events: list[_Event] = []
+        self.slices: list[_Slice] = []
 
     # ------------------------------------------------------------------ visiting nodes
 
     def visit(self, node: torch.fx.Node) -> None:
         if node.op == "output":
-            for labels in _leaves(self._arg_labels(node.args[0])):
-                if isinstance(labels, _Labels):
+            for labels in _leaves(self.labels_of(node.args[0])):
+                if isinstance(labels, ChannelLabels):
                     self.uf.freeze(self._ids_of(labels))
             return
+        before = (set(self.slots), set(self.producers), {k: len(v) for k, v in self.costs.items()})
         try:
             self.labels[node] = self._dispatch(node)
-        except _Unsupported as reason:
+        except UnsupportedPattern as reason:
+            self._forget(*before)
             self._opaque(node, str(reason))
-        except Exception as exc:  # an op used in a way no rule covers: keep its channels
-            self._opaque(node, f"its channels could not be mapped ({type(exc).__name__})")
+        except Exception as exc:  # a rule that failed: keep its channels, say why
+            self._forget(*before)
+            detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            self._opaque(node, f"its channels could not be mapped ({reason})")
+
+    def _forget(self, slots: set[Slot], producers: set[Slot], costs: dict[str, int]) -> None:
+        """Drop what a failed call registered: its channels are frozen instead."""
+        for key in set(self.slots) - slots:
+            del self.slots[key]
+        for key in set(self.producers) - producers:
+            del self.producers[key]
+        for key in list(self.costs):
+            del self.costs[key][costs.get(key, 0) :]
+            if not self.costs[key]:
+                del self.costs[key]
 
     def _dispatch(self, node: torch.fx.Node) -> Any:
         value = self.values[node]
@@ -459,28 +483,20 @@ class _ChannelFlow:
         return self._call_op(node, node.target)
 
     def _call_module(self, node: torch.fx.Node, module: nn.Module) -> Any:
-        name = str(node.target)
-        if isinstance(module, _CONV_MODULES):
-            return self._conv(node, name, module)
-        if isinstance(module, nn.Linear):
-            return self._linear(node, name, module)
-        if isinstance(module, _NORM_MODULES):
-            return self._channelwise(node, Slot(name, "channel"))
-        if isinstance(module, nn.PReLU) and module.num_parameters > 1:
-            raise _Unsupported("PReLU with one slope per channel is not supported")
-        if isinstance(module, _ELEMENTWISE_MODULES):
-            return self._elementwise(node)
-        if isinstance(module, _POOL_MODULES):
-            return self._spatial(node)
-        if isinstance(module, nn.Flatten):
-            return self._shape_op(node, lambda ids: ids.flatten(module.start_dim, module.end_dim))
-        if isinstance(module, nn.Softmax | nn.LogSoftmax):
-            return self._softmax(node, module.dim)
-        raise _Unsupported(f"layer type {type(module).__name__} is not supported")
+        rule = rule_for(module)
+        if rule is None:
+            raise UnsupportedPattern(
+                f"layer type {type(module).__name__} has no pruning rule "
+                "(mobiledl.compress.prune.register_pruning_rule adds one)"
+            )
+        return rule.flow(LayerCall(self, str(node.target), module, node.args, node.kwargs, node))
 
     def _call_op(self, node: torch.fx.Node, key: Any) -> Any:
+        rule = rule_for(key) if callable(key) else None
+        if rule is not None:
+            return rule.flow(LayerCall(self, node.name, None, node.args, node.kwargs, node))
         if key in _ELEMENTWISE_FUNCTIONS or key in _ELEMENTWISE_METHODS:
-            return self._elementwise(node)
+            return self.elementwise(node)
         if key in _SHAPE_FUNCTIONS or key in _SHAPE_OPS:
             return self._shape_method(node, _SHAPE_FUNCTIONS.get(key, key))
         if key in _REDUCTION_FUNCTIONS or key in _REDUCTIONS:
@@ -491,81 +507,76 @@ class _ChannelFlow:
             return self._chunk(node)
         if key in (torch.split, "split"):
             return self._split(node)
+        if key in (torch.narrow, "narrow"):
+            return self._narrow(node)
         if key is operator.getitem:
             return self._getitem(node)
         if key in _POOL_FUNCTIONS:
-            return self._spatial(node)
+            return self.spatial(node)
         if key is F.pad:
             return self._pad(node)
         if key in (F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax"):
-            return self._softmax(node, self._arg(node, 1, "dim"))
-        raise _Unsupported(f"operation '{_op_name(key)}' is not supported")
+            return self.softmax(node, self._arg(node, 1, "dim"))
+        raise UnsupportedPattern(f"operation '{_op_name(key)}' is not supported")
 
-    # ------------------------------------------------------------------ layers
+    # ------------------------------------------------------------------ slots (for rules)
 
-    def _conv(self, node: torch.fx.Node, name: str, module: nn.Module) -> _Labels:
-        labels = self._input(node)
-        if labels.pdim not in (None, 1):
-            raise _Unsupported("its input channels are not on dim 1")
-        in_ids = _rep_along(labels.ids, 1)
-        shape = self.values[node].shape
-        groups = module.groups
-        if groups > 1 and groups == module.in_channels == module.out_channels:
-            self._register(Slot(name, "channel"), in_ids)
-            return _Labels(_broadcast_along(in_ids, 1, shape), 1)
-        if groups > 1:
-            raise _Unsupported(f"grouped convolution (groups={groups}) is left unpruned")
-        self._register(Slot(name, "in"), in_ids)
-        return _Labels(_broadcast_along(self._producer(name, module.out_channels), 1, shape), 1)
-
-    def _linear(self, node: torch.fx.Node, name: str, module: nn.Linear) -> _Labels:
-        labels = self._input(node)
-        last = labels.ids.dim() - 1
-        shape = self.values[node].shape
-        if labels.pdim not in (None, last):  # features of a non-channel dim: weights untouched
-            return _Labels(labels.ids.narrow(last, 0, 1).expand(shape), labels.pdim)
-        self._register(Slot(name, "in"), _rep_along(labels.ids, last))
-        out_ids = self._producer(name, module.out_features)
-        return _Labels(_broadcast_along(out_ids, last, shape), last)
-
-    def _channelwise(self, node: torch.fx.Node, slot: Slot) -> _Labels:
-        labels = self._input(node)
-        if labels.pdim not in (None, 1):
-            raise _Unsupported("its input channels are not on dim 1")
-        self._register(slot, _rep_along(labels.ids, 1))
-        return labels
-
-    def _producer(self, name: str, count: int) -> Tensor:
+    def produce(self, slot: Slot, count: int) -> Tensor:
         """The ids of a layer's output channels, created on its first call."""
-        if name not in self.producers:
-            self.producers[name] = self.uf.new(count)
-            self._register(Slot(name, "out"), self.producers[name])
-        return self.producers[name]
+        if slot not in self.producers:
+            self.producers[slot] = self.uf.new(count)
+            self.register(slot, self.producers[slot])
+        return self.producers[slot]
 
-    def _register(self, slot: Slot, ids: Tensor) -> None:
+    def register(self, slot: Slot, ids: Tensor) -> None:
         ids = ids.clone()
         missing = ids == NONE
         if missing.any():
             ids[missing] = self.uf.new(int(missing.sum()), frozen=True)
         if slot in self.slots:  # a layer called twice: both calls see the same channels
             if len(self.slots[slot]) != len(ids):
-                raise _Unsupported(f"layer '{slot.module}' is called on different channel counts")
+                raise UnsupportedPattern(
+                    f"layer '{slot.module}' is called on different channel counts"
+                )
             self.uf.union(self.slots[slot], ids)
             return
         self.slots[slot] = ids
 
+    def hold(self, ids: Tensor, reason: str) -> None:
+        """Freeze ``ids``: a layer's math needs them (reported, not warned)."""
+        ids = ids[ids >= 0].numpy()
+        if len(ids):
+            self.uf.freeze(ids)
+            self.events.append(_Event(reason, ids, held=True))
+
+    def labels_of(self, arg: Any) -> Any:
+        """The labels of the nodes in ``arg`` (other items become ``None``)."""
+        return torch.fx.node.map_aggregate(
+            arg, lambda a: self.labels.get(a) if isinstance(a, torch.fx.Node) else None
+        )
+
+    def concrete(self, arg: Any) -> Any:
+        """``arg`` with every node replaced by its recorded value."""
+        return torch.fx.node.map_aggregate(
+            arg, lambda a: self.values[a] if isinstance(a, torch.fx.Node) else a
+        )
+
+    def output_shape(self, node: torch.fx.Node) -> torch.Size:
+        return next(v for v in _leaves(self.values[node]) if isinstance(v, Tensor)).shape
+
     # ------------------------------------------------------------------ element-wise ops
 
-    def _elementwise(self, node: torch.fx.Node) -> _Labels:
+    def elementwise(self, node: torch.fx.Node) -> ChannelLabels:
         shape = self.values[node].shape
         operands = [
             (self.labels[arg], self.values[arg].dim())
             for arg in node.all_input_nodes
-            if isinstance(self.values[arg], Tensor) and isinstance(self.labels.get(arg), _Labels)
+            if isinstance(self.values[arg], Tensor)
+            and isinstance(self.labels.get(arg), ChannelLabels)
         ]
         pdims = {lab.pdim + len(shape) - ndim for lab, ndim in operands if lab.pdim is not None}
         if len(pdims) > 1:
-            raise _Unsupported("it combines tensors whose channels lie on different dims")
+            raise UnsupportedPattern("it combines tensors whose channels lie on different dims")
         pdim = pdims.pop() if pdims else None
         ids: Tensor | None = None
         for labels, ndim in operands:
@@ -584,46 +595,48 @@ class _ChannelFlow:
             self.uf.union(ids[both], other[both])
         return torch.where(ids >= 0, ids, other)
 
-    def _settle(self, ids: Tensor, pdim: int | None) -> _Labels:
+    def _settle(self, ids: Tensor, pdim: int | None) -> ChannelLabels:
         """Unify the ids in each slice across the pruned dim (see module docstring)."""
         if pdim is None:
-            return _Labels(ids, None)
+            return ChannelLabels(ids, None)
         if pdim == 0:
-            raise _Unsupported("it merges the batch dim with channels")
+            raise UnsupportedPattern("it merges the batch dim with channels")
         rows = ids.movedim(pdim, 0).reshape(ids.shape[pdim], -1)
         rep = rows.amax(1, keepdim=True).expand_as(rows)
         mixed = (rows != rep) & (rows >= 0)
         if mixed.any():
             self.uf.union(rows[mixed], rep[mixed])
-        return _Labels(ids, pdim)
+        return ChannelLabels(ids, pdim)
 
     # ------------------------------------------------------------------ shape ops
 
-    def _shape_method(self, node: torch.fx.Node, name: str) -> _Labels:
+    def _shape_method(self, node: torch.fx.Node, name: str) -> ChannelLabels:
         if name in ("view", "reshape"):
             shape = self.values[node].shape
-            return self._shape_op(node, lambda ids: ids.reshape(shape), _size_kinds(node))
-        rest = [self._concrete(arg) for arg in node.args[1:]]
-        kwargs = {key: self._concrete(arg) for key, arg in node.kwargs.items()}
+            return self.shape_op(node, lambda ids: ids.reshape(shape), _size_kinds(node))
+        rest = [self.concrete(arg) for arg in node.args[1:]]
+        kwargs = {key: self.concrete(arg) for key, arg in node.kwargs.items()}
         method = getattr(torch.Tensor, name)
-        return self._shape_op(node, lambda ids: method(ids, *rest, **kwargs))
+        return self.shape_op(node, lambda ids: method(ids, *rest, **kwargs))
 
-    def _shape_op(
+    def shape_op(
         self, node: torch.fx.Node, apply: Callable[[Tensor], Tensor], kinds: list[str] | None = None
-    ) -> _Labels:
+    ) -> ChannelLabels:
         """Apply a shape op to the labels; find the new pruned dim (``kinds``: reshape sizes)."""
         labels = self._input(node)
         ids = apply(labels.ids)
         if labels.pdim is None:
-            return _Labels(ids, None)
+            return ChannelLabels(ids, None)
         varying = self._varying_dims(ids)
         if kinds is None:
             if len(varying) > 1:
-                raise _Unsupported("it spreads channels over several dims")
+                raise UnsupportedPattern("it spreads channels over several dims")
             return self._settle(ids, varying[0] if varying else None)
         scaling = [dim for dim in varying if kinds[dim] != "const"]
         if varying and len(scaling) != 1:
-            raise _Unsupported(f"it reshapes the channels to fixed sizes {list(ids.shape[1:])}")
+            raise UnsupportedPattern(
+                f"it reshapes the channels to fixed sizes {list(ids.shape[1:])}"
+            )
         return self._settle(ids, scaling[0] if scaling else None)
 
     def _varying_dims(self, ids: Tensor) -> list[int]:
@@ -642,48 +655,87 @@ class _ChannelFlow:
         roots[valid] = torch.from_numpy(self.uf.roots(unique[valid].numpy()))
         return roots[inverse]
 
-    def _cat(self, node: torch.fx.Node) -> _Labels:
+    def _cat(self, node: torch.fx.Node) -> ChannelLabels:
         parts = [self.labels[arg] for arg in node.args[0]]
         dim = self._arg(node, 1, "dim", 0) % parts[0].ids.dim()
         pdims = {labels.pdim for labels in parts if labels.pdim is not None}
         if len(pdims) > 1:
-            raise _Unsupported("it concatenates tensors whose channels lie on different dims")
+            raise UnsupportedPattern("it concatenates tensors whose channels lie on different dims")
         ids = torch.cat([labels.ids for labels in parts], dim)
         return self._settle(ids, pdims.pop() if pdims else None)
 
-    def _chunk(self, node: torch.fx.Node) -> tuple[_Labels, ...]:
+    def _chunk(self, node: torch.fx.Node) -> tuple[ChannelLabels, ...]:
         labels = self._input(node)
         chunks = self._arg(node, 1, "chunks")
         dim = self._arg(node, 2, "dim", 0) % labels.ids.dim()
         pieces = torch.chunk(labels.ids, chunks, dim)
         if dim == labels.pdim:
             if labels.ids.shape[dim] % chunks:
-                raise _Unsupported(f"it chunks {labels.ids.shape[dim]} channels unevenly")
+                raise UnsupportedPattern(f"it chunks {labels.ids.shape[dim]} channels unevenly")
             for piece in pieces[1:]:  # the pruned model must still split evenly
                 self._merge(pieces[0], piece)
-        return tuple(_Labels(piece, labels.pdim) for piece in pieces)
+        return tuple(ChannelLabels(piece, labels.pdim) for piece in pieces)
 
-    def _split(self, node: torch.fx.Node) -> tuple[_Labels, ...]:
+    def _split(self, node: torch.fx.Node) -> tuple[ChannelLabels, ...]:
         labels = self._input(node)
         dim = self._arg(node, 2, "dim", 0) % labels.ids.dim()
+        sizes = self.concrete(self._arg(node, 1, "split_size_or_sections"))
         if dim == labels.pdim:
-            raise _Unsupported("it splits the channels at fixed sizes")
-        sizes = self._concrete(self._arg(node, 1, "split_size_or_sections"))
-        return tuple(_Labels(piece, labels.pdim) for piece in torch.split(labels.ids, sizes, dim))
+            channels = rep_along(labels.ids, dim)
+            fixed = (len(channels) - 1) // sizes * sizes if isinstance(sizes, int) else None
+            what = "every piece but the last" if fixed is not None else "every piece"
+            reason = f"{self._describe(node)}: it splits at fixed sizes, {what} stays whole"
+            self.hold(channels[:fixed], reason)
+        pieces = torch.split(labels.ids, sizes, dim)
+        return tuple(ChannelLabels(piece, labels.pdim) for piece in pieces)
+
+    def _narrow(self, node: torch.fx.Node) -> ChannelLabels:
+        labels = self._input(node)
+        dim = self._arg(node, 1, "dim") % labels.ids.dim()
+        start, length = self._arg(node, 2, "start"), self._arg(node, 3, "length")
+        if dim == labels.pdim:
+            self._slice_channels(node, labels, slice(start, start + length), node.args[2:])
+        return self.shape_op(node, lambda ids: ids.narrow(dim, start, length))
 
     def _getitem(self, node: torch.fx.Node) -> Any:
         source = self.labels[node.args[0]]
-        index = self._concrete(node.args[1])
+        index = self.concrete(node.args[1])
         if isinstance(source, tuple):  # a piece of chunk / split
             return source[index]
-        if not isinstance(source, _Labels):
+        if not isinstance(source, ChannelLabels):
             return None
-        _check_index(index, source)
-        return self._shape_op(node, lambda ids: ids[index])
+        item = _channel_item(index, source)
+        if item is not None and item != slice(None):
+            self._slice_channels(node, source, item, node.args[1])
+        return self.shape_op(node, lambda ids: ids[index])
+
+    def _slice_channels(
+        self, node: torch.fx.Node, labels: ChannelLabels, item: Any, raw: Any
+    ) -> None:
+        """Constrain the channels a slice ``item`` of the channel dim reads (see ``_Slice``)."""
+        if not isinstance(item, slice):
+            raise UnsupportedPattern("it selects single channels")
+        if _has_node(raw):
+            raise UnsupportedPattern("it slices the channels at bounds computed at run time")
+        channels = rep_along(labels.ids, labels.pdim)
+        start, stop, step = item.indices(len(channels))
+        if step != 1:
+            raise UnsupportedPattern("it slices the channels with a step")
+        if start == 0 and stop == len(channels):
+            return  # the whole dim, before and after pruning
+        reason = f"{self._describe(node)}: it takes channels {start}:{stop} at fixed offsets"
+        self.hold(channels[:start], reason)
+        tail, prefix = channels[stop:], channels[:stop]
+        if not len(tail[tail >= 0]):
+            return
+        if len(node.args[0].users) > 1:  # the channels after the slice may be read elsewhere
+            self.hold(prefix, reason)
+        else:
+            self.slices.append(_Slice(reason, prefix[prefix >= 0].numpy(), tail[tail >= 0].numpy()))
 
     # ------------------------------------------------------------------ reductions, pooling
 
-    def _reduction(self, node: torch.fx.Node) -> _Labels:
+    def _reduction(self, node: torch.fx.Node) -> ChannelLabels:
         labels = self._input(node)
         ndim = labels.ids.dim()
         dims = self._arg(node, 1, "dim")
@@ -691,32 +743,32 @@ class _ChannelFlow:
         dims = list(range(ndim)) if dims is None else dims
         dims = sorted(d % ndim for d in ([dims] if isinstance(dims, int) else dims))
         if labels.pdim in dims:
-            raise _Unsupported("it reduces over the channel dim")
+            raise UnsupportedPattern("it reduces over the channel dim")
         ids = labels.ids.amax(dim=dims, keepdim=keepdim) if dims else labels.ids
         pdim = labels.pdim
         if pdim is not None and not keepdim:
             pdim -= sum(d < pdim for d in dims)
-        return _Labels(ids, pdim)
+        return ChannelLabels(ids, pdim)
 
-    def _spatial(self, node: torch.fx.Node) -> _Labels:
+    def spatial(self, node: torch.fx.Node) -> ChannelLabels:
         """Pooling, resizing: each channel stays a channel; only dims from 2 on change."""
         labels = self._input(node)
         shape = self.values[node].shape
         if labels.pdim not in (None, 1) or shape[:2] != labels.ids.shape[:2]:
-            raise _Unsupported("it does not keep the channels on dim 1")
-        return _Labels(_broadcast_along(_rep_along(labels.ids, 1), 1, shape), labels.pdim)
+            raise UnsupportedPattern("it does not keep the channels on dim 1")
+        return ChannelLabels(broadcast_along(rep_along(labels.ids, 1), 1, shape), labels.pdim)
 
-    def _pad(self, node: torch.fx.Node) -> _Labels:
+    def _pad(self, node: torch.fx.Node) -> ChannelLabels:
         labels = self._input(node)
-        padded = len(self._concrete(self._arg(node, 1, "pad"))) // 2
+        padded = len(self.concrete(self._arg(node, 1, "pad"))) // 2
         if labels.pdim is not None and labels.pdim >= labels.ids.dim() - padded:
-            raise _Unsupported("it pads the channel dim")
-        return self._spatial(node)
+            raise UnsupportedPattern("it pads the channel dim")
+        return self.spatial(node)
 
-    def _softmax(self, node: torch.fx.Node, dim: int | None) -> _Labels:
+    def softmax(self, node: torch.fx.Node, dim: int | None) -> ChannelLabels:
         labels = self._input(node)
         if dim is None or labels.pdim == dim % labels.ids.dim():
-            raise _Unsupported("it normalizes over the channel dim")
+            raise UnsupportedPattern("it normalizes over the channel dim")
         return labels
 
     # ------------------------------------------------------------------ constants, fallbacks
@@ -726,12 +778,12 @@ class _ChannelFlow:
         if not isinstance(value, Tensor):
             return None
         if value.numel() <= 1:
-            return _Labels(torch.full(value.shape, NONE, dtype=torch.long), None)
+            return ChannelLabels(torch.full(value.shape, NONE, dtype=torch.long), None)
         ids = self.uf.new(value.numel(), frozen=True).reshape(value.shape)
         what = f"parameter '{node.target}'" if node.op == "get_attr" else "a created tensor"
         reason = f"{self._describe(node)}: uses {what} of fixed shape"
-        self.events.append((reason, ids.numpy(), False))
-        return _Labels(ids, None)
+        self.events.append(_Event(reason, ids.numpy()))
+        return ChannelLabels(ids, None)
 
     def _fresh_like(self, value: Any, frozen: bool) -> Any:
         if isinstance(value, (tuple, list)):
@@ -739,9 +791,9 @@ class _ChannelFlow:
         if not isinstance(value, Tensor):
             return None
         if value.dim() < 2:
-            return _Labels(torch.full(value.shape, NONE, dtype=torch.long), None)
+            return ChannelLabels(torch.full(value.shape, NONE, dtype=torch.long), None)
         ids = self.uf.new(value.shape[1], frozen=frozen)
-        return _Labels(_broadcast_along(ids, 1, value.shape), 1)
+        return ChannelLabels(broadcast_along(ids, 1, value.shape), 1)
 
     def _opaque(self, node: torch.fx.Node, reason: str) -> None:
         """Freeze every channel going in; the output gets fresh frozen channels."""
@@ -749,43 +801,33 @@ class _ChannelFlow:
             self._ids_of(labels)
             for arg in node.all_input_nodes
             for labels in _leaves(self.labels.get(arg))
-            if isinstance(labels, _Labels)
+            if isinstance(labels, ChannelLabels)
         ]
         output = self._fresh_like(self.values[node], frozen=True)
-        touched += [self._ids_of(lab) for lab in _leaves(output) if isinstance(lab, _Labels)]
+        touched += [self._ids_of(lab) for lab in _leaves(output) if isinstance(lab, ChannelLabels)]
         ids = np.concatenate(touched) if touched else np.zeros(0, dtype=np.int64)
         if len(ids):
             self.uf.freeze(ids)
         layer = self.modules.get(node.target) if node.op == "call_module" else None
         has_weights = layer is not None and any(True for _ in layer.parameters())
-        self.events.append((f"{self._describe(node)}: {reason}", ids, has_weights))
+        self.events.append(_Event(f"{self._describe(node)}: {reason}", ids, has_weights))
         self.labels[node] = output
 
     # ------------------------------------------------------------------ helpers
 
-    def _input(self, node: torch.fx.Node) -> _Labels:
+    def _input(self, node: torch.fx.Node) -> ChannelLabels:
         labels = self.labels.get(node.args[0]) if node.args else None
-        if not isinstance(labels, _Labels):
-            raise _Unsupported("its input is not a tensor the analysis tracked")
+        if not isinstance(labels, ChannelLabels):
+            raise UnsupportedPattern("its input is not a tensor the analysis tracked")
         return labels
-
-    def _arg_labels(self, arg: Any) -> Any:
-        return torch.fx.node.map_aggregate(
-            arg, lambda a: self.labels.get(a) if isinstance(a, torch.fx.Node) else None
-        )
-
-    def _concrete(self, arg: Any) -> Any:
-        return torch.fx.node.map_aggregate(
-            arg, lambda a: self.values[a] if isinstance(a, torch.fx.Node) else a
-        )
 
     def _arg(self, node: torch.fx.Node, position: int, name: str, default: Any = None) -> Any:
         if len(node.args) > position:
-            return self._concrete(node.args[position])
-        return self._concrete(node.kwargs.get(name, default))
+            return self.concrete(node.args[position])
+        return self.concrete(node.kwargs.get(name, default))
 
     @staticmethod
-    def _ids_of(labels: _Labels) -> np.ndarray:
+    def _ids_of(labels: ChannelLabels) -> np.ndarray:
         ids = torch.unique(labels.ids)
         return ids[ids >= 0].numpy()
 
@@ -797,16 +839,41 @@ class _ChannelFlow:
     # ------------------------------------------------------------------ groups
 
     def finish(self) -> DependencyGraph:
+        dropped = self._resolve_slices()
         slots = list(self.slots.items())
         roots = [self.uf.roots(ids.numpy()) for _, ids in slots]
         components = _connect(roots)
         groups = [
-            self._group([slots[i] for i in comp], [roots[i] for i in comp]) for comp in components
+            self._group([slots[i] for i in comp], [roots[i] for i in comp], dropped)
+            for comp in components
         ]
-        order = list(dict.fromkeys(slot.module for slot, _ in slots))
-        return DependencyGraph(groups, self._warnings(slots, roots), order)
+        order = list(dict.fromkeys(slot.module for slot, _ in slots if not slot.virtual))
+        removable = {
+            int(r)
+            for (slot, _), slot_roots in zip(slots, roots, strict=True)
+            if slot.kind != "in" and not slot.virtual
+            for r in slot_roots
+        }
+        warned = self._reasons(removable, held=False)
+        return DependencyGraph(groups, warned, order, self._reasons(removable, True), self.costs)
 
-    def _group(self, slots: list[tuple[Slot, Tensor]], roots: list[np.ndarray]) -> ChannelGroup:
+    def _resolve_slices(self) -> set[int]:
+        """Roots of the units constant slices remove. A slice whose cut-off channels must
+        stay holds the channels before its end instead (until nothing changes)."""
+        changed = True
+        while changed:
+            changed = False
+            for cut in self.slices:
+                if cut.dropping and self.uf.frozen[self.uf.roots(cut.tail)].any():
+                    cut.dropping = False
+                    self.hold(torch.from_numpy(cut.prefix), cut.reason)
+                    changed = True
+        tails = [self.uf.roots(cut.tail) for cut in self.slices if cut.dropping]
+        return set(np.concatenate(tails).tolist()) if tails else set()
+
+    def _group(
+        self, slots: list[tuple[Slot, Tensor]], roots: list[np.ndarray], dropped: set[int]
+    ) -> ChannelGroup:
         order = dict.fromkeys(int(r) for slot_roots in roots for r in slot_roots)
         unit_of = {root: unit for unit, root in enumerate(order)}
         members = [
@@ -814,21 +881,19 @@ class _ChannelFlow:
             for (slot, _), slot_roots in zip(slots, roots, strict=True)
         ]
         frozen = torch.from_numpy(self.uf.frozen[np.fromiter(order, dtype=np.int64)].copy())
-        return ChannelGroup(members, len(order), frozen)
+        gone = torch.tensor([root in dropped for root in order], dtype=torch.bool)
+        return ChannelGroup(members, len(order), frozen, gone)
 
-    def _warnings(self, slots: list[tuple[Slot, Tensor]], roots: list[np.ndarray]) -> list[str]:
-        """Reasons of the events that froze channels some layer could otherwise have lost,
-        and of every layer with weights that is left unpruned."""
-        removable = {
-            int(r)
-            for (slot, _), slot_roots in zip(slots, roots, strict=True)
-            if slot.kind != "in"
-            for r in slot_roots
-        }
+    def _reasons(self, removable: set[int], held: bool) -> list[str]:
+        """Reasons of the (held or unsupported) events that froze channels some layer could
+        otherwise have lost, and of every layer with weights that is left unpruned."""
         messages = []
-        for reason, ids, always in self.events:
-            if always or (len(ids) and removable.intersection(self.uf.roots(ids).tolist())):
-                messages.append(reason)
+        for event in self.events:
+            if event.held != held:
+                continue
+            ids = event.ids
+            if event.always or (len(ids) and removable.intersection(self.uf.roots(ids).tolist())):
+                messages.append(event.reason)
         return list(dict.fromkeys(messages))
 
 
@@ -872,11 +937,11 @@ def _size_kinds(node: torch.fx.Node) -> list[str]:
     ]
 
 
-def _check_index(index: Any, labels: _Labels) -> None:
-    """Indexing may slice any dim but the channel dim, which must be taken whole."""
+def _channel_item(index: Any, labels: ChannelLabels) -> Any:
+    """The item of an index that applies to the channel dim (``None``: no item does)."""
     items = list(index) if isinstance(index, tuple) else [index]
     if any(isinstance(item, (Tensor, list)) for item in items):
-        raise _Unsupported("it indexes with a tensor or list")
+        raise UnsupportedPattern("it indexes with a tensor or list")
     consumed = sum(1 for item in items if item is not None and item is not Ellipsis)
     dim = 0
     for item in items:
@@ -885,6 +950,14 @@ def _check_index(index: Any, labels: _Labels) -> None:
             continue
         if item is None:
             continue
-        if dim == labels.pdim and item != slice(None):
-            raise _Unsupported("it selects a fixed range of channels")
+        if dim == labels.pdim:
+            return item
         dim += 1
+    return None
+
+
+def _has_node(arg: Any) -> bool:
+    """Whether ``arg`` (an index, a list of sizes) holds a value computed at run time."""
+    found = []
+    torch.fx.node.map_aggregate(arg, lambda a: found.append(isinstance(a, torch.fx.Node)))
+    return any(found)

@@ -63,6 +63,7 @@ def prune_channels_method(
         per_layer=per_layer or None,
         scope=config.scope,
         num_batches=config.num_batches,
+        strict=config.strict,
     )
     if config.finetune.epochs > 0:
         if task is None:

@@ -19,7 +19,8 @@ After surgery, ``refit_consumers`` solves, layer by layer in execution order, th
 least-squares problem ``min_W' ||X' W'^T - Y||`` where ``X'`` are the pruned model's inputs
 (with earlier layers already refit) and ``Y`` the original model's outputs at the same
 sampled positions (He et al. 2017, Sec. 3.1, eq. 1 with beta fixed by the selection).
-Only Conv2d (zero padding) and Linear consumers take part; others keep their sliced weights.
+Only consumers whose pruning rule allows it take part (plain Conv2d with zero padding, Linear);
+others keep their sliced weights.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph, SlotKind
+from mobiledl.compress.prune.rules import rule_for
 from mobiledl.data.task import Task
 
 NUM_SAMPLES = 256
@@ -66,14 +68,9 @@ def sample_inputs(task: Task, num_samples: int = NUM_SAMPLES, seed: int = 0) -> 
 
 
 def _supported(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
-        return True
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.groups == 1
-        and module.padding_mode == "zeros"
-        and not isinstance(module.padding, str)
-    )
+    """Whether the layer's pruning rule lets the least-squares refit treat it as a consumer."""
+    rule = rule_for(module)
+    return rule is not None and rule.supports_reconstruction(module)
 
 
 def _rows(module: nn.Module, x: Tensor) -> Tensor:
