@@ -57,8 +57,21 @@ def _bake_parametrizations(model: nn.Module) -> None:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
+        _own_class(module)
         for name in list(module.parametrizations.keys()):
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module of a deep copy a class of its own.
+
+    ``copy.deepcopy`` of a parametrized module shares the class PyTorch generated for the
+    original, and removing a parametrization deletes the weight property from that class,
+    which would leave the original model without its weight.
+    """
+    cls = module.__class__
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def _lower_children(module: nn.Module, keep_quantization: bool) -> bool:
