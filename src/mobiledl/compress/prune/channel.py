@@ -46,7 +46,7 @@ from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph, build_d
 from mobiledl.compress.prune.latency import LatencyProbe, segment_latency_slopes
 from mobiledl.compress.prune.reconstruction import reconstruction_importance, refit_consumers
 from mobiledl.compress.prune.surgery import mask_channels, plan_cut, prune_groups
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.profile import profile_model
 
@@ -65,7 +65,7 @@ def prune_channels(
     sparsity: float | Mapping[str, float] | None = None,
     macs_ratio: float | None = None,
     round_to: int = 8,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
@@ -128,7 +128,7 @@ def plan_channels(
     sparsity: float | Mapping[str, float] | None = None,
     macs_ratio: float | None = None,
     round_to: int = 8,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
@@ -161,7 +161,7 @@ def _check_args(
     sparsity: float | None,
     macs_ratio: float | None,
     round_to: int,
-    task: Task | None,
+    task: TensorTask | None,
     per_layer: Mapping[str, float] | None,
     scope: str,
 ) -> str:
@@ -198,7 +198,7 @@ def channel_importance(
     model: nn.Module,
     graph: DependencyGraph,
     criterion: str,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     num_batches: int = 8,
 ) -> list[Tensor]:
     """One score per unit of every group (larger = more important), in ``graph.groups`` order."""
@@ -214,7 +214,11 @@ def channel_importance(
 
 
 def _weight_importance(
-    model: nn.Module, graph: DependencyGraph, criterion: str, task: Task | None, num_batches: int
+    model: nn.Module,
+    graph: DependencyGraph,
+    criterion: str,
+    task: TensorTask | None,
+    num_batches: int,
 ) -> list[Tensor]:
     """Element scores of ``weight_scores`` summed over each unit's slices of every layer."""
     from mobiledl.compress.prune.criteria import weight_scores
