@@ -36,6 +36,7 @@ from mobiledl.train.trainer import (
     TrainResult,
     evaluate,
     predict,
+    predict_split,
     seed_everything,
     train,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "make_optimizer",
     "measure_training_step",
     "predict",
+    "predict_split",
     "quantize_for_sparse_update",
     "replace_classifier",
     "seed_everything",
