@@ -90,7 +90,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def select_models(names: str | None, smoke: bool, input_shape: list[int]) -> list[str]:
     """The zoo models to measure: ``--models``, the two smallest for ``--smoke``, or all."""
-    available = [info.name for info in list_models()]
+    available = [info.name for info in list_models(inputs="image")]
     if names:
         chosen = [name.strip() for name in names.split(",") if name.strip()]
         unknown = [name for name in chosen if name not in available]

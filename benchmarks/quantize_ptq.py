@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or RESULTS
     cache = out / "cache" if args.smoke else cache_dir() / "bench" / STEM
     cache.mkdir(parents=True, exist_ok=True)
-    names = args.models.split(",") if args.models else [m.name for m in list_models()]
+    names = args.models.split(",") if args.models else [m.name for m in list_models(inputs="image")]
     rows = []
     for task_name in args.tasks.split(","):
         task = build_task(task_name)

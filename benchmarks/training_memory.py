@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.models, args.batch, args.image_size = "lenet5,resnet8", 8, 16
-    names = [info.name for info in list_models()]
+    names = [info.name for info in list_models(inputs="image")]
     args.models = args.models.split(",") if args.models else names
     return args
 
