@@ -66,15 +66,6 @@ class InputSpec:
         )
         return f"{self.name}: {str(self.dtype).removeprefix('torch.')} [{dims}]"
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "high": self.high,
-        }
-
 
 def specs_match(given: Sequence[InputSpec], wanted: Sequence[InputSpec]) -> bool:
     """Whether inputs ``given`` (a task's) fit a model that takes ``wanted``.

@@ -85,6 +85,8 @@ def _as_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class ImageArgs(InputArgs):
+    """Images: ``in_channels`` and ``image_size``; one float32 input ``(batch, C, H, W)``."""
+
     kind = IMAGE
     defaults = {"in_channels": 1, "image_size": 32}
     default_shape = (1, 3, 32, 32)
@@ -114,6 +116,8 @@ class ImageArgs(InputArgs):
 
 
 class TokenArgs(InputArgs):
+    """Token ids: ``vocab_size`` and ``seq_len``; one int64 input ``(batch, L)``."""
+
     kind = TOKENS
     defaults = {"vocab_size": 32, "seq_len": 40}
     default_shape = (1, 40)
