@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def select_models(names: str | None, smoke: bool, input_shape: list[int]) -> list[str]:
     """The zoo models to measure: ``--models``, the two smallest for ``--smoke``, or all."""
-    available = [info.name for info in list_models()]
+    available = [info.name for info in list_models(inputs="image")]
     if names:
         chosen = harness.names(names)
         unknown = [name for name in chosen if name not in available]

@@ -44,7 +44,7 @@ from mobiledl.data.builtin import cache_dir
 from mobiledl.data.task import Task
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.qdq import integer_ops
-from mobiledl.measure import engine_outputs
+from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model, list_models, load_model, save_model
 from mobiledl.train import TrainConfig, evaluate, train
 
@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--observer", default="auto", help="our activation observer (default auto: by validation)"
     )
     args = harness.parse(parser, argv)
-    zoo = ",".join(m.name for m in list_models())
+    zoo = ",".join(m.name for m in list_models(inputs="image"))
     smoke = {"tasks": "digits", "models": "resnet8", "w4_models": "resnet8", "epochs": 2}
     full = {"tasks": ",".join(TASKS), "models": zoo, "w4_models": ",".join(W4_MODELS)}
     smoke.update(calibration_samples=64, adaround_iters=10)
@@ -91,8 +91,8 @@ def trained_model(task: Task, name: str, args: argparse.Namespace, cache: Path) 
 
 
 def accuracy_of_onnx(path: Path, task: Task) -> float:
-    x, y = task.split("test")
-    return task.metric(engine_outputs(get_engine("onnxruntime"), path, x, EVAL_BATCH), y)
+    engine = get_engine("onnxruntime")
+    return task.metric(*artifact_outputs(engine, path, task, batch_size=EVAL_BATCH))
 
 
 # ---------------------------------------------------------------- the three quantizers

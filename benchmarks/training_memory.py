@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="default 16 (smoke 8)")
     parser.add_argument("--image-size", type=int, default=None, help="default 32 (smoke 16)")
     args = harness.parse(parser, argv)
-    zoo = ",".join(info.name for info in list_models())
+    zoo = ",".join(info.name for info in list_models(inputs="image"))
     smoke = {"models": "lenet5,resnet8", "batch": 8, "image_size": 16}
     harness.resolve(args, smoke, {"models": zoo, "batch": 16, "image_size": 32})
     args.models = harness.names(args.models)

@@ -10,7 +10,7 @@ from mobiledl.data import build_task
 from mobiledl.deploy import get_engine
 from mobiledl.models import create_model, list_models
 
-MODEL_NAMES = [info.name for info in list_models()]
+MODEL_NAMES = [info.name for info in list_models(inputs="image")]
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,14 @@ through one entry point, module in and a new module out::
 
     pruned = apply(model, ChannelPruneConfig(macs_ratio=0.5), task)
     report_of(pruned).values["macs_ratio"]
+
+A ``Task`` (``mobiledl.core.task``) supplies data: batches of any structure, a loss, a metric
+and an example input; ``TensorTask`` holds in-memory tensors (every built-in task is one).
 """
 
 from mobiledl.core.methods import apply, list_methods, report_of
+from mobiledl.core.task import Task, TensorTask
 from mobiledl.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "__version__", "apply", "list_methods", "report_of"]
+__all__ = ["Task", "TensorTask", "UserError", "__version__", "apply", "list_methods", "report_of"]

@@ -25,10 +25,12 @@ from mobiledl.cli_support import (
     add_task_args,
     log,
     logging_to_stderr,
-    task_for_input,
+    task_for_model,
+    task_for_specs,
 )
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
+from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
 from mobiledl.pipeline.command import add_run_command
 from mobiledl.train.command import add_adapt_command
@@ -140,13 +142,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.data import build_task
     from mobiledl.measure import measure_model
-    from mobiledl.models import create_model, load_model, save_model
+    from mobiledl.models import create_model_for_task, load_model, save_model
     from mobiledl.train import TrainConfig, train
 
     task = build_task(args.task, image_size=args.image_size, seed=args.seed)
-    model = create_model(
-        args.model, task.num_classes, task.in_channels, task.image_size, args.width_mult
-    )
+    model = create_model_for_task(args.model, task, args.width_mult)
     teacher = load_model(args.teacher).model if args.teacher else None
     config = TrainConfig(
         epochs=args.epochs,
@@ -156,7 +156,8 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
         label_smoothing=args.label_smoothing,
         seed=args.seed,
     )
-    meta = {"task": args.task, "seed": args.seed, "input_shape": list(task.input_shape)}
+    input_shape = list(task.input_specs()[0].shape[1:])
+    meta = {"task": args.task, "seed": args.seed, "input_shape": input_shape}
 
     def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
         save_model(args.out, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
@@ -192,8 +193,7 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
         from mobiledl.train import evaluate
 
         loaded = load_model(args.model)
-        shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
-        task = task_for_input(args.task, shape, args.seed, args.model)
+        task = task_for_model(args.task, loaded.arch, args.seed, args.model)
         accuracy, name = evaluate(loaded.model, task, "test"), loaded.name
     measurement = Measurement(name=name, accuracy=accuracy, extra={"task": args.task})
     if args.json:
@@ -204,12 +204,12 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _eval_artifact(args: argparse.Namespace) -> float:
     from mobiledl.deploy import engine_for_artifact
+    from mobiledl.measure import artifact_outputs
 
-    runner = engine_for_artifact(args.model).load(args.model)
-    task = task_for_input(args.task, tuple(runner.input_shape[1:]), args.seed, args.model)
-    x, y = task.split("test")
-    outputs = [runner.run(x[i : i + 256].numpy()) for i in range(0, len(x), 256)]
-    return task.metric(torch.from_numpy(np.concatenate(outputs)), y)
+    engine = engine_for_artifact(args.model)
+    runner = engine.load(args.model)
+    task = task_for_specs(args.task, runner.input_specs, args.seed, args.model)
+    return task.metric(*artifact_outputs(engine, runner, task))
 
 
 # ---------------------------------------------------------------- profile
@@ -224,7 +224,11 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("model", help="a mobiledl .pt file or a zoo model name")
     add_task_args(sub, required=False)
-    sub.add_argument("--input-shape", help="e.g. 1,3,32,32 (batch first) for a zoo name")
+    sub.add_argument(
+        "--input-shape",
+        help="for a zoo name, batch first: N,C,H,W for an image model (default 1,3,32,32), "
+        "N,L for a token model (default 1,40)",
+    )
     sub.add_argument("--num-classes", type=int, default=10, help="for a zoo name (default 10)")
     sub.add_argument("--bits", type=int, default=32, help="precision of weights/activations")
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
@@ -247,7 +251,7 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any] | None:
             model, example, args.engine, threads=args.threads, repeats=args.repeats
         )
         measurement = measurement.update(latency)
-    measurement.extra["input_shape"] = list(example.shape)
+    measurement.extra["input_shape"] = list(input_tensors(example)[0].shape)
     measurement.extra["layers"] = [layer.to_dict() for layer in report.layers]
     if args.json:
         return measurement.to_dict()
@@ -256,41 +260,55 @@ def _cmd_profile(args: argparse.Namespace) -> dict[str, Any] | None:
     return None
 
 
-def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, torch.Tensor]:
+def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, Inputs]:
     """A model and an example input from a .pt file or a zoo name plus a shape or task."""
     from mobiledl.data import build_task
-    from mobiledl.models import create_model, load_model
+    from mobiledl.models import create_model_for_task, example_input_for, load_model
 
     path = Path(args.model)
     if path.suffix == ".onnx":
         raise UserError(f"{path}: profile takes a mobiledl .pt or a zoo name; bench times .onnx")
     if path.suffix == ".pt" or path.exists():
         loaded = load_model(path)
-        shape = (1, loaded.arch["in_channels"], *loaded.arch["image_size"])
-        model, name = loaded.model, loaded.name
-    elif args.input_shape or not args.task:
-        shape = _parse_shape(args.input_shape or "1,3,32,32")
-        model = create_model(args.model, args.num_classes, shape[1], tuple(shape[2:]))
-        name = args.model
-    else:
-        task = build_task(args.task, seed=args.seed)
-        model = create_model(args.model, task.num_classes, task.in_channels, task.image_size)
-        return model, args.model, task.example_input(1)
-    return model, name, torch.randn(*shape)
+        return loaded.model, loaded.name, example_input_for(loaded.arch)
+    if args.input_shape or not args.task:
+        model, batch = _zoo_model_for_shape(args.model, args.num_classes, args.input_shape)
+        return model, args.model, example_input_for(model.mobiledl_arch, batch)
+    task = build_task(args.task, seed=args.seed)
+    return create_model_for_task(args.model, task), args.model, task.example_input(1)
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
+def _zoo_model_for_shape(
+    name: str, num_classes: int, text: str | None
+) -> tuple[torch.nn.Module, int]:
+    """Zoo model ``name`` for inputs of ``--input-shape`` (its kind's default if not given),
+    and the batch size that shape asks for."""
+    from mobiledl.models import create_model, model_info
+    from mobiledl.models.inputs import input_args
+
+    kind = input_args(model_info(name).inputs)
+    shape = _parse_shape(text, kind.default_shape, kind.shape_help)
+    return create_model(name, num_classes, **kind.from_shape(shape)), shape[0]
+
+
+def _parse_shape(text: str | None, default: tuple[int, ...], dims: str) -> tuple[int, ...]:
+    if text is None:
+        return default
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UserError(f"--input-shape must be integers like 1,3,32,32; got '{text}'") from None
-    if len(shape) != 4 or min(shape) < 1:
-        raise UserError(f"--input-shape must be 4 positive integers N,C,H,W; got '{text}'")
+        example = ",".join(map(str, default))
+        raise UserError(f"--input-shape must be integers like {example}; got '{text}'") from None
+    if len(shape) != len(default) or min(shape) < 1:
+        raise UserError(
+            f"--input-shape must be {len(default)} positive integers {dims}; got '{text}'"
+        )
     return shape
 
 
 def _summary_line(m: Any) -> str:
-    parts = [f"params {m.params:,}", f"MACs {m.macs:,}", f"bytes {m.bytes:,}"]
+    size = f"bytes {m.bytes:,}" if m.bytes is not None else f"weights {m.extra['weight_bytes']:,} B"
+    parts = [f"params {m.params:,}", f"MACs {m.macs:,}", size]
     parts.append(f"peak activation memory {m.peak_memory_bytes:,} B")
     if m.latency_ms_median is not None:
         parts.append(
@@ -311,14 +329,14 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.deploy import get_engine, parity_check
-    from mobiledl.models import load_model
+    from mobiledl.models import input_specs, load_model
     from mobiledl.profile import Measurement
 
     loaded = load_model(args.model)
-    example = torch.randn(1, loaded.arch["in_channels"], *loaded.arch["image_size"])
+    specs = input_specs(loaded.arch)
     engine = get_engine(args.engine)
-    artifact = engine.export(loaded.model, example, args.out)
-    diff = parity_check(loaded.model, engine.load(artifact), torch.randn(4, *example.shape[1:]))
+    artifact = engine.export(loaded.model, example_from_specs(specs, 1), args.out, specs)
+    diff = parity_check(loaded.model, engine.load(artifact), example_from_specs(specs, 4))
     size = artifact.stat().st_size
     measurement = Measurement(
         name=loaded.name,
@@ -351,8 +369,8 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError("--batch and --repeats must be >= 1")
     engine = engine_for_artifact(args.model)
     runner = engine.load(args.model, threads=args.threads)
-    x = np.random.default_rng(0).standard_normal((args.batch, *runner.input_shape[1:]))
-    stats = engine.benchmark(runner, x.astype(np.float32), args.warmup, args.repeats)
+    x = map_inputs(torch.Tensor.numpy, example_from_specs(runner.input_specs, args.batch))
+    stats = engine.benchmark(runner, x, args.warmup, args.repeats)
     measurement = stats.to_measurement()
     measurement.name = args.model.stem
     if args.json:

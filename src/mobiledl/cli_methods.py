@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mobiledl.cli_args import add_config_arguments, config_from_args
-from mobiledl.cli_support import add_command, add_task_args, task_for_input
+from mobiledl.cli_support import add_command, add_task_args, task_for_model
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import Method, apply, list_methods, report_of
 from mobiledl.errors import UserError
@@ -113,16 +113,15 @@ def run_method_command(
 def _task(args: argparse.Namespace, loaded: Any) -> Any:
     if args.task is None:
         return None
-    shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
-    return task_for_input(args.task, shape, args.seed, args.model)
+    return task_for_model(args.task, loaded.arch, args.seed, args.model)
 
 
 def _x(task: Any, loaded: Any) -> Any:
-    import torch
+    from mobiledl.models import example_input_for
 
     if task is not None:
         return task.example_input(1)
-    return torch.randn(1, loaded.arch["in_channels"], *loaded.arch["image_size"])
+    return example_input_for(loaded.arch)
 
 
 def _summary(m: Measurement) -> dict[str, Any]:

@@ -7,10 +7,12 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from mobiledl.core.inputs import IMAGE, InputSpec, describe_specs, specs_match
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 Handler = Callable[[argparse.Namespace], Any]
@@ -61,7 +63,7 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
     sub.add_argument(
         "--task",
         required=required,
-        help="built-in task (digits, mnist1d, mnist5k) or a path to user data "
+        help="built-in task (digits, mnist1d, mnist1d-tokens, mnist5k) or a path to user data "
         "(image folder per class, .npz with x/y, or MNIST IDX files)",
     )
     sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
@@ -79,19 +81,38 @@ def add_engine_arg(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def task_for_input(spec: str, input_shape: tuple[int, ...], seed: int, model_path: Path) -> Any:
-    """The task ``spec`` with inputs shaped ``input_shape`` (resized if the task allows)."""
+def task_for_specs(
+    spec: str, input_specs: Sequence[InputSpec], seed: int, model_path: Path
+) -> TensorTask:
+    """The task ``spec`` with inputs that fit ``input_specs`` (a model's or an artifact's);
+    an image task is resized to the model's image size if the task allows it."""
     from mobiledl.data import build_task
 
     task = build_task(spec, seed=seed)
-    if tuple(task.input_shape) == tuple(input_shape):
+    if specs_match(task.input_specs(), input_specs):
         return task
-    if task.in_channels == input_shape[0]:
+    size = _image_size(input_specs)
+    if task.input_kind == IMAGE and size and task.in_channels == input_specs[0].shape[1]:
         with contextlib.suppress(UserError):
-            task = build_task(spec, image_size=tuple(input_shape[1:]), seed=seed)
-    if tuple(task.input_shape) != tuple(input_shape):
+            task = build_task(spec, image_size=size, seed=seed)
+    if not specs_match(task.input_specs(), input_specs):
         raise UserError(
-            f"{model_path} takes inputs shaped {list(input_shape)} but task '{spec}' "
-            f"gives {list(task.input_shape)}"
+            f"{model_path} takes inputs {describe_specs(input_specs)} but task '{spec}' "
+            f"gives inputs {describe_specs(task.input_specs())}"
         )
     return task
+
+
+def task_for_model(spec: str, arch: dict[str, Any], seed: int, model_path: Path) -> TensorTask:
+    """The task ``spec`` with inputs that fit the model ``arch`` records."""
+    from mobiledl.models import input_specs
+
+    return task_for_specs(spec, input_specs(arch), seed, model_path)
+
+
+def _image_size(specs: Sequence[InputSpec]) -> tuple[int, int] | None:
+    """``(H, W)`` if ``specs`` is one real-valued ``(batch, C, H, W)`` input of fixed size."""
+    if len(specs) != 1 or specs[0].is_integer or len(specs[0].shape) != 4:
+        return None
+    height, width = specs[0].shape[2:]
+    return (height, width) if height and width else None

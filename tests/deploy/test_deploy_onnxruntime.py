@@ -205,3 +205,18 @@ def test_registry():
     assert "onnxruntime" in list_engines()
     with pytest.raises(UserError, match="unknown engine 'tflite'.*onnxruntime"):
         get_engine("tflite")
+
+
+class _Doubled(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 2 * weight
+
+
+def test_export_leaves_a_parametrized_model_working(engine, tmp_path):
+    model = _conv_net().eval()
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight", _Doubled())
+    x = torch.randn(2, 3, 8, 8)
+    before = model(x)
+    runner = engine.load(engine.export(model, x, tmp_path / "n.onnx"))
+    assert torch.equal(model(x), before)  # the export's lowered copy took its own class
+    assert parity_check(model, runner, x) < 1e-4

@@ -76,7 +76,8 @@ def test_registry_entry_is_documented(name: str) -> None:
     info = model_info(name)
     assert info.description and info.paper
     assert info.min_image_size == (1, 1)
-    assert set(info.to_dict()) == {"name", "description", "paper", "min_image_size"}
+    assert set(info.to_dict()) == {"name", "description", "paper", "inputs", "min_image_size"}
+    assert info.inputs == "image"
 
 
 @pytest.mark.parametrize("shape", TRAIN_SHAPES, ids=lambda s: "x".join(map(str, s)))

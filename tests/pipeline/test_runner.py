@@ -131,3 +131,19 @@ def test_kill_9_mid_step_loses_no_finished_step(tmp_path: Path) -> None:
     assert fingerprint(trained) == before
     assert not list(out.rglob(".*.tmp"))
     assert (out / "report.html").is_file()
+
+
+def test_a_token_task_recipe_trains_and_exports(tmp_path: Path) -> None:
+    recipe = {
+        **HEADER,
+        "name": "tokens",
+        "task": {"name": "mnist1d-tokens"},
+        "model": {"arch": "seq_cnn", "width_mult": 0.25},
+        "steps": [{"step": "train", "epochs": 1}, {"step": "export", "file": "seq.onnx"}],
+    }
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    trained, exported = run_recipe(path, tmp_path / "run", progress=False)
+    assert trained.accuracy > 0.15 and exported.extra["accuracy_of"] == "seq.onnx"
+    assert exported.accuracy == pytest.approx(exported.extra["pytorch_accuracy"], abs=2e-3)
+    assert "inputs [40]" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")

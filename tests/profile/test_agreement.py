@@ -237,7 +237,7 @@ def zoo_names() -> list[str]:
     try:
         from mobiledl.models import list_models
 
-        return [info.name for info in list_models()]
+        return [info.name for info in list_models(inputs="image")]
     except Exception:  # the zoo is built in parallel; absent or broken means nothing to check
         return []
 

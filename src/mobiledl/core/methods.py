@@ -8,8 +8,11 @@ Methods compose by chaining calls: prune -> distill -> quantize -> export.
 
 A package adds a method with ``@register_method(ConfigClass)`` on a handler
 ``fn(model, config, task) -> (model, report_dict)``; the handler may change the copy it is
-given in place. Packages are found through the ``mobiledl.methods`` entry point group (see
-``pyproject.toml``), so a user's package can add methods of its own the same way.
+given in place. A method written for some kinds of input only (most compression methods
+assume images) says so with ``inputs=(IMAGE,)``; ``apply`` then refuses a model or task of
+another kind with a one-line ``UserError`` instead of failing somewhere inside. Packages
+are found through the ``mobiledl.methods`` entry point group (see ``pyproject.toml``), so a
+user's package can add methods of its own the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
+from mobiledl.core.inputs import kind_label
 from mobiledl.errors import UserError
 
 Handler = Callable[[nn.Module, Any, Any], tuple[nn.Module, dict[str, Any]]]
@@ -33,13 +37,15 @@ ENTRY_POINT_GROUP = "mobiledl.methods"
 
 @dataclass(frozen=True)
 class Method:
-    """One registered method: its name, config class, handler and whether it needs data."""
+    """One registered method: its name, config class, handler, whether it needs data, and
+    the kinds of input it handles (``None``: any)."""
 
     name: str
     config_type: type[MethodConfig]
     handler: Handler
     needs_task: bool
     summary: str
+    inputs: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -60,13 +66,18 @@ _loaded = False
 
 
 def register_method(
-    config_type: type[MethodConfig], *, needs_task: bool = True, summary: str = ""
+    config_type: type[MethodConfig],
+    *,
+    needs_task: bool = True,
+    summary: str = "",
+    inputs: tuple[str, ...] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register ``handler(model, config, task) -> (model, report)`` for ``config_type``.
 
     ``config_type.method`` is the method's name (unique); ``needs_task``: ``apply`` refuses
     to run without a task. ``summary`` (default: the first sentence of the config's docstring)
-    is what ``list_methods`` shows.
+    is what ``list_methods`` shows. ``inputs``: the kinds of input the method handles
+    (``("image",)``); ``None`` for any.
     """
     name = config_type.method
     if not name:
@@ -76,7 +87,7 @@ def register_method(
 
     def add(handler: Handler) -> Handler:
         text = summary or _first_sentence(config_type.__doc__ or "")
-        method = Method(name, config_type, handler, needs_task, text)
+        method = Method(name, config_type, handler, needs_task, text, inputs)
         _BY_NAME[name] = method
         _BY_TYPE[config_type] = method
         return handler
@@ -166,6 +177,7 @@ def apply(model: nn.Module, config: MethodConfig, task: Any = None) -> nn.Module
     method = method_of(config)
     if method.needs_task and task is None:
         raise UserError(f"method '{method.name}' needs a task (data to calibrate or train on)")
+    check_input_kind(config, model, task)
     config = config.resolved(model)
     working = clone_module(model)
     result, values = method.handler(working, config, task)
@@ -173,6 +185,29 @@ def apply(model: nn.Module, config: MethodConfig, task: Any = None) -> nn.Module
     _record_history(result, config)
     result.mobiledl_report = report
     return result
+
+
+def check_input_kind(config: MethodConfig, model: nn.Module, task: Any = None) -> None:
+    """``UserError`` if the model and task disagree on their kind of input, or the method of
+    ``config`` does not handle it (``apply`` checks this first; a command that works on the
+    model before ``apply`` can check it earlier). A model's kind comes from its zoo record,
+    else from the task."""
+    from mobiledl.models.registry import model_input_kind  # models build on core
+
+    method = method_of(config)
+    model_kind = model_input_kind(model)
+    task_kind = getattr(task, "input_kind", None)
+    if model_kind and task_kind and model_kind != task_kind:
+        raise UserError(
+            f"the model takes {kind_label(model_kind)} but task '{task.name}' gives "
+            f"{kind_label(task_kind)}"
+        )
+    kind = model_kind or task_kind
+    if method.inputs is not None and kind is not None and kind not in method.inputs:
+        handled = " or ".join(kind_label(k) for k in method.inputs)
+        raise UserError(
+            f"method '{method.name}' handles {handled}; this model takes {kind_label(kind)}"
+        )
 
 
 def report_of(model: nn.Module) -> MethodReport | None:

@@ -1,17 +1,22 @@
-"""Tasks: built-in datasets (``digits``, ``mnist1d``, ``mnist5k``) and user data by path."""
+"""Tasks: built-in datasets (``digits``, ``mnist1d``, ``mnist1d-tokens``, ``mnist5k``) and user
+data by path.
+
+``Task`` here is the in-memory ``TensorTask`` (its name from before ``Task`` became the
+interface in ``mobiledl.core.task``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from mobiledl.core.task import TensorTask
 from mobiledl.data.builtin import BUILTINS
 from mobiledl.data.prepare import ImageSize
 from mobiledl.data.task import Task, top1_accuracy
 from mobiledl.data.user import load_user_task
 from mobiledl.errors import UserError
 
-__all__ = ["Task", "build_task", "list_tasks", "load_user_task", "top1_accuracy"]
+__all__ = ["Task", "TensorTask", "build_task", "list_tasks", "load_user_task", "top1_accuracy"]
 
 
 def list_tasks() -> list[str]:
@@ -19,11 +24,11 @@ def list_tasks() -> list[str]:
     return list(BUILTINS)
 
 
-def build_task(spec: str | os.PathLike, image_size: ImageSize = None, seed: int = 0) -> Task:
-    """A ``Task`` from a built-in name or a path to user data (image folder, .npz, IDX).
+def build_task(spec: str | os.PathLike, image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+    """A task from a built-in name or a path to user data (image folder, .npz, IDX).
 
     Splits are deterministic for a ``seed``; ``image_size`` (``S`` or ``(H, W)``) resizes
-    image inputs bilinearly.
+    image inputs bilinearly (a task of other inputs refuses it).
     """
     name = os.fspath(spec)
     if name in BUILTINS:

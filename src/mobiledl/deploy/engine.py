@@ -3,6 +3,10 @@
 ONNX Runtime is the built-in engine; ExecuTorch and LiteRT plug in by subclassing
 ``Engine`` and ``Runner`` and calling ``register_engine``. Everything an engine needs
 beyond export and load (running, timing, parity against PyTorch) is written once here.
+
+Models may take several inputs of any dtype (``mobiledl.core.inputs``): a batch is one array,
+a tuple of arrays (the artifact's inputs in order) or a dict of arrays by input name, and an
+export may be given ``InputSpec``s to name the artifact's inputs.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,11 +22,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobiledl.core.inputs import (
+    InputSpec,
+    batch_size_of,
+    call_model,
+    input_tensors,
+    map_inputs,
+    slice_batch,
+)
 from mobiledl.deploy.timing import LatencyStats, interleaved_benchmark
 from mobiledl.errors import UserError
 
 PathLike = str | os.PathLike[str]
 ArrayLike = np.ndarray | torch.Tensor
+#: A batch for a runner: one array, a tuple of arrays in input order, or a dict by input name.
+Batch = ArrayLike | tuple[ArrayLike, ...] | dict[str, ArrayLike]
 
 DEFAULT_ENGINE = "onnxruntime"
 
@@ -36,20 +50,25 @@ _ENGINES: dict[str, Callable[[], Engine]] = {}
 class Runner(ABC):
     """A loaded artifact: call it with a numpy batch, get the numpy output back.
 
-    ``input_shape`` is the artifact's input shape with ``None`` for dynamic dimensions
-    (normally the batch); ``threads`` is the intra-op thread count it was loaded with,
-    ``None`` for the engine's default.
+    ``input_specs`` describe the artifact's inputs (``None`` for dynamic dimensions, normally
+    the batch); ``input_shape`` is the first input's shape; ``threads`` is the intra-op thread
+    count it was loaded with, ``None`` for the engine's default.
     """
 
     path: Path
     threads: int | None
-    input_shape: tuple[int | None, ...]
+    input_specs: tuple[InputSpec, ...]
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        """Shape of the first input, ``None`` for dynamic dimensions."""
+        return self.input_specs[0].shape
 
     @abstractmethod
-    def run(self, x: ArrayLike) -> np.ndarray:
+    def run(self, x: Batch) -> np.ndarray:
         """Run one batch and return the (first) output."""
 
-    def __call__(self, x: ArrayLike) -> np.ndarray:
+    def __call__(self, x: Batch) -> np.ndarray:
         return self.run(x)
 
 
@@ -65,48 +84,56 @@ class Engine(ABC):
         return self.file_suffix
 
     @abstractmethod
-    def export(self, model: nn.Module, example_input: ArrayLike, path: PathLike) -> Path:
+    def export(
+        self,
+        model: nn.Module,
+        example_input: Batch,
+        path: PathLike,
+        input_specs: Sequence[InputSpec] | None = None,
+    ) -> Path:
         """Write ``model`` (traced on ``example_input``) to ``path`` atomically.
 
-        Raises ``UserError`` naming the module that cannot be exported.
+        ``input_specs`` name the artifact's inputs and mark their dynamic dimensions
+        (default: ``specs_of(example_input)``, a dynamic batch). Raises ``UserError`` naming
+        the module that cannot be exported.
         """
 
     @abstractmethod
     def load(self, path: PathLike, threads: int | None = None) -> Runner:
         """Load an artifact; ``UserError`` naming the file if it is missing or corrupt."""
 
-    def run(self, path_or_runner: PathLike | Runner, x: ArrayLike) -> np.ndarray:
+    def run(self, path_or_runner: PathLike | Runner, x: Batch) -> np.ndarray:
         """Run ``x`` through an artifact (loaded on the fly if given as a path)."""
         return self._as_runner(path_or_runner).run(x)
 
     def benchmark(
-        self, runner: Runner, x: ArrayLike, warmup: int = 10, repeats: int = 50
+        self, runner: Runner, x: Batch, warmup: int = 10, repeats: int = 50
     ) -> LatencyStats:
         """Time ``runner`` on ``x``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
-        batch = to_numpy(x)
+        batch = map_inputs(to_numpy, x)
         stats = interleaved_benchmark({self.name: lambda: runner.run(batch)}, warmup, repeats)
+        first = input_tensors(batch)[0]
         return stats[self.name].with_context(
-            batch_size=int(batch.shape[0]) if batch.ndim else 1,
+            batch_size=int(first.shape[0]) if first.ndim else 1,
             threads=runner.threads,
             engine=self.name,
         )
 
     def top1_agreement(
-        self, model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike, batch: int = 256
+        self, model: nn.Module, path_or_runner: PathLike | Runner, x: Batch, batch: int = 256
     ) -> float:
         """Fraction of samples on which ``model`` and the engine agree on the arg-max class."""
         runner = self._as_runner(path_or_runner)
-        inputs = to_numpy(x)
+        inputs = map_inputs(to_numpy, x)
+        total = batch_size_of(inputs)
         agree = 0
-        for start in range(0, len(inputs), batch):
-            chunk = inputs[start : start + batch]
+        for start in range(0, total, batch):
+            chunk = slice_batch(inputs, start, start + batch)
             ours = eager_output(model, chunk).argmax(axis=1)
             agree += int((runner.run(chunk).argmax(axis=1) == ours).sum())
-        return agree / max(len(inputs), 1)
+        return agree / max(total, 1)
 
-    def parity_check(
-        self, model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike
-    ) -> float:
+    def parity_check(self, model: nn.Module, path_or_runner: PathLike | Runner, x: Batch) -> float:
         """Largest absolute difference between ``model``'s eval output and the engine's."""
         expected = eager_output(model, x)
         actual = self.run(path_or_runner, x)
@@ -143,13 +170,13 @@ def to_tensor(x: ArrayLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def eager_output(model: nn.Module, x: ArrayLike) -> np.ndarray:
+def eager_output(model: nn.Module, x: Batch) -> np.ndarray:
     """``model(x)`` in eval mode without gradients, as numpy; the mode is restored after."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(to_tensor(x))
+            output = call_model(model, map_inputs(to_tensor, x))
     finally:
         model.train(was_training)
     if isinstance(output, (tuple, list)):

@@ -16,13 +16,19 @@ is ``lower_model``:
   their integer grids. A module that lowers to a quantize-dequantize step sets the class
   attribute ``lowers_to_qdq = True``, which is how an engine knows to build an integer graph.
 
-``lower_model`` works on a copy; the model itself is left as it is.
+``lower_model`` works on a copy; the model itself is left as it is. ``composite_attention``
+is the one lowering that is a mode rather than a module: while it is active, attention layers
+(``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``) run their composite path of
+matrix products and softmax instead of the fused inference kernel no exporter can map.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -43,6 +49,18 @@ def lower_model(model: nn.Module, keep_quantization: bool = True) -> Lowered:
     _bake_parametrizations(lowered)
     found = _lower_children(lowered, keep_quantization)
     return Lowered(lowered, quantized=keep_quantization and found)
+
+
+@contextlib.contextmanager
+def composite_attention() -> Iterator[None]:
+    """Turn PyTorch's fused attention "fast path" off for the duration (see the module
+    docstring); the previous setting is restored after."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -1,8 +1,11 @@
 """ONNX Runtime, the engine mobiledl always has: export to ``.onnx``, load, run, time.
 
 Export uses PyTorch's TorchScript-based ("legacy") exporter at opset 17 with a dynamic
-batch dimension. When a model cannot be exported, the error names the module whose
-forward issues the unsupported operator, so the user knows which layer to replace.
+batch dimension. The graph's inputs are named and typed by ``InputSpec``s (an image model
+takes float32 ``input``, a token model int64 ``tokens``); a model taking keyword inputs
+(a dict batch) is exported with its inputs in the dict's order. When a model cannot be
+exported, the error names the module whose forward issues the unsupported operator, so the
+user knows which layer to replace.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +25,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from mobiledl.core.inputs import InputSpec, input_tensors, map_inputs, specs_of
 from mobiledl.deploy.engine import (
-    ArrayLike,
+    Batch,
     Engine,
     PathLike,
     Runner,
@@ -31,13 +35,12 @@ from mobiledl.deploy.engine import (
     to_numpy,
     to_tensor,
 )
-from mobiledl.deploy.lowering import lower_model
+from mobiledl.deploy.lowering import composite_attention, lower_model
 from mobiledl.deploy.qdq import tidy_qdq_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
 
 OPSET = 17
-INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 _ORT_DTYPES = {
@@ -50,6 +53,7 @@ _ORT_DTYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+Args = tuple[torch.Tensor, ...]
 _OrtInvalidArgument = ort.capi.onnxruntime_pybind11_state.InvalidArgument
 # How the legacy exporter names an operator it cannot convert.
 _OP_PATTERNS = (
@@ -65,27 +69,50 @@ class OrtRunner(Runner):
         self.path = path
         self.session = session
         self.threads = threads
-        model_input = session.get_inputs()[0]
-        self.input_name: str = model_input.name
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
-        self.input_dtype = _ORT_DTYPES.get(model_input.type, np.float32)
+        inputs = session.get_inputs()
+        self.input_dtypes = [_ORT_DTYPES.get(i.type, np.float32) for i in inputs]
+        self.input_specs = tuple(
+            InputSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), _torch(dt))
+            for i, dt in zip(inputs, self.input_dtypes, strict=True)
+        )
         self.output_names = [output.name for output in session.get_outputs()]
 
-    def run(self, x: ArrayLike) -> np.ndarray:
+    def run(self, x: Batch) -> np.ndarray:
         """Run one batch; return the first output."""
         return self.run_all(x)[0]
 
-    def run_all(self, x: ArrayLike) -> list[np.ndarray]:
+    def run_all(self, x: Batch) -> list[np.ndarray]:
         """Run one batch; return every output of the graph."""
-        batch = np.ascontiguousarray(to_numpy(x), dtype=self.input_dtype)
+        feed = self._feed(x)
         try:
-            return self.session.run(self.output_names, {self.input_name: batch})
+            return self.session.run(self.output_names, feed)
         except _OrtInvalidArgument as error:
-            expected = ["batch" if d is None else d for d in self.input_shape]
+            given = "; ".join(str(list(array.shape)) for array in feed.values())
+            expected = "; ".join(spec.describe() for spec in self.input_specs)
             raise UserError(
-                f"{self.path}: cannot run an input of shape {list(batch.shape)} "
-                f"(the model takes {expected}): {_first_line(error)}"
+                f"{self.path}: cannot run an input of shape {given} (the model takes "
+                f"{expected}): {_first_line(error)}"
             ) from None
+
+    def _feed(self, x: Batch) -> dict[str, np.ndarray]:
+        """Input name -> contiguous array of the input's dtype."""
+        names = [spec.name for spec in self.input_specs]
+        if isinstance(x, dict):
+            missing = [name for name in names if name not in x]
+            if missing:
+                raise UserError(f"{self.path}: no value given for input '{missing[0]}'")
+            arrays = [x[name] for name in names]
+        else:
+            arrays = input_tensors(x)
+        if len(arrays) != len(names):
+            raise UserError(
+                f"{self.path}: the model takes {len(names)} input(s) ({', '.join(names)}); "
+                f"got {len(arrays)}"
+            )
+        return {
+            name: np.ascontiguousarray(to_numpy(array), dtype=dtype)
+            for name, array, dtype in zip(names, arrays, self.input_dtypes, strict=True)
+        }
 
 
 class OnnxRuntimeEngine(Engine):
@@ -94,19 +121,32 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     file_suffix = ".onnx"
 
-    def export(self, model: nn.Module, example_input: ArrayLike, path: PathLike) -> Path:
+    def export(
+        self,
+        model: nn.Module,
+        example_input: Batch,
+        path: PathLike,
+        input_specs: Sequence[InputSpec] | None = None,
+    ) -> Path:
         """Lower ``model`` (``mobiledl.deploy.lowering``) and export it to ``path``; the file
         appears only if export works. A quantized model becomes an int8 QDQ graph that ONNX
         Runtime runs with integer kernels (``mobiledl.deploy.qdq``).
 
-        The graph is checked with ``onnx.checker``. A module that cannot be exported
-        raises ``UserError`` naming it (qualified name and class) and the operator.
+        ``input_specs`` name the graph's inputs and their dynamic dimensions (default: from
+        the example, a dynamic batch). The graph is checked with ``onnx.checker``. A module
+        that cannot be exported raises ``UserError`` naming it (qualified name and class)
+        and the operator.
         """
         target = Path(path)
-        x = to_tensor(example_input)
+        x = map_inputs(to_tensor, example_input)
+        specs = tuple(input_specs) if input_specs is not None else specs_of(x)
+        args = tuple(input_tensors(x))
+        if len(specs) != len(args):
+            raise UserError(f"{len(specs)} input specs given for an example of {len(args)} inputs")
         lowered = lower_model(model)
+        module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
         with atomic_path(target) as tmp:
-            _export_file(lowered.model, x, tmp)
+            _export_file(module, args, specs, tmp)
             if lowered.quantized:
                 _tidy_int8(tmp)
             _check_file(tmp)
@@ -128,7 +168,7 @@ class OnnxRuntimeEngine(Engine):
         return OrtRunner(source, session, threads)
 
 
-def parity_check(model: nn.Module, path_or_runner: PathLike | Runner, x: ArrayLike) -> float:
+def parity_check(model: nn.Module, path_or_runner: PathLike | Runner, x: Batch) -> float:
     """Max absolute difference between ``model``'s eval output and ONNX Runtime's on ``x``."""
     return OnnxRuntimeEngine().parity_check(model, path_or_runner, x)
 
@@ -143,32 +183,68 @@ def _session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _export_file(model: nn.Module, x: torch.Tensor, file: Path | io.BytesIO) -> None:
+class _KeywordInputs(nn.Module):
+    """A model that takes keyword inputs, called with positional ones (what export traces)."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors, strict=True)))
+
+
+def _torch(dtype: type) -> torch.dtype:
+    """The torch dtype of a numpy scalar type."""
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
+def _export_file(
+    model: nn.Module, args: Args, specs: Sequence[InputSpec], file: Path | io.BytesIO
+) -> None:
     """Run the legacy exporter quietly; turn its failure into a ``UserError``."""
     try:
-        _legacy_export(model, x, file)
+        _legacy_export(model, args, file, specs)
     except UserError:
         raise
     except Exception as error:
         with warnings.catch_warnings():  # the diagnosis re-runs the model; keep it silent
             warnings.simplefilter("ignore")
-            user_error = _export_error(model, x, error)
+            user_error = _export_error(model, args, error)
         raise user_error from None
 
 
-def _legacy_export(model: nn.Module, x: torch.Tensor, file: Path | io.BytesIO) -> None:
+def _legacy_export(
+    model: nn.Module,
+    args: Args,
+    file: Path | io.BytesIO,
+    specs: Sequence[InputSpec] | None = None,
+) -> None:
+    """Export ``model(*args)``; inputs named by ``specs`` (default: from ``args``)."""
     target = str(file) if isinstance(file, Path) else file
-    with _quiet():
+    specs = specs if specs is not None else specs_of(args if len(args) > 1 else args[0])
+    dynamic = {spec.name: _dynamic_axes(spec) for spec in specs}
+    with _quiet(), composite_attention():
         torch.onnx.export(
             model,
-            (x,),
+            args,
             target,
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
+            input_names=[spec.name for spec in specs],
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={**dynamic, OUTPUT_NAME: {0: "batch"}},
         )
+
+
+def _dynamic_axes(spec: InputSpec) -> dict[int, str]:
+    """``{0: "batch"}`` plus ``{i: "<name>_<i>"}`` for the spec's other dynamic dimensions."""
+    return {
+        i: "batch" if i == 0 else f"{spec.name}_{i}"
+        for i, size in enumerate(spec.shape)
+        if size is None
+    }
 
 
 def _tidy_int8(path: Path) -> None:
@@ -221,13 +297,14 @@ def _fd_silenced(fd: int) -> Iterator[None]:
 # ---------------------------------------------------------------- export diagnosis
 
 
-def _export_error(model: nn.Module, x: torch.Tensor, error: Exception) -> UserError:
+def _export_error(model: nn.Module, args: Args, error: Exception) -> UserError:
     """A one-line ``UserError`` naming the module (and operator) that broke export."""
-    forward_error = _forward_error(model, x)
+    forward_error = _forward_error(model, args)
     if forward_error is not None:
+        shapes = "; ".join(str(list(x.shape)) for x in args)
         return UserError(
             f"cannot export model ({type(model).__name__}) to ONNX: it fails on an input of "
-            f"shape {list(x.shape)}: {_first_line(forward_error)}"
+            f"shape {shapes}: {_first_line(forward_error)}"
         )
     op = _unsupported_op(error)
     if op is not None:
@@ -237,18 +314,18 @@ def _export_error(model: nn.Module, x: torch.Tensor, error: Exception) -> UserEr
                 r"^Unsupported: ONNX export of operator \w+,?\s*", "", _first_line(error)
             ).rstrip(".")
             reason = f"{op} is not supported with these arguments at opset {OPSET} ({detail})"
-        qualname = _module_issuing(model, x, op)
+        qualname = _module_issuing(model, args, op)
     else:
         reason = _first_line(error)
-        qualname = _first_failing_submodule(model, x)
+        qualname = _first_failing_submodule(model, args)
     return UserError(f"cannot export {_describe(model, qualname)} to ONNX: {reason}")
 
 
-def _forward_error(model: nn.Module, x: torch.Tensor) -> Exception | None:
-    """The exception ``model(x)`` raises in plain PyTorch, if any."""
+def _forward_error(model: nn.Module, args: Args) -> Exception | None:
+    """The exception ``model(*args)`` raises in plain PyTorch, if any."""
     try:
         with torch.no_grad():
-            model(x)
+            model(*args)
     except Exception as error:
         return error
     return None
@@ -265,22 +342,22 @@ def _unsupported_op(error: Exception) -> str | None:
     return None
 
 
-def _module_issuing(model: nn.Module, x: torch.Tensor, op: str) -> str | None:
+def _module_issuing(model: nn.Module, args: Args, op: str) -> str | None:
     """Qualified name of the innermost module whose forward issues ``op`` ("" = root).
 
     Traces the model with TorchScript, which records each node's module scope.
     """
     try:
-        with torch.no_grad():
-            traced = torch.jit.trace(model, (x,), check_trace=False)
+        with torch.no_grad(), composite_attention():
+            traced = torch.jit.trace(model, args, check_trace=False)
         nodes = list(traced.inlined_graph.nodes())
     except Exception:
-        return _first_failing_submodule(model, x)
+        return _first_failing_submodule(model, args)
     bare = op.split("::")[-1]
     for node in nodes:
         if node.kind() == op or node.kind().split("::")[-1].rstrip("_") == bare:
             return _scope_to_qualname(node.scopeName())
-    return _first_failing_submodule(model, x)
+    return _first_failing_submodule(model, args)
 
 
 def _scope_to_qualname(scope: str) -> str:
@@ -291,24 +368,24 @@ def _scope_to_qualname(scope: str) -> str:
     return ""
 
 
-def _first_failing_submodule(model: nn.Module, x: torch.Tensor) -> str | None:
-    """Export submodules one by one, deepest first, on the inputs they saw in ``model(x)``.
+def _first_failing_submodule(model: nn.Module, args: Args) -> str | None:
+    """Export submodules one by one, deepest first, on the inputs they saw in ``model(*args)``.
 
     Returns the qualified name of the first one that fails, or ``None``.
     """
-    inputs = _submodule_inputs(model, x)
+    inputs = _submodule_inputs(model, args)
     for qualname in sorted(inputs, key=lambda n: -n.count(".")):
         module = model.get_submodule(qualname)
         try:
             with torch.no_grad():
-                _legacy_export(module, inputs[qualname], io.BytesIO())
+                _legacy_export(module, (inputs[qualname],), io.BytesIO())
         except Exception:
             return qualname
     return None
 
 
-def _submodule_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The first single-tensor input each submodule receives during ``model(x)``."""
+def _submodule_inputs(model: nn.Module, args: Args) -> dict[str, torch.Tensor]:
+    """The first single-tensor input each submodule receives during ``model(*args)``."""
     inputs: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -323,8 +400,8 @@ def _submodule_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tens
         if qualname:
             handles.append(module.register_forward_pre_hook(recorder(qualname)))
     try:
-        with torch.no_grad():
-            model(x)
+        with torch.no_grad(), composite_attention():
+            model(*args)
     finally:
         for handle in handles:
             handle.remove()

@@ -5,6 +5,7 @@ from mobiledl.models import (  # noqa: F401
     mcunet,
     mobilenet,
     resnet,
+    sequence,
     shufflenet,
     squeezenet,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mobiledl.data.task import Task
+from mobiledl.core.task import Task
 from mobiledl.measure import measure_model
 from mobiledl.profile import Measurement
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from mobiledl.core.task import Task
 from mobiledl.fileio import write_json_atomic
 from mobiledl.models import load_model
 from mobiledl.pipeline.steps import RunContext
@@ -38,12 +39,20 @@ def write_report(ctx: RunContext) -> Path:
         layers_after=profile_model(last, example).layers,
         sensitivity=_sensitivity(ctx),
         notes=[
-            f"Task '{spec.task.name}' (inputs {list(ctx.task.input_shape)}); model "
+            f"Task '{spec.task.name}' (inputs {_inputs(ctx.task)}); model "
             f"{spec.model.arch or spec.model.file}; recipe fingerprint {state.fingerprint}. "
             f"Latency: batch {spec.measure.batch_size}, {spec.measure.repeats} timed runs."
         ],
     )
     return write_run_report(ctx.out_dir / REPORT_FILE, report)
+
+
+def _inputs(task: Task) -> str:
+    """``[1, 8, 8]`` for a single input (its shape without the batch), else every spec."""
+    specs = task.input_specs()
+    if len(specs) == 1:
+        return str(list(specs[0].shape[1:]))
+    return "; ".join(spec.describe() for spec in specs)
 
 
 def _sensitivity(ctx: RunContext) -> Sensitivity | None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from torch import nn
 
+from mobiledl.core.task import Task
 from mobiledl.data import build_task
-from mobiledl.data.task import Task
 from mobiledl.errors import UserError
-from mobiledl.models import create_model, load_model, save_model
+from mobiledl.models import create_model_for_task, load_model, save_model
 from mobiledl.pipeline.recipe import Recipe, load_recipe
 from mobiledl.pipeline.state import RunState, StepRecord
 from mobiledl.pipeline.steps import RunContext, run_step
@@ -148,9 +148,7 @@ def _input_model(recipe: Recipe, task: Task, recipe_dir: Path) -> nn.Module:
     if spec.file is not None:
         return load_model(recipe_dir / spec.file).model
     seed_everything(spec.seed)
-    return create_model(
-        spec.arch, task.num_classes, task.in_channels, task.image_size, spec.width_mult
-    )
+    return create_model_for_task(spec.arch, task, spec.width_mult)
 
 
 def _remove_stale_temp_files(out_dir: Path) -> None:

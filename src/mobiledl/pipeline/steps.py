@@ -21,10 +21,10 @@ from torch import nn
 
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import apply, report_of
-from mobiledl.data.task import Task
+from mobiledl.core.task import Task
 from mobiledl.deploy import get_engine
 from mobiledl.errors import UserError
-from mobiledl.measure import artifact_latency, engine_outputs
+from mobiledl.measure import artifact_latency, artifact_outputs, export
 from mobiledl.models import load_model
 from mobiledl.pipeline import measure
 from mobiledl.pipeline.recipe import (
@@ -37,7 +37,7 @@ from mobiledl.pipeline.recipe import (
 )
 from mobiledl.pipeline.state import RunState
 from mobiledl.profile import Measurement
-from mobiledl.train import TrainConfig, predict
+from mobiledl.train import TrainConfig, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -150,15 +150,14 @@ def run_export(model: nn.Module, step: RecipeStep, ctx: RunContext, index: int) 
     settings: ExportStep = step.config
     name = ctx.recipe.step_names()[index]
     engine = get_engine()
-    path = engine.export(model, ctx.task.example_input(1), ctx.out_dir / settings.file)
+    path = export(engine, model, ctx.task.example_input(1), ctx.out_dir / settings.file)
     measurement = ctx.measure(model, name)
-    x, y = ctx.task.split("test")
-    measurement.accuracy = ctx.task.metric(engine_outputs(engine, path, x), y)
+    measurement.accuracy = ctx.task.metric(*artifact_outputs(engine, path, ctx.task))
     measurement.bytes = path.stat().st_size
     measurement.extra.update(
         accuracy_of=settings.file,
         artifact=settings.file,
-        pytorch_accuracy=ctx.task.metric(predict(model, x), y),
+        pytorch_accuracy=evaluate(model, ctx.task, "test"),
     )
     spec = ctx.recipe.measure
     if spec.latency:
@@ -182,7 +181,7 @@ def run_benchmark(model: nn.Module, step: RecipeStep, ctx: RunContext, index: in
         path = (
             ctx.out_dir / exported
             if exported
-            else engine.export(model, example, Path(tmp) / f"m{engine.suffix}")
+            else export(engine, model, example, Path(tmp) / f"m{engine.suffix}")
         )
         grid = []
         for batch in settings.batch_sizes:

@@ -27,7 +27,10 @@ with both. One pooling operation is one add or compare per element of a window:
   input element.
 
 Everything else (batch norm, activations, element-wise adds and multiplies, softmax) costs
-nothing in both counts.
+nothing in both counts. So does an embedding lookup (``nn.Embedding``, ``aten.embedding``):
+it gathers rows of its weight and multiplies nothing (torchprofile counts it as free too);
+its parameters are counted like any layer's. 1-D convolutions (``nn.Conv1d``) follow the
+convolution rule above with one spatial dimension.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ that sees every ATen op (so functional code such as ``torch.matmul``, ``F.conv2d
 modules; each op is charged to the innermost module running it — a leaf layer, or the
 custom module whose own ``forward`` does the op (e.g. a matmul between two sub-layers).
 
-Counts are for the example input as given, batch included. See ``ops`` for what counts as a
-MAC or a pooling operation and ``memory`` for the peak-memory definition.
+Counts are for the example input as given, batch included: a tensor, a tuple of tensors
+(positional arguments) or a dict of tensors (keyword arguments), of any dtype (token ids
+are int64). See ``ops`` for what counts as a MAC or a pooling operation and ``memory`` for
+the peak-memory definition.
 
 ``bytes`` is the size of the *parameters* at ``bits`` bits, ``ceil(params * bits / 8)``.
 Buffers (batch-norm running statistics, counters) are not weights: at deployment batch norm
@@ -27,12 +29,11 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mobiledl.core.inputs import Inputs, call_model, check_inputs, input_tensors
 from mobiledl.errors import UserError
 from mobiledl.profile.measurement import Measurement
 from mobiledl.profile.memory import LifetimeTracker
 from mobiledl.profile.ops import op_cost
-
-ExampleInput = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -134,38 +135,39 @@ def weight_bytes(params: int, bits: int) -> int:
     return math.ceil(params * bits / 8)
 
 
-def count_macs(model: nn.Module, example_input: ExampleInput) -> int:
+def count_macs(model: nn.Module, example_input: Inputs) -> int:
     """Total MACs of one forward pass on ``example_input`` (see ``profile_model``)."""
     return profile_model(model, example_input).macs
 
 
-def peak_activation_memory(model: nn.Module, example_input: ExampleInput, bits: int = 32) -> int:
+def peak_activation_memory(model: nn.Module, example_input: Inputs, bits: int = 32) -> int:
     """Peak activation bytes of one forward pass at ``bits``-bit activations."""
     return profile_model(model, example_input, bits).peak_memory_bytes
 
 
-def profile_model(model: nn.Module, example_input: ExampleInput, bits: int = 32) -> ModelProfile:
+def profile_model(model: nn.Module, example_input: Inputs, bits: int = 32) -> ModelProfile:
     """Run ``model`` once on ``example_input`` and measure it.
 
     The model runs in eval mode under ``torch.no_grad()``; every module's training flag is
     restored afterwards. Raises ``UserError`` if ``bits`` is not a positive int, the input
-    is not a tensor (or tuple of tensors), or the model fails on the input.
+    is not a tensor (or a tuple or dict of tensors), or the model fails on the input.
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
         raise UserError(f"bits must be a positive integer; got {bits!r}")
-    inputs = _as_inputs(example_input)
+    check_inputs(example_input, "example input")
+    tensors = input_tensors(example_input)
     recorder = _Recorder(model, bits)
     with _eval_mode(model), recorder.hooks(), _no_mha_fastpath(), torch.no_grad():
-        recorder.tracker.add_inputs(inputs)
+        recorder.tracker.add_inputs(tensors)
         try:
             with _OpMode(recorder):
-                output = model(*inputs)
+                output = call_model(model, example_input)
         except _ProfilerBug:
             raise
         except Exception as exc:
-            raise UserError(_failure_message(exc, inputs)) from exc
+            raise UserError(_failure_message(exc, tensors)) from exc
         recorder.tracker.add_outputs(_tensors(output))
-    return recorder.result(inputs)
+    return recorder.result(tensors)
 
 
 class _ProfilerBug(RuntimeError):
@@ -228,7 +230,7 @@ class _Recorder:
         self.tracker.on_op(_tensors((args, kwargs)), _tensors(out))
         self.step_owner.append(owner)
 
-    def result(self, inputs: tuple[torch.Tensor, ...]) -> ModelProfile:
+    def result(self, inputs: list[torch.Tensor]) -> ModelProfile:
         """The finished profile."""
         layers = self._listed_layers()
         params = count_params(self.model)
@@ -316,16 +318,7 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
     return [*model.parameters(), *model.buffers()]
 
 
-def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
-    """The positional inputs to call the model with."""
-    inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
-    if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
-        got = type(example_input).__name__
-        raise UserError(f"example input must be a tensor or a tuple of tensors; got {got}")
-    return tuple(inputs)
-
-
-def _failure_message(exc: Exception, inputs: tuple[torch.Tensor, ...]) -> str:
+def _failure_message(exc: Exception, inputs: list[torch.Tensor]) -> str:
     """One line: the input shape(s) and the model's exception, shortened."""
     shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
     lines = str(exc).strip().splitlines()

@@ -42,6 +42,7 @@ from mobiledl.train.trainer import (
     TrainResult,
     evaluate,
     predict,
+    predict_split,
     seed_everything,
     train,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "make_optimizer",
     "measure_training_step",
     "predict",
+    "predict_split",
     "quantize_for_sparse_update",
     "replace_classifier",
     "seed_everything",

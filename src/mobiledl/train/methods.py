@@ -10,8 +10,9 @@ from torch import nn
 
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
+from mobiledl.core.inputs import IMAGE, kind_label
 from mobiledl.core.methods import register_method
-from mobiledl.data.task import Task
+from mobiledl.core.task import Task, TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models import load_model
 from mobiledl.train.distill import FeatureDistiller
@@ -71,6 +72,11 @@ class DistillConfig(MethodConfig):
 @register_method(DistillConfig)
 def distill_method(model: nn.Module, config: DistillConfig, task: Task) -> Result:
     """Knowledge distillation from ``config.teacher`` into ``model``."""
+    if config.feature != "none" and task.input_kind != IMAGE:
+        raise UserError(
+            f"feature distillation ('{config.feature}') matches image feature maps; task "
+            f"'{task.name}' gives {kind_label(task.input_kind)} (use feature 'none')"
+        )
     teacher = _teacher(model, config.teacher).eval()
     training = dataclasses.replace(
         config.train, kd_alpha=config.alpha, kd_temperature=config.temperature
@@ -100,8 +106,8 @@ def _teacher(model: nn.Module, teacher: str | nn.Module | None) -> nn.Module:
     return load_model(teacher).model
 
 
-@register_method(AdaptConfig)
-def adapt_method(model: nn.Module, config: AdaptConfig, task: Task) -> Result:
+@register_method(AdaptConfig, inputs=(IMAGE,))
+def adapt_method(model: nn.Module, config: AdaptConfig, task: TensorTask) -> Result:
     """On-device transfer learning: full, last layer, biases, TinyTL or sparse update."""
     result = adapt_model(model, task, config)
     return result.model, {

@@ -4,6 +4,9 @@ SGD (Nesterov momentum) or AdamW, a cosine learning-rate schedule with linear wa
 label smoothing, optional Hinton knowledge distillation from a teacher, deterministic
 seeds, and best-on-validation checkpointing written atomically. ``extra_loss`` adds any
 further term (e.g. feature distillation, ``train.distill.FeatureDistiller``).
+
+Any ``Task`` trains: batches come from ``task.loader`` and reach the model through
+``call_model``, so inputs may be images, token ids, or tuples and dicts of tensors.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mobiledl.core.config import MethodConfig
-from mobiledl.data.task import Task
+from mobiledl.core.inputs import Inputs, batch_size_of, call_model, slice_batch
+from mobiledl.core.task import Task
 from mobiledl.errors import UserError
 from mobiledl.train.distill import logit_distillation_loss
 
-#: ``extra_loss(model, x, logits) -> scalar`` is added to the loss of every batch; if it is
-#: an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``extra_loss(model, inputs, logits) -> scalar`` is added to the loss of every batch; if it
+#: is an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
+ExtraLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
+#: Samples per forward pass when predicting or evaluating.
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +48,8 @@ class TrainConfig(MethodConfig):
     - ``momentum``: SGD momentum.
     - ``weight_decay``: L2 penalty on weights (not on biases and norms).
     - ``warmup_epochs``: linear learning-rate warm-up before the cosine decay.
-    - ``label_smoothing``: cross-entropy label smoothing in [0, 1).
+    - ``label_smoothing``: cross-entropy label smoothing in [0, 1); above 0, smoothed
+      cross-entropy replaces the task's loss.
     - ``seed``: seeds shuffling and initialization.
     - ``kd_temperature`` / ``kd_alpha``: Hinton KD softening and weight when a teacher is given.
     - ``progress``: show a progress bar on stderr.
@@ -109,21 +116,39 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) on ``x``, computed in batches."""
+def predict(model: nn.Module, inputs: Inputs, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) on ``inputs``, computed in batches."""
     was_training = model.training
     model.eval()
-    outputs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    total = batch_size_of(inputs)
+    outputs = [
+        call_model(model, slice_batch(inputs, i, i + batch_size))
+        for i in range(0, total, batch_size)
+    ]
     model.train(was_training)
     return torch.cat(outputs)
 
 
+@torch.no_grad()
+def predict_split(
+    model: nn.Module, task: Task, split: str = "test", batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, targets)`` of ``model`` (in eval mode) over one split of any task."""
+    if task.num_samples(split) == 0:
+        raise UserError(f"task '{task.name}' has an empty {split} split")
+    was_training = model.training
+    model.eval()
+    outputs, targets = [], []
+    for inputs, y in task.loader(split, batch_size):
+        outputs.append(call_model(model, inputs))
+        targets.append(y)
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(targets)
+
+
 def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
     """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split."""
-    x, y = task.split(split)
-    if len(x) == 0:
-        raise UserError(f"task '{task.name}' has an empty {split} split")
-    return task.metric(predict(model, x), y)
+    return task.metric(*predict_split(model, task, split))
 
 
 def train(
@@ -136,15 +161,16 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place and leave it holding its best-on-val weights.
 
-    With a ``teacher``, the loss is ``alpha * KD + (1 - alpha) * task loss`` (Hinton et
-    al. 2015). ``extra_loss(model, x, logits)``, if given, is added to every batch's loss
+    The loss is ``task.loss`` (see ``TrainConfig.label_smoothing``); with a ``teacher``,
+    ``alpha * KD + (1 - alpha) * task loss`` (Hinton et al. 2015).
+    ``extra_loss(model, inputs, logits)``, if given, is added to every batch's loss
     (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
     validation accuracy improves, e.g. to write a checkpoint atomically.
     """
     config = config or TrainConfig()
     seed_everything(config.seed)
     optimizer = _make_optimizer(model, config, extra_loss)
-    steps_per_epoch = math.ceil(len(task.x_train) / config.batch_size)
+    steps_per_epoch = math.ceil(task.num_samples("train") / config.batch_size)
     schedule = _cosine_with_warmup(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     )
@@ -185,23 +211,32 @@ def _train_one_epoch(
     model.train()
     total, count = 0.0, 0
     loader = task.loader("train", config.batch_size, shuffle=True, seed=config.seed + epoch)
-    for x, y in loader:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    for inputs, y in loader:
+        logits = call_model(model, inputs)
+        loss = _task_loss(task, config, logits, y)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(x)
+                teacher_logits = call_model(teacher, inputs)
             kd = logit_distillation_loss(logits, teacher_logits, config.kd_temperature)
             loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
         if extra_loss is not None:
-            loss = loss + extra_loss(model, x, logits)
+            loss = loss + extra_loss(model, inputs, logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(x)
-        count += len(x)
+        total += loss.item() * len(y)
+        count += len(y)
     return total / max(count, 1)
+
+
+def _task_loss(
+    task: Task, config: TrainConfig, logits: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """The task's loss; with label smoothing, smoothed cross-entropy (a classification loss)."""
+    if config.label_smoothing:
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    return task.loss(logits, y)
 
 
 def _make_optimizer(

@@ -10,10 +10,10 @@ new number of classes (a fresh layer, recorded in ``mobiledl_arch`` so files rel
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from mobiledl.errors import UserError
+from mobiledl.models import registry
 
 BASELINES = ("full", "last", "bias")
 
@@ -54,7 +54,7 @@ def freeze(model: nn.Module, method: str) -> nn.Module:
 
 
 def example_input_for(model: nn.Module, example: Tensor | None = None) -> Tensor:
-    """``example`` or a zero image of one sample shaped like the model's recorded input."""
+    """``example`` or an all-zero input of one sample shaped like the model's recorded input."""
     if example is not None:
         return example
     arch = getattr(model, "mobiledl_arch", None)
@@ -62,4 +62,4 @@ def example_input_for(model: nn.Module, example: Tensor | None = None) -> Tensor
         raise UserError(
             f"{type(model).__name__} was not built by create_model; pass an example input"
         )
-    return torch.zeros(1, arch["in_channels"], *arch["image_size"])
+    return registry.example_input_for(arch, zeros=True)

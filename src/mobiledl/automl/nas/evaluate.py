@@ -21,7 +21,7 @@ from mobiledl.automl.nas.elastic import OFASupernet
 from mobiledl.automl.nas.extract import calibration_indices, extract_subnet, recalibrate_bn
 from mobiledl.automl.nas.space import Arch
 from mobiledl.automl.nas.store import supernet_bytes, supernet_from_bytes
-from mobiledl.data import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train.trainer import evaluate
 
@@ -52,7 +52,7 @@ def one_thread() -> Iterator[None]:
 
 
 def evaluate_archs(
-    supernet: OFASupernet, task: Task, archs: Sequence[Arch], spec: EvalSpec
+    supernet: OFASupernet, task: TensorTask, archs: Sequence[Arch], spec: EvalSpec
 ) -> list[float]:
     """The metric of each architecture on ``spec.split`` after batch-norm recalibration."""
     calibration = task.x_train[
@@ -69,7 +69,7 @@ def evaluate_archs(
 class LocalEvaluator:
     """Evaluations in this process."""
 
-    def __init__(self, supernet: OFASupernet, task: Task, spec: EvalSpec) -> None:
+    def __init__(self, supernet: OFASupernet, task: TensorTask, spec: EvalSpec) -> None:
         self.supernet, self.task, self.spec = supernet, task, spec
 
     def __call__(self, archs: Sequence[Arch]) -> list[float]:
@@ -77,7 +77,7 @@ class LocalEvaluator:
 
 
 def _evaluate_chunk(
-    supernet_data: bytes, task: Task, spec: EvalSpec, arch_dicts: list[dict[str, Any]]
+    supernet_data: bytes, task: TensorTask, spec: EvalSpec, arch_dicts: list[dict[str, Any]]
 ) -> list[float]:
     """Body of a Ray task: rebuild the supernet, evaluate a chunk of architectures."""
     supernet = supernet_from_bytes(supernet_data)
@@ -93,7 +93,7 @@ class RayEvaluator:
     def __init__(
         self,
         supernet: OFASupernet,
-        task: Task,
+        task: TensorTask,
         spec: EvalSpec,
         address: str | None = None,
         num_cpus: int = 2,

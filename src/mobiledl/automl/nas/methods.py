@@ -11,8 +11,9 @@ from mobiledl.automl.nas.elastic import OFASupernet
 from mobiledl.automl.nas.evaluate import EvalSpec
 from mobiledl.automl.nas.extract import calibration_indices, extract_subnet, recalibrate_bn
 from mobiledl.core.config import MethodConfig
+from mobiledl.core.inputs import IMAGE
 from mobiledl.core.methods import register_method
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 
@@ -43,9 +44,9 @@ class SubnetConfig(MethodConfig):
             raise UserError(f"calibration_samples must be >= 0; got {self.calibration_samples}")
 
 
-@register_method(SubnetConfig, needs_task=False)
+@register_method(SubnetConfig, needs_task=False, inputs=(IMAGE,))
 def subnet_method(
-    model: nn.Module, config: SubnetConfig, task: Task | None
+    model: nn.Module, config: SubnetConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Copy the chosen architecture's weights out of the supernet and recalibrate its BN."""
     if not isinstance(model, OFASupernet):

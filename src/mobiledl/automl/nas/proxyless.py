@@ -29,7 +29,7 @@ from mobiledl.automl.nas.evaluate import one_thread
 from mobiledl.automl.nas.search import Constraints
 from mobiledl.automl.nas.space import Arch, Resolution
 from mobiledl.core.clone import clone_module
-from mobiledl.data import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 
@@ -155,7 +155,7 @@ def expected_cost(
 
 def proxyless_search(
     supernet: OFASupernet,
-    task: Task,
+    task: TensorTask,
     resolution: Resolution,
     constraints: Constraints,
     latency: LatencyPredictor,

@@ -40,7 +40,7 @@ from mobiledl.automl.nas.search import (
     random_search,
 )
 from mobiledl.automl.nas.space import Arch
-from mobiledl.data import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def fit_predictor(
 
 def run_search(
     supernet: OFASupernet,
-    task: Task,
+    task: TensorTask,
     constraints: Constraints,
     latency: LatencyPredictor,
     evaluator: Evaluator,
@@ -175,7 +175,7 @@ def run_search(
 
 def _propose(
     supernet: OFASupernet,
-    task: Task,
+    task: TensorTask,
     objective: Objective,
     constraints: Constraints,
     latency: LatencyPredictor,

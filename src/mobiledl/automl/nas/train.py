@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mobiledl.automl.nas.elastic import OFASupernet, sort_channels
 from mobiledl.automl.nas.space import Arch, SearchSpace
-from mobiledl.data import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train.distill import logit_distillation_loss
 from mobiledl.train.trainer import seed_everything
@@ -117,7 +117,7 @@ def _split(name: str, spaces: list[SearchSpace], epochs: int, config: ShrinkConf
 
 
 def progressive_shrink(
-    supernet: OFASupernet, task: Task, config: ShrinkConfig | None = None
+    supernet: OFASupernet, task: TensorTask, config: ShrinkConfig | None = None
 ) -> ShrinkResult:
     """Train ``supernet`` in place on ``task`` through all phases of progressive shrinking."""
     config = config or ShrinkConfig()
@@ -136,7 +136,7 @@ def progressive_shrink(
 
 def _train_phase(
     supernet: OFASupernet,
-    task: Task,
+    task: TensorTask,
     phase: Phase,
     config: ShrinkConfig,
     rng: random.Random,
@@ -168,7 +168,7 @@ def _train_phase(
 
 def _sandwich_step(
     supernet: OFASupernet,
-    task: Task,
+    task: TensorTask,
     index: torch.Tensor,
     space: SearchSpace,
     config: ShrinkConfig,

@@ -26,9 +26,10 @@ from mobiledl.compress.factorize.ranks import Candidate, Choice
 from mobiledl.compress.factorize.statistics import channel_moments, recalibrate_batchnorm
 from mobiledl.compress.factorize.vbmf import evbmf_rank
 from mobiledl.core.clone import clone_module
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.registry import example_input_for
 from mobiledl.profile import count_macs
 
 __all__ = [
@@ -48,7 +49,7 @@ TRANSFORM = "factorize"
 def factorize(
     model: nn.Module,
     config: FactorizeConfig,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     data: Tensor | None = None,
 ) -> nn.Module:
     """Deprecated: use ``mobiledl.apply(model, FactorizeConfig(...), task)``."""
@@ -59,7 +60,7 @@ def factorize(
 def factorize_model(
     model: nn.Module,
     config: FactorizeConfig,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     data: Tensor | None = None,
 ) -> nn.Module:
     """``model`` (changed in place) with its layers factorized as ``config`` says.
@@ -119,7 +120,7 @@ def _factorizable(module: nn.Module) -> bool:
 
 
 def _calibration_data(
-    model: nn.Module, config: FactorizeConfig, task: Task | None, data: Tensor | None
+    model: nn.Module, config: FactorizeConfig, task: TensorTask | None, data: Tensor | None
 ) -> Tensor:
     """Calibration inputs, or (data-free) one input that only gives the shapes."""
     if data is not None:
@@ -133,7 +134,7 @@ def _calibration_data(
     arch = getattr(model, "mobiledl_arch", None)
     if not arch:
         raise UserError("factorize needs a task or example data for this model")
-    return torch.randn(1, arch["in_channels"], *arch["image_size"])
+    return example_input_for(arch)
 
 
 def _selected(model: nn.Module, config: FactorizeConfig) -> dict[str, nn.Conv2d | nn.Linear]:

@@ -8,14 +8,15 @@ from torch import nn
 
 from mobiledl.compress.factorize import factorize_model, factorized_layers
 from mobiledl.compress.factorize.config import FactorizeConfig
+from mobiledl.core.inputs import IMAGE
 from mobiledl.core.methods import register_method
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.profile import count_macs, count_params
 
 
-@register_method(FactorizeConfig, needs_task=False)
+@register_method(FactorizeConfig, needs_task=False, inputs=(IMAGE,))
 def factorize_method(
-    model: nn.Module, config: FactorizeConfig, task: Task | None
+    model: nn.Module, config: FactorizeConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """SVD, spatial, Tucker-2 or CP factorization (Denton et al. 2014; Jaderberg et al. 2014;
     Kim et al. 2016; Lebedev et al. 2015); the report lists each layer's method and ranks."""

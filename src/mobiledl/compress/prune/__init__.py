@@ -66,7 +66,7 @@ from mobiledl.compress.prune.sensitivity import (
     sensitivity_analysis,
 )
 from mobiledl.core.methods import apply
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 
 __all__ = [
     "CRITERIA",
@@ -111,7 +111,9 @@ __all__ = [
 ]
 
 
-def prune(model: nn.Module, config: PruneConfig | ChannelPruneConfig, task: Task | None = None):
+def prune(
+    model: nn.Module, config: PruneConfig | ChannelPruneConfig, task: TensorTask | None = None
+):
     """Deprecated: use ``mobiledl.apply(model, config, task)`` (returns a new module)."""
     warnings.warn("prune() is deprecated; use mobiledl.apply", DeprecationWarning, stacklevel=2)
     return apply(model, config, task)

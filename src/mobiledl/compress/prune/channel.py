@@ -57,7 +57,7 @@ from mobiledl.compress.prune.reconstruction import reconstruction_importance, re
 from mobiledl.compress.prune.rules import PruningRule, rule_for
 from mobiledl.compress.prune.surgery import mask_channels, plan_cut, prune_groups
 from mobiledl.core.clone import clone_module
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
 CRITERIA = ("l1", "l2", "bn_scale", "taylor", "hessian", "reconstruction")
@@ -84,7 +84,7 @@ def prune_channels(
     sparsity: float | Mapping[str, float] | None = None,
     macs_ratio: float | None = None,
     round_to: int = 8,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
@@ -152,7 +152,7 @@ def plan_channels(
     sparsity: float | Mapping[str, float] | None = None,
     macs_ratio: float | None = None,
     round_to: int = 8,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     per_layer: Mapping[str, float] | None = None,
     scope: str = "layer",
     num_batches: int = 8,
@@ -200,7 +200,7 @@ def _check_args(
     sparsity: float | None,
     macs_ratio: float | None,
     round_to: int,
-    task: Task | None,
+    task: TensorTask | None,
     per_layer: Mapping[str, float] | None,
     scope: str,
 ) -> str:
@@ -237,7 +237,7 @@ def channel_importance(
     model: nn.Module,
     graph: DependencyGraph,
     criterion: str,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     num_batches: int = 8,
 ) -> list[Tensor]:
     """One score per unit of every group (larger = more important), in ``graph.groups`` order."""
@@ -251,7 +251,11 @@ def channel_importance(
 
 
 def _weight_importance(
-    model: nn.Module, graph: DependencyGraph, criterion: str, task: Task | None, num_batches: int
+    model: nn.Module,
+    graph: DependencyGraph,
+    criterion: str,
+    task: TensorTask | None,
+    num_batches: int,
 ) -> list[Tensor]:
     """Element scores summed, by each member's rule, over each unit's slices of every layer."""
     from mobiledl.compress.prune.criteria import parameter_scores, weight_scores

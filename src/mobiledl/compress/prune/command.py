@@ -108,12 +108,13 @@ def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.sensitivity_tolerance is not None and not isinstance(config.sparsity, float):
         raise UserError("--sensitivity-tolerance allocates a --sparsity target; give --sparsity")
     if wants_sensitivity:
-        from mobiledl.cli_support import task_for_input
+        from mobiledl.cli_support import task_for_model
+        from mobiledl.core.methods import check_input_kind
         from mobiledl.models import load_model
 
         loaded = load_model(args.model)
-        shape = (loaded.arch["in_channels"], *loaded.arch["image_size"])
-        task = task_for_input(args.task, shape, args.seed, args.model)
+        task = task_for_model(args.task, loaded.arch, args.seed, args.model)
+        check_input_kind(config, loaded.model, task)
         config = _sensitivity(loaded.model, task, config, args)
     measurement = run_method_command(args, config, {"pruning": config.fields_dict()})
     return _finish(args, measurement)

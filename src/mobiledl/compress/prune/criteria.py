@@ -35,7 +35,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.masks import prunable_layers, weight_leaf
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig, TrainResult, train
 
@@ -47,7 +47,7 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def weight_scores(
     model: nn.Module,
     criterion: str,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     num_batches: int = 8,
     batch_size: int = 64,
     exclude: tuple[str, ...] = (),
@@ -71,7 +71,7 @@ def parameter_scores(
     model: nn.Module,
     names: list[str],
     criterion: str,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     num_batches: int = 8,
     batch_size: int = 64,
     seed: int = 0,
@@ -92,7 +92,7 @@ def _scores(
     model: nn.Module,
     targets: Targets,
     criterion: str,
-    task: Task | None,
+    task: TensorTask | None,
     num_batches: int,
     batch_size: int,
     seed: int,
@@ -115,7 +115,7 @@ def _scores(
         model.train(was_training)
 
 
-def _batches(task: Task, num_batches: int, batch_size: int, seed: int) -> list[tuple]:
+def _batches(task: TensorTask, num_batches: int, batch_size: int, seed: int) -> list[tuple]:
     loader = task.loader("train", batch_size, shuffle=True, seed=seed)
     batches = []
     for batch in loader:
@@ -126,7 +126,7 @@ def _batches(task: Task, num_batches: int, batch_size: int, seed: int) -> list[t
 
 
 def _taylor_scores(
-    model: nn.Module, targets: Targets, task: Task, batches: list[tuple]
+    model: nn.Module, targets: Targets, task: TensorTask, batches: list[tuple]
 ) -> dict[str, Tensor]:
     """Mean over batches of ``(g * w)**2`` (Molchanov et al. 2019)."""
     params = [leaf for leaf, _ in targets.values()]
@@ -141,7 +141,7 @@ def _taylor_scores(
 
 
 def _hessian_scores(
-    model: nn.Module, targets: Targets, task: Task, batches: list[tuple], seed: int
+    model: nn.Module, targets: Targets, task: TensorTask, batches: list[tuple], seed: int
 ) -> dict[str, Tensor]:
     """OBD saliency ``0.5 * diag(H) * w**2`` with a Hutchinson estimate of ``diag(H)``."""
     params = [leaf for leaf, _ in targets.values()]
@@ -257,7 +257,7 @@ def _l1_subgradient(gamma: Tensor, strength: float) -> Callable[[Tensor], Tensor
 
 
 def train_slimming(
-    model: nn.Module, task: Task, config: TrainConfig, strength: float = 1e-4
+    model: nn.Module, task: TensorTask, config: TrainConfig, strength: float = 1e-4
 ) -> TrainResult:
     """Sparsity training for network slimming: ``mobiledl.train`` plus the L1 penalty on
     BatchNorm scales (Liu et al. 2017 use ``strength`` 1e-4 to 1e-5), so that the ``bn``

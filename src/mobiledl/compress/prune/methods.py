@@ -12,16 +12,17 @@ from mobiledl.compress.prune.config import ChannelPruneConfig, PruneConfig
 from mobiledl.compress.prune.criteria import train_slimming
 from mobiledl.compress.prune.masks import layer_sparsity, prunable_layers, remove_masks, sparsity_of
 from mobiledl.compress.prune.schedules import SCHEDULES, example_input
+from mobiledl.core.inputs import IMAGE
 from mobiledl.core.methods import register_method
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.profile import count_macs, count_params
 from mobiledl.train import train
 
 
-@register_method(PruneConfig, needs_task=False)
+@register_method(PruneConfig, needs_task=False, inputs=(IMAGE,))
 def prune_masks(
-    model: nn.Module, config: PruneConfig, task: Task | None
+    model: nn.Module, config: PruneConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Zero weights as ``config`` says (Han et al. 2015; Mao et al. 2017; Zhu & Gupta 2018;
     Frankle & Carbin 2019, by schedule); the result holds plain zeros unless ``keep_masks``."""
@@ -40,9 +41,9 @@ def prune_masks(
     }
 
 
-@register_method(ChannelPruneConfig, needs_task=False)
+@register_method(ChannelPruneConfig, needs_task=False, inputs=(IMAGE,))
 def prune_channels_method(
-    model: nn.Module, config: ChannelPruneConfig, task: Task | None
+    model: nn.Module, config: ChannelPruneConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove channels physically (Li et al. 2017; He et al. 2017; Luo et al. 2017), then
     fine-tune; the report gives the MAC and parameter ratios reached."""
@@ -80,7 +81,7 @@ def prune_channels_method(
 
 
 def _slimming(
-    model: nn.Module, epochs: int, strength: float, finetune: Any, task: Task | None
+    model: nn.Module, epochs: int, strength: float, finetune: Any, task: TensorTask | None
 ) -> None:
     """Network slimming (Liu et al. 2017): train with an L1 penalty on BatchNorm scales."""
     if epochs <= 0:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph, SlotKind
 from mobiledl.compress.prune.rules import rule_for
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 
 NUM_SAMPLES = 256
 MAX_ROWS = 4096
@@ -45,7 +45,7 @@ RIDGE = 1e-3
 def reconstruction_importance(
     model: nn.Module,
     graph: DependencyGraph,
-    task: Task,
+    task: TensorTask,
     num_samples: int = NUM_SAMPLES,
     seed: int = 0,
 ) -> list[Tensor]:
@@ -60,7 +60,7 @@ def reconstruction_importance(
     return [_greedy_scores(model, group, inputs) for group in graph.groups]
 
 
-def sample_inputs(task: Task, num_samples: int = NUM_SAMPLES, seed: int = 0) -> Tensor:
+def sample_inputs(task: TensorTask, num_samples: int = NUM_SAMPLES, seed: int = 0) -> Tensor:
     """``num_samples`` training inputs drawn with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(task.x_train), generator=generator)[:num_samples]
@@ -186,7 +186,7 @@ def refit_consumers(
     original: nn.Module,
     layers: list[str],
     cut: dict[str, dict[SlotKind, Tensor]],
-    task: Task,
+    task: TensorTask,
     num_samples: int = NUM_SAMPLES,
     seed: int = 0,
 ) -> None:

@@ -34,20 +34,21 @@ from mobiledl.compress.prune.masks import (
     prunable_layers,
     sparsity_of,
 )
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.models.registry import example_input_for
 from mobiledl.train import train
 
 logger = logging.getLogger(__name__)
 
-Schedule = Callable[[nn.Module, Task | None, PruneConfig], nn.Module]
+Schedule = Callable[[nn.Module, TensorTask | None, PruneConfig], nn.Module]
 
 
 # ---------------------------------------------------------------- one pruning step
 
 
 def prune_step(
-    model: nn.Module, config: PruneConfig, target: Target, task: Task | None = None
+    model: nn.Module, config: PruneConfig, target: Target, task: TensorTask | None = None
 ) -> dict[str, Tensor]:
     """Score the current (masked) weights, grow the masks to ``target`` and attach them."""
     scores = weight_scores(
@@ -66,7 +67,7 @@ def prune_step(
     return masks
 
 
-def resolve_target(model: nn.Module, config: PruneConfig, task: Task | None = None) -> Target:
+def resolve_target(model: nn.Module, config: PruneConfig, task: TensorTask | None = None) -> Target:
     """The final sparsity: the ``N:M`` pattern's, ``config.sparsity``, or one found by
     bisection so that the non-zero MACs of convolution and linear layers match
     ``config.macs_ratio``."""
@@ -78,7 +79,7 @@ def resolve_target(model: nn.Module, config: PruneConfig, task: Task | None = No
     return _sparsity_for_macs(model, config, task)
 
 
-def _sparsity_for_macs(model: nn.Module, config: PruneConfig, task: Task | None) -> float:
+def _sparsity_for_macs(model: nn.Module, config: PruneConfig, task: TensorTask | None) -> float:
     positions = _output_positions(model, example_input(model, task))
     dense = sum(m.weight.numel() * positions[n] for n, m in prunable_layers(model).items())
     scores = weight_scores(
@@ -126,14 +127,14 @@ def _output_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
     return {name: positions.get(name, 0) for name in prunable_layers(model)}
 
 
-def example_input(model: nn.Module, task: Task | None) -> Tensor:
+def example_input(model: nn.Module, task: TensorTask | None) -> Tensor:
     """One real input from ``task``, else a random one of the shape the model was built for."""
     if task is not None:
         return task.example_input(1)
     arch = getattr(model, "mobiledl_arch", None)
     if not arch:
         raise UserError("an example input is needed: pass a task or a model from create_model")
-    return torch.randn(1, arch["in_channels"], *arch["image_size"])
+    return example_input_for(arch)
 
 
 def _scaled(target: Target, fraction: Callable[[float], float]) -> Target:
@@ -143,12 +144,12 @@ def _scaled(target: Target, fraction: Callable[[float], float]) -> Target:
     return fraction(target)
 
 
-def _finetune(model: nn.Module, task: Task | None, config: PruneConfig, epochs: int) -> None:
+def _finetune(model: nn.Module, task: TensorTask | None, config: PruneConfig, epochs: int) -> None:
     if epochs >= 1 and task is not None:
         train(model, task, dataclasses.replace(config.finetune, epochs=epochs))
 
 
-def _needs_task(config: PruneConfig, task: Task | None) -> None:
+def _needs_task(config: PruneConfig, task: TensorTask | None) -> None:
     if task is not None:
         return
     if config.criterion in DATA_CRITERIA:
@@ -160,7 +161,7 @@ def _needs_task(config: PruneConfig, task: Task | None) -> None:
 # ---------------------------------------------------------------- schedules
 
 
-def oneshot(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Module:
+def oneshot(model: nn.Module, task: TensorTask | None, config: PruneConfig) -> nn.Module:
     """Prune once to the target, then fine-tune ``config.finetune.epochs`` epochs."""
     _needs_task(config, task)
     prune_step(model, config, resolve_target(model, config, task), task)
@@ -174,7 +175,7 @@ def iterative_sparsity(final: float, step: int, steps: int) -> float:
     return 1.0 - (1.0 - final) ** (step / steps)
 
 
-def iterative(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Module:
+def iterative(model: nn.Module, task: TensorTask | None, config: PruneConfig) -> nn.Module:
     """``steps`` rounds of prune -> fine-tune (Han et al. 2015)."""
     _needs_task(config, task)
     target = resolve_target(model, config, task)
@@ -215,7 +216,7 @@ def on_training_steps(model: nn.Module, callback: Callable[[int], None]) -> Iter
         handle.remove()
 
 
-def agp(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Module:
+def agp(model: nn.Module, task: TensorTask | None, config: PruneConfig) -> nn.Module:
     """Automated gradual pruning (Zhu & Gupta 2017) inside one ``mobiledl.train`` run.
 
     ``train`` returns the best-on-validation epoch; if that epoch came before the ramp
@@ -268,7 +269,7 @@ def _plain_name(name: str) -> str:
     return name.replace(".parametrizations.weight.original", ".weight")
 
 
-def lottery(model: nn.Module, task: Task | None, config: PruneConfig) -> nn.Module:
+def lottery(model: nn.Module, task: TensorTask | None, config: PruneConfig) -> nn.Module:
     """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
 
     Trains ``finetune.epochs`` epochs, recording all parameters after ``rewind_epochs`` epochs

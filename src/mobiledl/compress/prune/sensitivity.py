@@ -19,7 +19,7 @@ from mobiledl.compress.prune.criteria import weight_scores
 from mobiledl.compress.prune.granularity import Granularity, compute_masks
 from mobiledl.compress.prune.masks import apply_masks, current_masks
 from mobiledl.core.clone import clone_module
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
 from mobiledl.train import evaluate
@@ -53,7 +53,7 @@ class SensitivityResult:
 
 def sensitivity_analysis(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     granularity: str = "element",
     criterion: str = "l1",
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES,

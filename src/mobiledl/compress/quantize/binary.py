@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 
 from mobiledl.compress.quantize.config import BinaryConfig, TernaryConfig
 from mobiledl.core.clone import clone_module
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.profile.storage import packed_storage_bytes
@@ -243,7 +243,7 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
 
 
 def _lowbit_model(
-    model: nn.Module, record: dict[str, Any], task: Task | None, training: TrainConfig
+    model: nn.Module, record: dict[str, Any], task: TensorTask | None, training: TrainConfig
 ) -> nn.Module:
     """Parametrize ``model``'s layers (in place), record the transform, train with the STE."""
     if training.epochs and task is None:
@@ -256,7 +256,7 @@ def _lowbit_model(
     return quantized
 
 
-def binary_model(model: nn.Module, config: BinaryConfig, task: Task | None) -> nn.Module:
+def binary_model(model: nn.Module, config: BinaryConfig, task: TensorTask | None) -> nn.Module:
     """``model`` (changed in place) with binary weights ``±alpha`` (BinaryConnect + XNOR-Net
     scaling); storage at 1 bit per weight is simulated (see :func:`lowbit_storage_bytes`)."""
     record = {
@@ -267,7 +267,7 @@ def binary_model(model: nn.Module, config: BinaryConfig, task: Task | None) -> n
     return _lowbit_model(model, record, task, config.train)
 
 
-def ternary_model(model: nn.Module, config: TernaryConfig, task: Task | None) -> nn.Module:
+def ternary_model(model: nn.Module, config: TernaryConfig, task: TensorTask | None) -> nn.Module:
     """``model`` (changed in place) with ternary weights, TWN or TTQ; storage at 2 bits per
     weight is simulated."""
     default = TWN_THRESHOLD if config.algorithm == "twn" else TTQ_THRESHOLD
@@ -286,7 +286,7 @@ def ternary_model(model: nn.Module, config: TernaryConfig, task: Task | None) ->
 
 def binarize(
     model: nn.Module,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     epochs: int = 0,
     layers: Sequence[str] | None = None,
     per_channel: bool = True,
@@ -301,7 +301,7 @@ def binarize(
 
 def ternarize(
     model: nn.Module,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     epochs: int = 0,
     method: Literal["twn", "ttq"] = "twn",
     layers: Sequence[str] | None = None,

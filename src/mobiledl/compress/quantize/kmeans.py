@@ -44,7 +44,7 @@ from mobiledl.compress.quantize.config import KMeansConfig
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import LayerRule
 from mobiledl.core.methods import apply
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.train.trainer import TrainConfig, train
@@ -224,7 +224,7 @@ def config_bits(model: nn.Module, config: KMeansConfig) -> dict[str, int]:
     return bits
 
 
-def kmeans_model(model: nn.Module, config: KMeansConfig, task: Task | None) -> nn.Module:
+def kmeans_model(model: nn.Module, config: KMeansConfig, task: TensorTask | None) -> nn.Module:
     """``model`` (changed in place) whose layers share ``2**bits`` k-means centroids each.
 
     Zeros (pruned weights) are kept out of the clusters and stay zero. With fine-tuning
@@ -244,7 +244,7 @@ def kmeans_model(model: nn.Module, config: KMeansConfig, task: Task | None) -> n
 def kmeans_quantize(
     model: nn.Module,
     bits: int | Mapping[str, int],
-    task: Task | None = None,
+    task: TensorTask | None = None,
     finetune_epochs: int = 0,
     train_config: TrainConfig | None = None,
 ) -> nn.Module:
@@ -468,7 +468,7 @@ def storage_report(
 
 def _prune(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     sparsity: float | Mapping[str, float],
     steps: int,
     epochs: int,
@@ -495,7 +495,7 @@ def _prune(
 
 def deep_compression(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     prune_sparsity: float | Mapping[str, float],
     conv_bits: int = 8,
     fc_bits: int = 5,

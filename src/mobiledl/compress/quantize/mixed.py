@@ -49,7 +49,7 @@ from mobiledl.compress.quantize.quantizer import (
 )
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import LayerRule
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.train.trainer import TrainConfig, predict, train
@@ -182,7 +182,7 @@ def _weight_quantizer(layer: nn.Module, bits: int) -> FakeQuantize:
 
 
 @torch.no_grad()
-def _calibrate(model: nn.Module, task: Task, samples: int) -> None:
+def _calibrate(model: nn.Module, task: TensorTask, samples: int) -> None:
     """Set every input quantizer's range from ``samples`` training inputs."""
     quantizers = [m.input_quantizer for m in model.modules() if isinstance(m, InputQuantized)]
     if not quantizers:
@@ -217,7 +217,9 @@ def config_precisions(model: nn.Module, config: MixedPrecisionConfig) -> dict[st
     return precisions
 
 
-def mixed_model(model: nn.Module, config: MixedPrecisionConfig, task: Task | None) -> nn.Module:
+def mixed_model(
+    model: nn.Module, config: MixedPrecisionConfig, task: TensorTask | None
+) -> nn.Module:
     """``model`` (changed in place) with per-layer weight and input-activation bit widths.
 
     Activation ranges are calibrated on ``config.calibration_samples`` training inputs of
@@ -241,7 +243,7 @@ def mixed_model(model: nn.Module, config: MixedPrecisionConfig, task: Task | Non
 def mixed_precision(
     model: nn.Module,
     config: Mapping[str, Any],
-    task: Task | None = None,
+    task: TensorTask | None = None,
     default_act_bits: int | None = None,
     calibration_samples: int = CALIBRATION_SAMPLES,
     finetune_epochs: int = 0,
@@ -330,7 +332,7 @@ class BitSensitivity:
         return dataclasses.asdict(self)
 
 
-def _score(model: nn.Module, x: Tensor, y: Tensor, task: Task) -> tuple[float, float]:
+def _score(model: nn.Module, x: Tensor, y: Tensor, task: TensorTask) -> tuple[float, float]:
     logits = predict(model, x)
     return float(task.loss(logits, y)), task.metric(logits, y)
 
@@ -338,7 +340,7 @@ def _score(model: nn.Module, x: Tensor, y: Tensor, task: Task) -> tuple[float, f
 @torch.no_grad()
 def bit_sensitivity(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     bits: Sequence[int] = DEFAULT_CANDIDATES,
     layers: Sequence[str] | None = None,
     split: str = "val",

@@ -48,6 +48,7 @@ from mobiledl.compress.quantize.quantizer import (
 )
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.registry import example_input_for
 
 TRANSFORM = "quantize"
 ACT_QUANTIZERS = "activation_quantizers"
@@ -83,7 +84,7 @@ def zoo_example_input(model: nn.Module) -> torch.Tensor:
         raise UserError(
             f"{type(model).__name__} was not built by create_model: pass an example input"
         )
-    return torch.zeros(1, arch["in_channels"], *arch["image_size"])
+    return example_input_for(arch, zeros=True)
 
 
 def _wrap_weighted_layers(prepared: fx.GraphModule, config: QuantConfig) -> None:

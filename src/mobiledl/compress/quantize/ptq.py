@@ -38,14 +38,14 @@ from mobiledl.compress.quantize.quantizer import (
     fake_quantizers,
     quant_layers,
 )
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train.trainer import evaluate
 
 logger = logging.getLogger(__name__)
 
 
-def calibration_data(task: Task, samples: int, seed: int = 0) -> Tensor:
+def calibration_data(task: TensorTask, samples: int, seed: int = 0) -> Tensor:
     """``samples`` training inputs of ``task`` drawn without replacement (seeded)."""
     x = task.x_train
     if len(x) == 0:
@@ -98,7 +98,7 @@ def calibrate(model: nn.Module, data: Tensor) -> None:
 def ptq(
     model: nn.Module,
     config: QuantConfig,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     data: Tensor | None = None,
 ) -> tuple[fx.GraphModule, QuantConfig]:
     """A quantized copy of ``model`` and the config it was quantized with (``observer='auto'``
@@ -129,7 +129,7 @@ def ptq(
 def quantize(
     model: nn.Module,
     config: QuantConfig | None = None,
-    task: Task | None = None,
+    task: TensorTask | None = None,
     data: Tensor | None = None,
 ) -> fx.GraphModule:
     """Deprecated: use ``mobiledl.apply(model, QuantConfig(...), task)``."""
@@ -138,7 +138,7 @@ def quantize(
 
 
 def _best_observer(
-    model: nn.Module, config: QuantConfig, task: Task | None, data: Tensor
+    model: nn.Module, config: QuantConfig, task: TensorTask | None, data: Tensor
 ) -> tuple[fx.GraphModule, QuantConfig]:
     """Calibrate with each of ``AUTO_OBSERVERS`` and quantize with the most accurate on
     validation. Candidates are compared before AdaRound and bias correction, which then

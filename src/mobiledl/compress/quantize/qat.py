@@ -40,7 +40,7 @@ from mobiledl.compress.quantize.quantizer import (
     round_ste,
     set_submodule,
 )
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.train.trainer import TrainConfig, train
 
 DEFAULT_LR = 0.005
@@ -159,7 +159,7 @@ def _fixed(quantizer: FakeQuantize) -> FakeQuantize:
     return fixed
 
 
-def qat_model(model: nn.Module, config: QATConfig, task: Task) -> fx.GraphModule:
+def qat_model(model: nn.Module, config: QATConfig, task: TensorTask) -> fx.GraphModule:
     """A quantized copy of ``model`` trained with ``config.algorithm`` for ``config.train``;
     the best epoch on validation is kept and the grids are then fixed."""
     quantized, _ = ptq(model, dataclasses.replace(config.quant, bias_correction=False), task)
@@ -173,7 +173,7 @@ def qat_model(model: nn.Module, config: QATConfig, task: Task) -> fx.GraphModule
 
 def qat(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     config: QuantConfig | None = None,
     epochs: int = 3,
     train_config: TrainConfig | None = None,

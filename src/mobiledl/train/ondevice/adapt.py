@@ -18,8 +18,10 @@ from torch import nn
 
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
-from mobiledl.data.task import Task
+from mobiledl.core.inputs import describe_specs, specs_match
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.models.registry import model_input_specs
 from mobiledl.profile import Measurement
 from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
 from mobiledl.train.ondevice.memory import TrainingMemoryProfile, training_memory
@@ -104,14 +106,14 @@ class AdaptResult:
         return measurement
 
 
-def adapt(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
+def adapt(model: nn.Module, task: TensorTask, config: AdaptConfig) -> AdaptResult:
     """Deprecated: use ``mobiledl.apply(model, AdaptConfig(...), task)`` (a new module; the
     measurements are in its report)."""
     warnings.warn("adapt() is deprecated; use mobiledl.apply", DeprecationWarning, stacklevel=2)
     return adapt_model(model, task, config)
 
 
-def adapt_model(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResult:
+def adapt_model(model: nn.Module, task: TensorTask, config: AdaptConfig) -> AdaptResult:
     """Adapt ``model`` to ``task`` in place with ``config.strategy`` and measure the result."""
     _check_input(model, task)
     seed_everything(config.seed)  # the new classifier and lite modules start from the seed too
@@ -143,7 +145,7 @@ def adapt_model(model: nn.Module, task: Task, config: AdaptConfig) -> AdaptResul
     return AdaptResult(model, config.strategy, accuracy, predicted, measured, plan, history)
 
 
-def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any]:
+def _prepare(model: nn.Module, task: TensorTask, config: AdaptConfig) -> dict[str, Any]:
     """Freeze / wrap / quantize ``model`` for the method; returns what was chosen."""
     if config.strategy in BASELINES:
         freeze(model, config.strategy)
@@ -166,7 +168,7 @@ def _prepare(model: nn.Module, task: Task, config: AdaptConfig) -> dict[str, Any
     return {"bias_depth": plan.bias_depth, "layers": plan.layers}
 
 
-def _tinytl_within_budget(model: nn.Module, task: Task, config: AdaptConfig) -> TinyTLConfig:
+def _tinytl_within_budget(model: nn.Module, task: TensorTask, config: AdaptConfig) -> TinyTLConfig:
     """TinyTL with lite residuals (and trainable biases) in as many of the last blocks as the
     predicted training peak allows within ``config.memory_budget``."""
     x, y = (t[: config.batch_size] for t in task.split("train"))
@@ -192,13 +194,10 @@ def _tinytl_within_budget(model: nn.Module, task: Task, config: AdaptConfig) -> 
     )
 
 
-def _check_input(model: nn.Module, task: Task) -> None:
-    arch = getattr(model, "mobiledl_arch", None)
-    if not arch:
-        return
-    expected = (arch["in_channels"], *arch["image_size"])
-    if tuple(task.input_shape) != tuple(expected):
+def _check_input(model: nn.Module, task: TensorTask) -> None:
+    specs = model_input_specs(model)
+    if specs is not None and not specs_match(task.input_specs(), specs):
         raise UserError(
-            f"the model takes inputs shaped {list(expected)} but task '{task.name}' gives "
-            f"{list(task.input_shape)}"
+            f"the model takes inputs {describe_specs(specs)} but task '{task.name}' gives inputs "
+            f"{describe_specs(task.input_specs())}"
         )

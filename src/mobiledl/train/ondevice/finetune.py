@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train.ondevice.memory import training_layout, training_modes
 from mobiledl.train.ondevice.step import make_optimizer, training_step
@@ -44,7 +44,7 @@ class FineTuneConfig:
             raise UserError(f"learning rate must be > 0; got {self.lr}")
 
 
-def fine_tune(model: nn.Module, task: Task, config: FineTuneConfig) -> list[dict[str, float]]:
+def fine_tune(model: nn.Module, task: TensorTask, config: FineTuneConfig) -> list[dict[str, float]]:
     """Train ``model`` in place; returns per-epoch ``{epoch, train_loss, val_accuracy}``.
 
     With ``max_steps`` training stops after that many steps (the last epoch is partial).
@@ -76,7 +76,7 @@ def fine_tune(model: nn.Module, task: Task, config: FineTuneConfig) -> list[dict
 
 def _epoch(
     model: nn.Module,
-    task: Task,
+    task: TensorTask,
     config: FineTuneConfig,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
-from mobiledl.data.task import Task
+from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
@@ -448,7 +448,7 @@ class Contribution:
 
 
 def contribution_analysis(
-    model: nn.Module, task: Task, config: SparseUpdateConfig
+    model: nn.Module, task: TensorTask, config: SparseUpdateConfig
 ) -> list[Contribution]:
     """Validation-accuracy gain over classifier-only training of every candidate update."""
     body = quantized_layers(model)[:-1]
@@ -483,7 +483,9 @@ def _spread(
     return [dense[round(len(dense) - 1 - i * step)] for i in reversed(range(count))]
 
 
-def _probe(model: nn.Module, task: Task, plan: SparsePlan, config: SparseUpdateConfig) -> float:
+def _probe(
+    model: nn.Module, task: TensorTask, plan: SparsePlan, config: SparseUpdateConfig
+) -> float:
     """Validation accuracy after briefly fine-tuning ``plan`` from a copy of ``model``."""
     trial = apply_plan(clone_module(model), copy.deepcopy(plan))
     settings = FineTuneConfig(
@@ -576,7 +578,7 @@ def _peak(
 
 
 def sparse_update(
-    model: nn.Module, task: Task, config: SparseUpdateConfig
+    model: nn.Module, task: TensorTask, config: SparseUpdateConfig
 ) -> tuple[nn.Module, SparsePlan]:
     """Quantize ``model``, analyse contributions on ``task`` and set it up to train the best
     update within ``config.memory_budget``. Returns the model (changed in place) and the plan."""
