@@ -12,8 +12,8 @@ from typing import Any, Literal
 import pytest
 
 from mobiledl.cli import build_parser
-from mobiledl.cli_args import _field_hint, config_field_paths, config_from_args, flag_for
-from mobiledl.cli_methods import seed_values
+from mobiledl.cli.args import _field_hint, config_field_paths, config_from_args, flag_for
+from mobiledl.cli.methods import seed_values
 from mobiledl.core.config import LayerRule
 from mobiledl.core.methods import list_methods
 from mobiledl.pipeline import parse_recipe

@@ -13,7 +13,7 @@ by one config class, as torchao drives quantization with ``Int8Config``-style ob
   the settings that differ for the layers it matches), where the method has per-layer
   settings (``layer_fields``).
 
-CLI flags (``mobiledl.cli_args``) and recipe fields (``mobiledl.pipeline.recipe``) are derived
+CLI flags (``mobiledl.cli.args``) and recipe fields (``mobiledl.pipeline.recipe``) are derived
 from the same classes, so the three never drift apart.
 """
 

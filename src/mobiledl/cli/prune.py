@@ -12,15 +12,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_args import (
+from mobiledl.cli.args import (
     add_config_arguments,
     config_field_paths,
     config_from_args,
     dest_of,
     flag_for,
 )
-from mobiledl.cli_methods import add_method_io, run_method_command, unused_flags
-from mobiledl.cli_support import add_command, log
+from mobiledl.cli.methods import add_method_io, run_method_command, unused_flags
+from mobiledl.cli.support import add_command, log
 from mobiledl.errors import UserError
 
 #: Flags kept from before they were derived (they set the fine-tuning run).
@@ -98,7 +98,7 @@ def _sensitivity(model: Any, task: Any, config: Any, args: argparse.Namespace) -
 
 
 def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.cli_methods import _finish
+    from mobiledl.cli.methods import _finish
     from mobiledl.compress.prune.config import PruneConfig
 
     config = prune_config(args)
@@ -108,7 +108,7 @@ def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.sensitivity_tolerance is not None and not isinstance(config.sparsity, float):
         raise UserError("--sensitivity-tolerance allocates a --sparsity target; give --sparsity")
     if wants_sensitivity:
-        from mobiledl.cli_support import task_for_model
+        from mobiledl.cli.support import task_for_model
         from mobiledl.core.methods import check_input_kind
         from mobiledl.models import load_model
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mobiledl.cli_args import add_config_arguments, config_from_args
-from mobiledl.cli_methods import add_method_io, run_method_command
-from mobiledl.cli_support import add_command
+from mobiledl.cli.args import add_config_arguments, config_from_args
+from mobiledl.cli.methods import add_method_io, run_method_command
+from mobiledl.cli.support import add_command
 from mobiledl.errors import UserError
 
 RENAMES = {"strategy": "--method", "sparse.probe_steps": "--probe-steps"}

@@ -3,7 +3,7 @@
 
 ``mobiledl apply METHOD MODEL --task T --out OUT [flags of METHOD's config]`` reaches every
 registered method and every field of its config (the flags are derived from the config class,
-``mobiledl.cli_args``); ``mobiledl prune``, ``quantize`` and ``adapt`` are the same flow with
+``mobiledl.cli.args``); ``mobiledl prune``, ``quantize`` and ``adapt`` are the same flow with
 the flags of the command-line contract (DESIGN.md).
 """
 
@@ -14,8 +14,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_args import add_config_arguments, config_from_args
-from mobiledl.cli_support import add_command, add_task_args, task_for_model
+from mobiledl.cli.args import add_config_arguments, config_from_args
+from mobiledl.cli.support import add_command, add_task_args, task_for_model
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import Method, apply, list_methods, report_of
 from mobiledl.errors import UserError

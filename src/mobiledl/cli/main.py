@@ -16,9 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mobiledl.automl.nas.command import add_nas_command
-from mobiledl.cli_methods import add_apply_command
-from mobiledl.cli_support import (
+from mobiledl.cli.adapt import add_adapt_command
+from mobiledl.cli.methods import add_apply_command
+from mobiledl.cli.nas import add_nas_command
+from mobiledl.cli.prune import add_prune_command
+from mobiledl.cli.quantize import add_quantize_command
+from mobiledl.cli.run import add_run_command
+from mobiledl.cli.support import (
     OneLineParser,
     add_command,
     add_engine_arg,
@@ -28,12 +32,8 @@ from mobiledl.cli_support import (
     task_for_model,
     task_for_specs,
 )
-from mobiledl.compress.prune.command import add_prune_command
-from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
-from mobiledl.pipeline.command import add_run_command
-from mobiledl.train.command import add_adapt_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,7 +403,3 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any] | list[dict[str, Any]]
     if args.json:
         return [m.to_dict() for m in measurements]
     return None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

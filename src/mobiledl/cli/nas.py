@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mobiledl.cli_support import add_command, add_task_args, log
+from mobiledl.cli.support import add_command, add_task_args, log
 from mobiledl.errors import UserError
 
 
@@ -160,7 +160,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _add_extract(actions: argparse._SubParsersAction) -> None:
     from mobiledl.automl.nas.methods import SubnetConfig
-    from mobiledl.cli_args import add_config_arguments
+    from mobiledl.cli.args import add_config_arguments
 
     sub = add_command(
         actions, "extract", "extract one sub-network of a supernet as a model file", _cmd_extract
@@ -175,7 +175,7 @@ def _cmd_extract(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl import apply, report_of
     from mobiledl.automl.nas.methods import SubnetConfig
     from mobiledl.automl.nas.store import load_supernet
-    from mobiledl.cli_args import config_from_args
+    from mobiledl.cli.args import config_from_args
     from mobiledl.data import build_task
     from mobiledl.measure import measure_model
     from mobiledl.models import save_model

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mobiledl.cli_args import add_config_arguments, config_field_paths, config_from_args, dest_of
-from mobiledl.cli_args import flag_for as derived_flag
-from mobiledl.cli_methods import _finish, add_method_io, run_method_command, unused_flags
-from mobiledl.cli_support import add_command
+from mobiledl.cli.args import add_config_arguments, config_field_paths, config_from_args, dest_of
+from mobiledl.cli.args import flag_for as derived_flag
+from mobiledl.cli.methods import _finish, add_method_io, run_method_command, unused_flags
+from mobiledl.cli.support import add_command
 from mobiledl.errors import UserError
 
 METHODS = ("ptq", "qat", "kmeans", "binary", "ternary")

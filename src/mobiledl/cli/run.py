@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mobiledl.cli_support import add_command
+from mobiledl.cli.support import add_command
 
 
 def add_run_command(commands: argparse._SubParsersAction) -> None:
