@@ -11,10 +11,15 @@ the model:
 - ``bytes`` is the size of the artifact the engine exports (int8 for a quantized model);
 - ``storage_bytes`` is the packed size of the weights where a method packs them;
 - latency is measured in the engine on that same artifact.
+
+``measure_artifact`` measures an exported file (``mobiledl eval MODEL.onnx``): accuracy,
+``bytes``, ``params`` from the graph's weights, latency; ``extra["null_fields"]`` names each
+field left ``None`` and why (MACs and peak memory are profiled on a PyTorch model).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -80,6 +85,8 @@ def _profile(model: nn.Module, name: str, example_input: torch.Tensor) -> Measur
     measurement = profile_model(plain, example_input[:1], bits=bits).measurement(name)
     measurement.storage_bytes = packed_storage_bytes(model)
     measurement.extra["representation"] = "int8" if quantized else "float"
+    if measurement.storage_bytes is None:
+        measurement.extra["null_fields"] = {"storage_bytes": NO_PACKING}
     return measurement
 
 
@@ -119,3 +126,51 @@ def engine_outputs(
     runner = engine.load(artifact)
     outputs = [runner.run(x[i : i + batch_size].numpy()) for i in range(0, len(x), batch_size)]
     return torch.cat([torch.from_numpy(output) for output in outputs])
+
+
+#: Why ``storage_bytes`` is ``None`` for a model whose weights no method packs.
+NO_PACKING = "no method packed the weights; bytes is the exported file"
+
+#: Fields an engine artifact cannot give: there is no PyTorch model to profile.
+ARTIFACT_NULL_FIELDS = {
+    "macs": "counted on the PyTorch model; an engine artifact has none",
+    "peak_memory_bytes": "profiled on the PyTorch model; an engine artifact has none",
+    "storage_bytes": "a method's packed weight size; an engine artifact has none",
+}
+
+
+def measure_artifact(
+    path: Path, task: Task, latency: bool = True, repeats: int = 50
+) -> Measurement:
+    """The ``Measurement`` of an exported artifact: test accuracy in its engine, ``bytes``
+    (the file), ``params`` (elements of the graph's weight tensors, where the engine can
+    list them) and latency; ``extra["null_fields"]`` says why the rest stay ``None``."""
+    from mobiledl.deploy import engine_for_artifact
+
+    backend = engine_for_artifact(path)
+    x, y = task.split("test")
+    outputs = engine_outputs(backend, path, x)
+    measurement = Measurement(
+        name=path.stem,
+        accuracy=task.metric(outputs, y),
+        params=_artifact_params(path),
+        bytes=path.stat().st_size,
+        engine=backend.name,
+        extra={"accuracy_of": str(path), "null_fields": dict(ARTIFACT_NULL_FIELDS)},
+    )
+    if measurement.params is None:
+        measurement.extra["null_fields"]["params"] = "the engine's file lists no weights"
+    if latency:
+        measurement = measurement.update(artifact_latency(backend, path, x[:1], repeats=repeats))
+    return measurement
+
+
+def _artifact_params(path: Path) -> int | None:
+    """Elements of an ONNX graph's weight initializers (tensors of rank >= 1, so scalar
+    quantization scales and zero points are not counted); ``None`` for other formats."""
+    if path.suffix != ".onnx":
+        return None
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(math.prod(t.dims) for t in graph.initializer if len(t.dims) >= 1)
