@@ -29,7 +29,7 @@ from mobiledl.core.clone import clone_module
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
-from mobiledl.profile import count_macs
+from mobiledl.profile import count_macs, profile_model
 
 __all__ = [
     "METHODS",
@@ -48,6 +48,8 @@ MACS_TOLERANCE = 0.02
 #: Modules whose ``Linear`` parts are used through their weights, not their ``forward``.
 ATTENTION_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 ATTENTION_REASON = "attention internals: their weights are read directly, not called as layers"
+#: How many of the layers that are not factorized a missed target names.
+HELD_SHOWN = 4
 NOT_RUN_REASON = "not called on the example input"
 TOO_SMALL_REASON = "too small: no rank saves MACs"
 
@@ -252,19 +254,22 @@ def _choose(
     reached = fixed + sum(
         rank_rules.macs_of(layers[0], choices[layers[0].name]) for layers in options
     )
-    return choices, _shortfall(model, options, choices, config, reached / total, fixed / total)
+    kept = (reached / total, fixed / total)
+    return choices, _shortfall(model, example, options, choices, config, kept)
 
 
 def _shortfall(
     model: nn.Module,
+    example: Tensor,
     options: list[list[Candidate]],
     choices: dict[str, Choice | None],
     config: FactorizeConfig,
-    achieved: float,
-    fixed: float,
+    kept: tuple[float, float],
 ) -> str | None:
-    """One line on a MAC target missed by more than 2%: what was reached and what blocked."""
-    target = config.macs_ratio
+    """One line on a MAC target missed by more than 2%: what was reached and what blocked.
+
+    ``kept``: the fractions of the MACs kept in all, and in layers not factorized."""
+    (achieved, fixed), target = kept, config.macs_ratio
     assert target is not None
     if abs(achieved - target) <= MACS_TOLERANCE * target:
         return None
@@ -276,10 +281,23 @@ def _shortfall(
     if achieved < target:
         return f"{line}; the allowed ranks are too coarse to land closer ({steps})"
     lowest = rank_rules.at_minimum(options, choices, config.min_saving)
-    parts = [line, f"{fixed:.3f} of the MACs are in layers that are not factorized"]
+    held = _unfactorized_macs(model, {layers[0].name for layers in options}, example)
+    parts = [line, f"{fixed:.3f} of the MACs are in layers that are not factorized ({held})"]
     if lowest:
         parts.append(f"at their lowest allowed ranks ({steps}): " + ", ".join(lowest[:8]))
     return "; ".join(parts)
+
+
+def _unfactorized_macs(model: nn.Module, factorizable: set[str], example: Tensor) -> str:
+    """The layers outside ``factorizable`` holding the most MACs: ``name (type) share``."""
+    layers = profile_model(model, example).layers
+    total = max(sum(layer.macs for layer in layers), 1)
+    held = sorted(
+        (layer for layer in layers if layer.macs and layer.name not in factorizable),
+        key=lambda layer: -layer.macs,
+    )
+    shown = held[:HELD_SHOWN]
+    return ", ".join(f"{layer.name} ({layer.type}) {layer.macs / total:.0%}" for layer in shown)
 
 
 def _report(skipped: dict[str, str], shortfall: str | None, strict: bool) -> None:
