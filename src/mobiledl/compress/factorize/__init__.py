@@ -282,18 +282,21 @@ def _shortfall(
         return f"{line}; the allowed ranks are too coarse to land closer ({steps})"
     lowest = rank_rules.at_minimum(options, choices, config.min_saving)
     held = _unfactorized_macs(model, {layers[0].name for layers in options}, example)
-    parts = [line, f"{fixed:.3f} of the MACs are in layers that are not factorized ({held})"]
+    parts = [line]
+    if held:
+        parts.append(f"{fixed:.3f} of the MACs are in layers that are not factorized ({held})")
     if lowest:
         parts.append(f"at their lowest allowed ranks ({steps}): " + ", ".join(lowest[:8]))
     return "; ".join(parts)
 
 
 def _unfactorized_macs(model: nn.Module, factorizable: set[str], example: Tensor) -> str:
-    """The layers outside ``factorizable`` holding the most MACs: ``name (type) share``."""
+    """The layers outside ``factorizable`` holding the most MACs (at least 1% each):
+    ``name (type) share``."""
     layers = profile_model(model, example).layers
     total = max(sum(layer.macs for layer in layers), 1)
     held = sorted(
-        (layer for layer in layers if layer.macs and layer.name not in factorizable),
+        (layer for layer in layers if layer.macs >= total / 100 and layer.name not in factorizable),
         key=lambda layer: -layer.macs,
     )
     shown = held[:HELD_SHOWN]
