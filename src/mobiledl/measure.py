@@ -14,6 +14,10 @@ the model:
 
 Inputs may be of any structure and dtype (``mobiledl.core.inputs``); a zoo model's artifact
 takes its inputs under the names of its record (``tokens`` for a token model).
+
+``measure_artifact`` measures an exported file (``mobiledl eval MODEL.onnx``): accuracy,
+``bytes``, ``params`` from the graph's weights, latency; ``extra["null_fields"]`` names each
+field left ``None`` and why (MACs and peak memory are profiled on a PyTorch model).
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ def _profile(model: nn.Module, name: str, example_input: Inputs) -> Measurement:
     measurement = profile_model(plain, first, bits=bits).measurement(name)
     measurement.storage_bytes = packed_storage_bytes(model)
     measurement.extra["representation"] = "int8" if quantized else "float"
+    if measurement.storage_bytes is None:
+        measurement.extra["null_fields"] = {"storage_bytes": NO_PACKING}
     return measurement
 
 
@@ -141,3 +147,40 @@ def artifact_outputs(
         outputs.append(torch.from_numpy(runner.run(map_inputs(torch.Tensor.numpy, inputs))))
         targets.append(y)
     return torch.cat(outputs), torch.cat(targets)
+
+
+#: Why ``storage_bytes`` is ``None`` for a model whose weights no method packs.
+NO_PACKING = "no method packed the weights; bytes is the exported file"
+
+#: Fields an engine artifact cannot give: there is no PyTorch model to profile.
+ARTIFACT_NULL_FIELDS = {
+    "macs": "counted on the PyTorch model; an engine artifact has none",
+    "peak_memory_bytes": "profiled on the PyTorch model; an engine artifact has none",
+    "storage_bytes": "a method's packed weight size; an engine artifact has none",
+}
+
+
+def measure_artifact(
+    path: Path, task: Task, latency: bool = True, repeats: int = 50
+) -> Measurement:
+    """The ``Measurement`` of an exported artifact: test accuracy in its engine, ``bytes``
+    (the file), ``params`` (elements of the graph's weight tensors, where the engine can
+    list them) and latency; ``extra["null_fields"]`` says why the rest stay ``None``."""
+    from mobiledl.deploy import engine_for_artifact
+
+    backend = engine_for_artifact(path)
+    runner = backend.load(path)
+    measurement = Measurement(
+        name=path.stem,
+        accuracy=task.metric(*artifact_outputs(backend, runner, task)),
+        params=backend.artifact_params(path),
+        bytes=path.stat().st_size,
+        engine=backend.name,
+        extra={"accuracy_of": str(path), "null_fields": dict(ARTIFACT_NULL_FIELDS)},
+    )
+    if measurement.params is None:
+        measurement.extra["null_fields"]["params"] = "the engine's file lists no weights"
+    if latency:
+        example = task.example_input(1)
+        measurement = measurement.update(artifact_latency(backend, path, example, repeats=repeats))
+    return measurement

@@ -135,3 +135,12 @@ def test_batch_scales_macs() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     one = count_macs(model, torch.randn(1, 3, 8, 8))
     assert count_macs(model, torch.randn(3, 3, 8, 8)) == 3 * one
+
+
+@pytest.mark.parametrize("kind,gates", [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])
+def test_recurrent_layers_count_every_gate_of_every_step(kind: type, gates: int) -> None:
+    rnn = kind(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+    steps, batch = 12, 2
+    first, second = 16 * (8 + 16), 16 * (32 + 16)  # per gate unit: input + hidden products
+    expected = 2 * steps * batch * gates * (first + second)  # two directions
+    assert count_macs(rnn, torch.randn(batch, steps, 8)) == expected

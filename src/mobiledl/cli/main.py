@@ -180,36 +180,33 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "eval", "measure test accuracy of a .pt or .onnx model", _cmd_eval)
     sub.add_argument("model", type=Path, help="a mobiledl .pt file or an .onnx file")
     add_task_args(sub, required=True)
+    sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
 
 
 def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.deploy import artifact_suffixes
-    from mobiledl.profile import Measurement
+    from mobiledl.measure import measure_artifact, measure_model
 
     if args.model.suffix in artifact_suffixes():
-        accuracy, name = _eval_artifact(args), args.model.stem
+        measurement = measure_artifact(args.model, _artifact_task(args), not args.no_latency)
     else:
         from mobiledl.models import load_model
-        from mobiledl.train import evaluate
 
         loaded = load_model(args.model)
         task = task_for_model(args.task, loaded.arch, args.seed, args.model)
-        accuracy, name = evaluate(loaded.model, task, "test"), loaded.name
-    measurement = Measurement(name=name, accuracy=accuracy, extra={"task": args.task})
+        measurement = measure_model(loaded.model, loaded.name, task, latency=not args.no_latency)
+    measurement.extra["task"] = args.task
     if args.json:
         return measurement.to_dict()
-    print(f"{args.model}: test accuracy {accuracy:.4f} on {args.task}")
+    print(f"{args.model}: test accuracy {measurement.accuracy:.4f} on {args.task}")
     return None
 
 
-def _eval_artifact(args: argparse.Namespace) -> float:
+def _artifact_task(args: argparse.Namespace) -> Any:
     from mobiledl.deploy import engine_for_artifact
-    from mobiledl.measure import artifact_outputs
 
-    engine = engine_for_artifact(args.model)
-    runner = engine.load(args.model)
-    task = task_for_specs(args.task, runner.input_specs, args.seed, args.model)
-    return task.metric(*artifact_outputs(engine, runner, task))
+    runner = engine_for_artifact(args.model).load(args.model)
+    return task_for_specs(args.task, runner.input_specs, args.seed, args.model)
 
 
 # ---------------------------------------------------------------- profile

@@ -77,7 +77,9 @@ def run_method_command(
     """Load ``args.model``, apply ``config`` on ``args.task``, measure, save ``args.out``.
 
     The measurement's ``extra`` holds the method's report (its keys), the input model's
-    numbers (``before``) and the after/before ratios of MACs, parameters and artifact bytes.
+    numbers (``before``, with its file size as ``bytes``) and the after/before ratios of
+    MACs, parameters and artifact bytes. A report's ``storage_bytes`` (the weights' size in a
+    method's own format, e.g. sparse) fills the measurement's when the model has no other.
     """
     from mobiledl.measure import measure_model
     from mobiledl.models import load_model, save_model
@@ -97,7 +99,11 @@ def run_method_command(
         artifact=args.artifact,
     )
     report = report_of(result)
-    measurement.extra.update(report.values if report else {})
+    values = report.values if report else {}
+    measurement.extra.update(values)
+    if measurement.storage_bytes is None and values.get("storage_bytes") is not None:
+        measurement.storage_bytes = values["storage_bytes"]
+        measurement.extra.pop("null_fields", None)  # storage_bytes was its only entry
     measurement.extra.update(
         method=config.method,
         before=_summary(before),

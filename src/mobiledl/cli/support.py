@@ -64,7 +64,9 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
         "--task",
         required=required,
         help="built-in task (digits, mnist1d, mnist1d-tokens, mnist5k) or a path to user data "
-        "(image folder per class, .npz with x/y, or MNIST IDX files)",
+        "(image folder per class, .npz with x/y, or MNIST IDX files); split per class "
+        "60/20/20 into train/val/test by --seed, or 75/25 train/val when the data has its "
+        "own test split (x_test/y_test, t10k files)",
     )
     sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
 

@@ -102,6 +102,10 @@ class Engine(ABC):
     def load(self, path: PathLike, threads: int | None = None) -> Runner:
         """Load an artifact; ``UserError`` naming the file if it is missing or corrupt."""
 
+    def artifact_params(self, path: PathLike) -> int | None:
+        """Weight elements stored in the artifact, where the format lists them (else None)."""
+        return None
+
     def run(self, path_or_runner: PathLike | Runner, x: Batch) -> np.ndarray:
         """Run ``x`` through an artifact (loaded on the fly if given as a path)."""
         return self._as_runner(path_or_runner).run(x)

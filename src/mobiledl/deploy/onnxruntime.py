@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import sys
@@ -151,6 +152,12 @@ class OnnxRuntimeEngine(Engine):
                 _tidy_int8(tmp)
             _check_file(tmp)
         return target
+
+    def artifact_params(self, path: PathLike) -> int | None:
+        """Elements of the graph's weight initializers (tensors of rank >= 1, so scalar
+        quantization scales and zero points are not counted)."""
+        graph = onnx.load(str(path), load_external_data=False).graph
+        return sum(math.prod(t.dims) for t in graph.initializer if len(t.dims) >= 1)
 
     def load(self, path: PathLike, threads: int | None = None) -> OrtRunner:
         """An ``OrtRunner`` with ``threads`` intra-op threads (``None``: ORT's default)."""

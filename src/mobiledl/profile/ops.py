@@ -11,6 +11,9 @@ The profiler sees every op at the ATen level (after ``torch.matmul``, ``F.conv2d
 - matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``, ``addbmm``, ``mv``, ``addmv``,
   ``dot``; ``nn.Linear``, ``torch.matmul``, ``@`` and ``einsum`` lower to these):
   output elements times the contracted dimension, i.e. ``in * out`` per row of a linear.
+- fused recurrent layers (``nn.LSTM`` on CPU runs one ``mkldnn_rnn_layer`` per layer and
+  direction): ``steps * batch * gates * hidden * (input + hidden)``, the matrix products of
+  every gate; ``nn.GRU`` and ``nn.RNN`` lower to ``addmm`` / ``mm`` and are counted as such.
 - fused scaled-dot-product attention kernels: ``QK^T`` plus ``AV``,
   ``batch * heads * Lq * Lk * (E + Ev)``. (Under the profiler PyTorch usually takes the
   math path, which lowers to ``bmm`` and is counted as such.)
@@ -77,6 +80,13 @@ def _attention_macs(args: tuple[Any, ...], out: Any) -> int:
     return math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
+def _rnn_layer_macs(args: tuple[Any, ...], out: Any) -> int:
+    """One fused recurrent layer ``(input (T, B, in), w_ih (G*H, in), w_hh (G*H, H), ...)``:
+    the input and hidden products of every gate at every step, ``T B G H (in + H)``."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    return x.shape[0] * x.shape[1] * w_ih.shape[0] * (w_ih.shape[1] + w_hh.shape[1])
+
+
 MAC_COUNTERS: dict[Any, Counter] = {
     aten.convolution: _conv_macs,
     aten._convolution: _conv_macs,
@@ -98,6 +108,7 @@ MAC_COUNTERS: dict[Any, Counter] = {
     aten._scaled_dot_product_efficient_attention: _attention_macs,
     aten._scaled_dot_product_cudnn_attention: _attention_macs,
     aten._scaled_dot_product_fused_attention_overrideable: _attention_macs,
+    aten.mkldnn_rnn_layer: _rnn_layer_macs,
 }
 
 

@@ -30,7 +30,7 @@ from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
 from mobiledl.models.registry import example_input_for
-from mobiledl.profile import count_macs
+from mobiledl.profile import count_macs, profile_model
 
 __all__ = [
     "METHODS",
@@ -44,6 +44,15 @@ __all__ = [
 ]
 
 TRANSFORM = "factorize"
+#: A MAC target counts as met within this fraction of it (as for channel pruning).
+MACS_TOLERANCE = 0.02
+#: Modules whose ``Linear`` parts are used through their weights, not their ``forward``.
+ATTENTION_TYPES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+ATTENTION_REASON = "attention internals: their weights are read directly, not called as layers"
+#: How many of the layers that are not factorized a missed target names.
+HELD_SHOWN = 4
+NOT_RUN_REASON = "not called on the example input"
+TOO_SMALL_REASON = "too small: no rank saves MACs"
 
 
 def factorize(
@@ -73,9 +82,11 @@ def factorize_model(
     real = task is not None or data is not None
     data = _calibration_data(model, config, task, data)
     result = model.eval()
-    options = _candidates(result, config, data)
+    options, skipped = _candidates(result, config, data)
+    choices, shortfall = _choose(result, options, config, data[:1])
+    _report(skipped, shortfall, config.strict)
     specs = []
-    for choice in _choose(result, options, config, data[:1]).values():
+    for choice in choices.values():
         if choice is not None and choice[1] != choice[0].full:
             layer, spec = choice[0], choice[0].spec(choice[1])
             module = decompose(layer.layer, spec, config.iterations, layer.bases)
@@ -94,13 +105,15 @@ def factorized_layers(model: nn.Module) -> dict[str, Factorized]:
 
 
 def factorizable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
-    """``Linear`` layers and ungrouped zero-padded ``Conv2d`` layers not yet factorized."""
+    """``Linear`` layers and ungrouped zero-padded ``Conv2d`` layers not yet factorized
+    (outside attention modules, which read their projections' weights directly)."""
     inside = {
         f"{name}.{child}"
         for name, factorized in factorized_layers(model).items()
         for child, _ in factorized.named_modules()
         if child
     }
+    inside.update(_attention_internals(model))
     return {
         name: module
         for name, module in model.named_modules()
@@ -160,26 +173,51 @@ def _methods_for(layer: nn.Module, methods: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
-def _candidates(model: nn.Module, config: FactorizeConfig, data: Tensor) -> list[list[Candidate]]:
-    """Per selected layer, one candidate per method it may use."""
+def _candidates(
+    model: nn.Module, config: FactorizeConfig, data: Tensor
+) -> tuple[list[list[Candidate]], dict[str, str]]:
+    """Per selected layer that can save MACs, one candidate per method it may use; and the
+    layers skipped, with the reason (attention internals, not run, too small to save)."""
     selected = _selected(model, config)
+    every_layer = config.layers is None and config.ranks is None
+    attention = _attention_internals(model) if every_layer else []
+    skipped = {name: ATTENTION_REASON for name in attention if name not in config.exclude}
     shapes = _feature_sizes(model, selected, data[:1])
+    skipped.update({name: NOT_RUN_REASON for name in selected if name not in shapes})
+    selected = {name: layer for name, layer in selected.items() if name in shapes}
     moments = channel_moments(model, selected, data) if config.data_aware else {}
-    return [
-        [
+    options = []
+    for name, layer in selected.items():
+        layers = [
             rank_rules.candidate(
                 name, layer, method, shapes[name], config.round_to, moments.get(name)
             )
             for method in _methods_for(layer, config.methods)
         ]
-        for name, layer in selected.items()
+        if config.ranks is None and not rank_rules.can_save(layers):
+            skipped[name] = TOO_SMALL_REASON
+        else:
+            options.append(layers)
+    return options, skipped
+
+
+def _attention_internals(model: nn.Module) -> list[str]:
+    """``Linear`` layers inside attention modules, which call their weights directly
+    (``F.multi_head_attention_forward``, the fused encoder-layer path), not their forward."""
+    return [
+        f"{owner}.{name}" if owner else name
+        for owner, module in model.named_modules()
+        if isinstance(module, ATTENTION_TYPES)
+        for name, inner in module.named_modules()
+        if name and isinstance(inner, nn.Linear)
     ]
 
 
 def _feature_sizes(
     model: nn.Module, layers: dict[str, nn.Module], example: Tensor
 ) -> dict[str, tuple[Pair, Pair]]:
-    """Per layer: (input, output) spatial size, or (positions, 1) for a linear layer."""
+    """Per layer that runs on ``example``: (input, output) spatial size, or (positions, 1)
+    for a linear layer."""
     sizes: dict[str, tuple[Pair, Pair]] = {}
 
     def hook(name: str) -> Any:
@@ -199,22 +237,84 @@ def _feature_sizes(
     finally:
         for handle in handles:
             handle.remove()
-    missing = [name for name in layers if name not in sizes]
-    if missing:
-        raise UserError(f"layer '{missing[0]}' does not run on the example input")
     return sizes
 
 
 def _choose(
     model: nn.Module, options: list[list[Candidate]], config: FactorizeConfig, example: Tensor
-) -> dict[str, Choice | None]:
-    """Per layer, the method and ranks the rank rule picks (``None``: leave it)."""
-    if config.macs_ratio is not None:
-        total = count_macs(model, example)
-        fixed = total - sum(layers[0].original_macs for layers in options)
-        budget = int(config.macs_ratio * total) - fixed
-        return rank_rules.for_macs(options, budget, config.min_saving)
-    return {layers[0].name: _rule_choice(layers, config) for layers in options}
+) -> tuple[dict[str, Choice | None], str | None]:
+    """Per layer, the method and ranks the rank rule picks (``None``: leave it), and a line
+    on how a MAC target was missed (``None`` if it was met within 2% or there was none)."""
+    if config.macs_ratio is None:
+        return {layers[0].name: _rule_choice(layers, config) for layers in options}, None
+    total = count_macs(model, example)
+    fixed = total - sum(layers[0].original_macs for layers in options)
+    target = config.macs_ratio * total
+    slack = int(MACS_TOLERANCE * target)
+    choices = rank_rules.for_macs(options, int(target) - fixed, config.min_saving, slack)
+    reached = fixed + sum(
+        rank_rules.macs_of(layers[0], choices[layers[0].name]) for layers in options
+    )
+    kept = (reached / total, fixed / total)
+    return choices, _shortfall(model, example, options, choices, config, kept)
+
+
+def _shortfall(
+    model: nn.Module,
+    example: Tensor,
+    options: list[list[Candidate]],
+    choices: dict[str, Choice | None],
+    config: FactorizeConfig,
+    kept: tuple[float, float],
+) -> str | None:
+    """One line on a MAC target missed by more than 2%: what was reached and what blocked.
+
+    ``kept``: the fractions of the MACs kept in all, and in layers not factorized."""
+    (achieved, fixed), target = kept, config.macs_ratio
+    assert target is not None
+    if abs(achieved - target) <= MACS_TOLERANCE * target:
+        return None
+    line = (
+        f"macs_ratio {target} not met: the factorized model keeps {achieved:.3f} of the MACs "
+        f"({(achieved - target) / target:+.1%}; tolerance {MACS_TOLERANCE:.0%})"
+    )
+    steps = f"ranks are multiples of round_to={config.round_to}"
+    if achieved < target:
+        return f"{line}; the allowed ranks are too coarse to land closer ({steps})"
+    lowest = rank_rules.at_minimum(options, choices, config.min_saving)
+    held = _unfactorized_macs(model, {layers[0].name for layers in options}, example)
+    parts = [line]
+    if held:
+        parts.append(f"{fixed:.3f} of the MACs are in layers that are not factorized ({held})")
+    if lowest:
+        parts.append(f"at their lowest allowed ranks ({steps}): " + ", ".join(lowest[:8]))
+    return "; ".join(parts)
+
+
+def _unfactorized_macs(model: nn.Module, factorizable: set[str], example: Tensor) -> str:
+    """The layers outside ``factorizable`` holding the most MACs (at least 1% each):
+    ``name (type) share``."""
+    layers = profile_model(model, example).layers
+    total = max(sum(layer.macs for layer in layers), 1)
+    held = sorted(
+        (layer for layer in layers if layer.macs >= total / 100 and layer.name not in factorizable),
+        key=lambda layer: -layer.macs,
+    )
+    shown = held[:HELD_SHOWN]
+    return ", ".join(f"{layer.name} ({layer.type}) {layer.macs / total:.0%}" for layer in shown)
+
+
+def _report(skipped: dict[str, str], shortfall: str | None, strict: bool) -> None:
+    """One warning (with ``strict``, a ``UserError`` for a missed target) on what was left."""
+    if shortfall is not None and strict:
+        raise UserError(shortfall + " (strict)")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    left = [f"{', '.join(names)} ({reason})" for reason, names in by_reason.items()]
+    parts = ([shortfall] if shortfall else []) + (["skipped " + "; ".join(left)] if left else [])
+    if parts:
+        warnings.warn("factorize: " + "; ".join(parts), stacklevel=4)
 
 
 def _rule_choice(layers: list[Candidate], config: FactorizeConfig) -> Choice | None:

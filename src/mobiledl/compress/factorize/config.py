@@ -43,6 +43,13 @@ class FactorizeConfig(MethodConfig):
     - ``recalibrate_bn``: with data, re-estimate BatchNorm statistics of the result on the
       calibration inputs (Li et al. 2020).
     - ``iterations``: HOOI / CP-ALS iterations.
+    - ``strict``: a MAC target missed by more than 2% is a ``UserError``, not a warning.
+
+    Layers that cannot be decomposed are skipped with one warning naming them and why:
+    the projections inside attention modules (their weights are read directly), layers
+    the example input never calls, and layers no rank makes cheaper. A MAC target out of
+    reach gives the most the layers allow, with a warning giving the ratio reached and
+    the layers that blocked it.
     """
 
     method: ClassVar[str] = "factorize"
@@ -60,6 +67,7 @@ class FactorizeConfig(MethodConfig):
     data_aware: bool = True
     calibration_samples: int = 512
     recalibrate_bn: bool = True
+    strict: bool = False
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -19,7 +19,8 @@ def factorize_method(
     model: nn.Module, config: FactorizeConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """SVD, spatial, Tucker-2 or CP factorization (Denton et al. 2014; Jaderberg et al. 2014;
-    Kim et al. 2016; Lebedev et al. 2015); the report lists each layer's method and ranks."""
+    Kim et al. 2016; Lebedev et al. 2015); the report lists each layer's method and ranks,
+    the MAC and parameter ratios reached and the input model's counts."""
     example = task.example_input(1) if task is not None else None
     params = count_params(model)
     macs = count_macs(model, example) if example is not None else None
@@ -28,7 +29,12 @@ def factorize_method(
         name: {"method": layer.spec.method, "ranks": list(layer.spec.ranks)}
         for name, layer in factorized_layers(result).items()
     }
-    report: dict[str, Any] = {"layers": layers, "params_ratio": count_params(result) / params}
+    report: dict[str, Any] = {
+        "layers": layers,
+        "params_ratio": count_params(result) / params,
+        "dense_params": params,
+        "macs_target": config.macs_ratio,
+    }
     if example is not None and macs:
-        report["macs_ratio"] = count_macs(result, example) / macs
+        report.update(macs_ratio=count_macs(result, example) / macs, dense_macs=macs)
     return result, report

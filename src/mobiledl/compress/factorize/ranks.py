@@ -216,48 +216,81 @@ def check_explicit(layer: Candidate, ranks: int | list[int]) -> Ranks:
 
 
 def for_macs(
-    options: list[list[Candidate]], budget: int, min_saving: float = 0.0
+    options: list[list[Candidate]], budget: int, min_saving: float = 0.0, slack: int = 0
 ) -> dict[str, Choice | None]:
     """Per layer, a method and ranks whose total MACs fit ``budget`` (the MACs allowed for
     these layers), chosen greedily by least energy lost per MAC saved (Zhang et al. 2016).
 
     ``options`` holds, per layer, one candidate per method it may use; a layer keeps the
-    method of its first cut. ``None`` means "not factorized".
+    method of its first cut. ``None`` means "not factorized". A cut that would land more
+    than ``slack`` MACs below ``budget`` is taken only when no smaller cut is left, so the
+    result lands within ``slack`` of the budget wherever the allowed ranks permit. When no
+    cut is left before the budget is met, the result is the most the layers can be cut
+    (best effort: the caller reports the shortfall).
     """
     state: dict[str, Choice | None] = {layer[0].name: None for layer in options}
     total = sum(layer[0].original_macs for layer in options)
     while total > budget:
-        step = _best_cut(options, state, min_saving)
+        step = _best_cut(options, state, min_saving, total - budget + slack)
         if step is None:
-            raise UserError(
-                f"MAC target out of reach: the factorizable layers need at least {total:,} "
-                f"MACs, the target leaves them {budget:,}"
-            )
+            break
         layer, ranks = step
-        total -= _macs(layer, state[layer.name]) - layer.macs(ranks)
+        total -= macs_of(layer, state[layer.name]) - layer.macs(ranks)
         state[layer.name] = (layer, ranks)
     return state
 
 
-def _macs(layer: Candidate, choice: Choice | None) -> int:
+def at_minimum(
+    options: list[list[Candidate]], state: dict[str, Choice | None], min_saving: float = 0.0
+) -> list[str]:
+    """Names of the layers no further cut can shrink (in ``state``)."""
+    return [
+        layers[0].name
+        for layers in options
+        if not _layer_cuts(layers, state[layers[0].name], min_saving)
+    ]
+
+
+def can_save(layers: list[Candidate], min_saving: float = 0.0) -> bool:
+    """Whether some rank of some method saves ``min_saving`` of the layer's MACs."""
+    return bool(_layer_cuts(layers, None, min_saving))
+
+
+def macs_of(layer: Candidate, choice: Choice | None) -> int:
+    """MACs of ``layer`` as ``choice`` leaves it (``None``: not factorized)."""
     return layer.original_macs if choice is None else choice[0].macs(choice[1])
 
 
+def _layer_cuts(
+    layers: list[Candidate], choice: Choice | None, min_saving: float
+) -> list[tuple[Candidate, Ranks, Ranks]]:
+    """Every next cut of one layer: (candidate, current ranks, cut ranks)."""
+    starts = [(layer, layer.full) for layer in layers] if choice is None else [choice]
+    return [
+        (layer, current, cut)
+        for layer, current in starts
+        for cut in _cuts(layer, current, min_saving)
+    ]
+
+
 def _best_cut(
-    options: list[list[Candidate]], state: dict[str, Choice | None], min_saving: float
+    options: list[list[Candidate]],
+    state: dict[str, Choice | None],
+    min_saving: float,
+    most: int,
 ) -> Choice | None:
-    """The next cut: one mode, one allowed rank down (skipping cuts that save nothing)."""
-    best: tuple[float, Candidate, Ranks] | None = None
+    """The next cut: one mode, one allowed rank down (skipping cuts that save nothing),
+    the cheapest saving at most ``most`` MACs if there is one, else the cheapest."""
+    ranked: list[tuple[bool, float, Candidate, Ranks]] = []
     for layers in options:
-        choice = state[layers[0].name]
-        starts = [(layer, layer.full) for layer in layers] if choice is None else [choice]
-        for layer, current in starts:
-            for cut in _cuts(layer, current, min_saving):
-                saved = layer.macs(current) - layer.macs(cut)
-                cost = max(layer.loss(cut) - layer.loss(current), 0.0) / saved
-                if best is None or cost < best[0]:
-                    best = (cost, layer, cut)
-    return None if best is None else (best[1], best[2])
+        for layer, current, cut in _layer_cuts(layers, state[layers[0].name], min_saving):
+            saved = layer.macs(current) - layer.macs(cut)
+            cost = max(layer.loss(cut) - layer.loss(current), 0.0) / saved
+            ranked.append((saved > most, cost, layer, cut))
+    if not ranked:
+        return None
+    best = min(ranked, key=lambda item: item[:2])
+    return best[2], best[3]
 
 
 def _cuts(layer: Candidate, current: Ranks, min_saving: float) -> list[Ranks]:

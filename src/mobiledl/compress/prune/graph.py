@@ -891,7 +891,7 @@ class _ChannelFlow:
         for event in self.events:
             if event.held != held:
                 continue
-            ids = event.ids
+            ids = np.ravel(event.ids)  # an op's labels may have more than one dim
             if event.always or (len(ids) and removable.intersection(self.uf.roots(ids).tolist())):
                 messages.append(event.reason)
         return list(dict.fromkeys(messages))

@@ -19,6 +19,13 @@ from mobiledl.errors import UserError
 from mobiledl.profile import count_macs, count_params
 from mobiledl.train import train
 
+#: What a mask-pruning report's sizes mean (the exported file stores the zeros densely).
+MASK_NOTE = (
+    "zeros are stored densely: params, MACs and the exported file (bytes) do not shrink; "
+    "dense_bytes and sparse_format_bytes (= storage_bytes) are the weights' size dense and "
+    "in the relative-index sparse format"
+)
+
 
 @register_method(PruneConfig, needs_task=False, inputs=(IMAGE,))
 def prune_masks(
@@ -35,9 +42,12 @@ def prune_masks(
     return model, {
         "sparsity": sparsity_of(model, config.exclude),
         "layer_sparsity": layer_sparsity(model, config.exclude),
+        "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()),
         "dense_bytes": storage.dense_bytes,
         "sparse_format_bytes": storage.sparse_bytes,
+        "storage_bytes": storage.sparse_bytes,
         "compression": storage.compression,
+        "note": MASK_NOTE,
     }
 
 
