@@ -261,44 +261,95 @@ def _mse_range_per_channel(
 
 
 class KLObserver(HistogramObserver):
-    """TensorRT entropy calibration (Migacz 2017): minimize KL(P || Q) over thresholds.
+    """TensorRT entropy calibration (Migacz 2017): the clip range minimizing KL(P || Q).
 
-    ``P`` is the histogram of ``|x|`` cut at a threshold (the tail folded into the last
-    bin), ``Q`` the same bins merged into as many groups as the grid has levels on one side
-    and spread back uniformly over non-empty bins. The range is ``[-T, T]`` (clipped to the
-    observed ``[lo, hi]``).
+    A symmetric grid searches thresholds ``T`` on the histogram of ``|x|`` with ``qmax``
+    levels on ``[0, T]``; an asymmetric grid searches ranges ``[max(lo, -T), min(hi, T)]`` on
+    the histogram of ``x`` (over ``[min(lo, 0), max(hi, 0)]``) with all ``2^b`` levels. For
+    each candidate, ``P`` is the histogram inside the range with the clipped tails folded into
+    its end bins, and ``Q`` its bins merged into as many groups as the grid has levels and
+    spread back uniformly over the non-empty bins (empty bins of ``Q`` where ``P`` is not are
+    smoothed to ``KL_EPS`` counts). The bin holding 0.0 is left out of both: ReLU zeros and
+    a constant background are a large point mass that every grid represents exactly, and
+    counting it would favour ranges so narrow that it sits alone in its group.
     """
 
     def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
         self._require_data(self.seen)
-        hist, amax = self.abs_histogram()
-        levels = spec.qmax - spec.qmin + 1
-        levels = levels if self.lo >= 0 else levels // 2
-        start = min(levels, self.bins)
-        divergences = [_kl_at(hist, i, levels) for i in range(start, self.bins + 1)]
-        threshold = (start + int(np.argmin(divergences))) * amax / self.bins
-        return self._as_range(max(self.lo, -threshold), min(self.hi, threshold))
+        if spec.symmetric:
+            hist, amax = self.abs_histogram()
+            start, width, levels = 0.0, amax / self.bins, spec.qmax
+        else:
+            hist, start, width = self._histogram_with_zero()
+            levels = spec.qmax - spec.qmin + 1
+        zero = -start / width
+        hist = hist.copy()
+        hist[min(int(zero), len(hist) - 1)] = 0.0
+        left, right = _kl_candidates(zero, len(hist), levels)
+        best = int(np.argmin(_kl_divergences(hist, left, right, levels)))
+        lo, hi = start + left[best] * width, start + right[best] * width
+        return self._as_range(float(max(self.lo, lo)), float(min(self.hi, hi)))
+
+    def _histogram_with_zero(self) -> tuple[np.ndarray, float, float]:
+        """The histogram re-binned over ``[min(lo, 0), max(hi, 0)]``, its start and bin width."""
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if (lo, hi) == (self.lo, self.hi):
+            return self.hist, lo, (hi - lo) / self.bins
+        cdf = np.concatenate([[0.0], np.cumsum(self.hist)])
+        edges = np.linspace(lo, hi, self.bins + 1)
+        return np.diff(np.interp(edges, self.edges(), cdf)), lo, (hi - lo) / self.bins
 
 
-def _kl_at(hist: np.ndarray, cut: int, levels: int) -> float:
-    """KL divergence between ``hist[:cut]`` (tail folded in) and its ``levels``-level copy."""
-    reference = hist[:cut].copy()
-    reference[-1] += hist[cut:].sum()
-    starts = (np.arange(levels) * cut) // levels
-    group_sum = np.add.reduceat(hist[:cut], starts)
-    nonzero = hist[:cut] > 0
-    group_nonzero = np.add.reduceat(nonzero.astype(np.float64), starts)
-    group_of_bin = np.repeat(np.arange(levels), np.diff(np.append(starts, cut)))
-    expanded = np.where(
-        nonzero, group_sum[group_of_bin] / np.maximum(group_nonzero[group_of_bin], 1), 0.0
-    )
-    p_total, q_total = reference.sum(), expanded.sum()
-    if p_total <= 0 or q_total <= 0:
-        return float("inf")
-    p, q = reference / p_total, expanded / q_total
-    mask = p > 0
-    q_safe = np.where(q[mask] > 0, q[mask], 1e-12)
-    return float(np.sum(p[mask] * np.log(p[mask] / q_safe)))
+KL_EPS = 1e-4
+
+
+def _kl_candidates(zero: float, bins: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin ranges ``[left, right)`` around bin position ``zero`` of half-widths 1..bins,
+    clipped to the histogram, at least ``levels`` bins wide (the full range always)."""
+    half = np.arange(1, bins + 1)
+    left = np.clip(np.round(zero - half), 0, bins).astype(np.int64)
+    right = np.clip(np.round(zero + half), 0, bins).astype(np.int64)
+    pairs = np.unique(np.stack([np.append(left, 0), np.append(right, bins)], 1), axis=0)
+    pairs = pairs[(pairs[:, 1] - pairs[:, 0] >= levels) | (pairs[:, 1] - pairs[:, 0] == bins)]
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _kl_divergences(
+    hist: np.ndarray, left: np.ndarray, right: np.ndarray, levels: int
+) -> np.ndarray:
+    """KL(P || Q) of each candidate range (see ``KLObserver``), all candidates at once.
+
+    Within a group of ``Q`` every non-empty bin holds the same mass, so the sum over bins
+    reduces to sums over groups, read off prefix sums of ``h``, ``[h > 0]`` and ``h log h``.
+    """
+    total = float(hist.sum())
+    if total <= 0:
+        return np.zeros(len(left))
+    logs = np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0)
+    mass, filled, entropy = (np.concatenate([[0.0], np.cumsum(v)]) for v in (hist, hist > 0, logs))
+    width = right - left
+    groups = np.arange(levels + 1)
+    edges = left[:, None] + (groups[None, :] * width[:, None]) // levels
+    group_mass, group_filled = np.diff(mass[edges], axis=1), np.diff(filled[edges], axis=1)
+    inside = mass[right] - mass[left]
+    safe_inside = np.maximum(inside, KL_EPS)[:, None]
+    level = np.where(group_mass > 0, group_mass / np.maximum(group_filled, 1) / safe_inside, 1.0)
+    divergence = entropy[right] - entropy[left] - inside * np.log(total)
+    divergence -= (group_mass * np.log(level)).sum(axis=1)
+    first_q = np.where(hist[left] > 0, level[:, 0], KL_EPS / safe_inside[:, 0])
+    last_q = np.where(hist[right - 1] > 0, level[:, -1], KL_EPS / safe_inside[:, 0])
+    divergence += _fold(hist[left], mass[left], first_q, total)
+    divergence += _fold(hist[right - 1], total - mass[right], last_q, total)
+    return divergence / total
+
+
+def _fold(count: np.ndarray, tail: np.ndarray, q: np.ndarray, total: float) -> np.ndarray:
+    """The change in ``sum P log(P / Q)`` (unnormalized ``P``) when ``tail`` joins a bin."""
+
+    def term(p: np.ndarray) -> np.ndarray:
+        return np.where(p > 0, p * np.log(np.maximum(p, 1e-300) / (total * q)), 0.0)
+
+    return term(count + tail) - term(count)
 
 
 OBSERVERS: dict[str, Callable[..., Observer]] = {
