@@ -224,19 +224,24 @@ class MSEObserver(HistogramObserver):
         values = torch.from_numpy(self.centers()).float()
         counts = torch.from_numpy(self.hist).float()
         factors = torch.linspace(1.0 / MSE_CANDIDATES, 1.0, MSE_CANDIDATES)
+        scales, zero_points = compute_qparams(factors * self.lo, factors * self.hi, spec)
+        tensor_spec = QuantSpec(spec.bits, spec.symmetric)
         errors = torch.stack(
-            [_weighted_error(values, counts, f * self.lo, f * self.hi, spec) for f in factors]
+            [
+                _weighted_error(
+                    values, counts, scales[i : i + 1], zero_points[i : i + 1], tensor_spec
+                )
+                for i in range(MSE_CANDIDATES)
+            ]
         )
         best = float(factors[int(torch.argmin(errors))])
         return self._as_range(best * self.lo, best * self.hi)
 
 
 def _weighted_error(
-    values: Tensor, counts: Tensor, lo: float, hi: float, spec: QuantSpec
+    values: Tensor, counts: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec
 ) -> Tensor:
-    scale, zero_point = compute_qparams(torch.tensor([lo]), torch.tensor([hi]), spec)
-    tensor_spec = QuantSpec(spec.bits, spec.symmetric)
-    error = values - fake_quantize(values, scale, zero_point, tensor_spec)
+    error = values - fake_quantize(values, scale, zero_point, spec)
     return (counts * error.square()).sum()
 
 
@@ -350,6 +355,44 @@ def _fold(count: np.ndarray, tail: np.ndarray, q: np.ndarray, total: float) -> n
         return np.where(p > 0, p * np.log(np.maximum(p, 1e-300) / (total * q)), 0.0)
 
     return term(count + tail) - term(count)
+
+
+class CalibrationObserver(HistogramObserver):
+    """What the min-max, percentile, MSE and KL observers decide from (per tensor): the
+    histogram and the running min/max, collected in one calibration pass.
+
+    ``observer(name)`` is an observer of that name holding these statistics, so its range is
+    exactly the one it would choose had it watched the same data itself.
+    """
+
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        Observer.__init__(self, None)
+        self.minmax = MinMaxObserver()
+        self.bins = bins
+        self.reset()
+
+    def observe(self, x: Tensor) -> None:
+        self.minmax.observe(x)
+        super().observe(x)
+
+    def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+        return self.minmax.range(spec)
+
+    def reset(self) -> None:
+        self.minmax.reset()
+        super().reset()
+
+    def observer(self, name: str) -> Observer:
+        """A ``name`` observer that has seen what this one has."""
+        observer = make_observer(name)
+        if isinstance(observer, HistogramObserver):
+            observer.hist, observer.seen = self.hist.copy(), self.seen
+            observer.lo, observer.hi = self.lo, self.hi
+        elif type(observer) is MinMaxObserver:
+            observer.min_val, observer.max_val = self.minmax.min_val, self.minmax.max_val
+        else:
+            raise UserError(f"observer '{name}' cannot be derived from one calibration pass")
+        return observer
 
 
 OBSERVERS: dict[str, Callable[..., Observer]] = {
