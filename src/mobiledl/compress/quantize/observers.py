@@ -274,9 +274,11 @@ class KLObserver(HistogramObserver):
     each candidate, ``P`` is the histogram inside the range with the clipped tails folded into
     its end bins, and ``Q`` its bins merged into as many groups as the grid has levels and
     spread back uniformly over the non-empty bins (empty bins of ``Q`` where ``P`` is not are
-    smoothed to ``KL_EPS`` counts). The bin holding 0.0 is left out of both: ReLU zeros and
-    a constant background are a large point mass that every grid represents exactly, and
-    counting it would favour ranges so narrow that it sits alone in its group.
+    smoothed to ``KL_EPS`` counts). Point masses are left out of both while inside the range
+    (the bin holding 0.0, and any bin with at least ``POINT_MASS`` of the values): ReLU zeros
+    and a constant image background land on one grid point, and counting them would favour
+    ranges so narrow that they sit alone in their group. Clipped, they still count in the
+    folded tails.
     """
 
     def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
@@ -288,11 +290,13 @@ class KLObserver(HistogramObserver):
             hist, start, width = self._histogram_with_zero()
             levels = spec.qmax - spec.qmin + 1
         zero = -start / width
-        hist = hist.copy()
-        hist[min(int(zero), len(hist) - 1)] = 0.0
+        point_masses = hist >= POINT_MASS * hist.sum()
+        point_masses[min(int(zero), len(hist) - 1)] = True
         left, right = _kl_candidates(zero, len(hist), levels)
-        best = int(np.argmin(_kl_divergences(hist, left, right, levels)))
+        best = int(np.argmin(_kl_divergences(hist, point_masses, left, right, levels)))
         lo, hi = start + left[best] * width, start + right[best] * width
+        if spec.symmetric:
+            lo = -hi
         return self._as_range(float(max(self.lo, lo)), float(min(self.hi, hi)))
 
     def _histogram_with_zero(self) -> tuple[np.ndarray, float, float]:
@@ -306,6 +310,7 @@ class KLObserver(HistogramObserver):
 
 
 KL_EPS = 1e-4
+POINT_MASS = 0.01
 
 
 def _kl_candidates(zero: float, bins: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,35 +325,38 @@ def _kl_candidates(zero: float, bins: int, levels: int) -> tuple[np.ndarray, np.
 
 
 def _kl_divergences(
-    hist: np.ndarray, left: np.ndarray, right: np.ndarray, levels: int
+    hist: np.ndarray, point_masses: np.ndarray, left: np.ndarray, right: np.ndarray, levels: int
 ) -> np.ndarray:
     """KL(P || Q) of each candidate range (see ``KLObserver``), all candidates at once.
 
-    Within a group of ``Q`` every non-empty bin holds the same mass, so the sum over bins
-    reduces to sums over groups, read off prefix sums of ``h``, ``[h > 0]`` and ``h log h``.
+    Bins flagged in ``point_masses`` are left out inside the range but still count in the
+    clipped tails, so clipping a point mass is penalized and keeping it is free. Within a
+    group of ``Q`` every non-empty bin holds the same mass, so the sums over bins reduce to
+    sums over groups, read off prefix sums of ``h``, ``[h > 0]`` and ``h log h``.
     """
-    total = float(hist.sum())
-    if total <= 0:
-        return np.zeros(len(left))
-    logs = np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0)
-    mass, filled, entropy = (np.concatenate([[0.0], np.cumsum(v)]) for v in (hist, hist > 0, logs))
-    width = right - left
-    groups = np.arange(levels + 1)
-    edges = left[:, None] + (groups[None, :] * width[:, None]) // levels
-    group_mass, group_filled = np.diff(mass[edges], axis=1), np.diff(filled[edges], axis=1)
+    kept = np.where(point_masses, 0.0, hist)
+    logs = np.where(kept > 0, kept * np.log(np.where(kept > 0, kept, 1.0)), 0.0)
+    prefix = [np.concatenate([[0.0], np.cumsum(v)]) for v in (hist, kept, kept > 0, logs)]
+    everything, mass, filled, entropy = prefix
+    tail_left, tail_right = everything[left], everything[-1] - everything[right]
     inside = mass[right] - mass[left]
-    safe_inside = np.maximum(inside, KL_EPS)[:, None]
-    level = np.where(group_mass > 0, group_mass / np.maximum(group_filled, 1) / safe_inside, 1.0)
+    total = np.maximum(inside + tail_left + tail_right, KL_EPS)
+    groups = np.arange(levels + 1)
+    edges = left[:, None] + (groups[None, :] * (right - left)[:, None]) // levels
+    group_mass, group_filled = np.diff(mass[edges], axis=1), np.diff(filled[edges], axis=1)
+    safe_inside = np.maximum(inside, KL_EPS)
+    level = group_mass / np.maximum(group_filled, 1) / safe_inside[:, None]
+    level = np.where(group_mass > 0, level, 1.0)
     divergence = entropy[right] - entropy[left] - inside * np.log(total)
     divergence -= (group_mass * np.log(level)).sum(axis=1)
-    first_q = np.where(hist[left] > 0, level[:, 0], KL_EPS / safe_inside[:, 0])
-    last_q = np.where(hist[right - 1] > 0, level[:, -1], KL_EPS / safe_inside[:, 0])
-    divergence += _fold(hist[left], mass[left], first_q, total)
-    divergence += _fold(hist[right - 1], total - mass[right], last_q, total)
+    first_q = np.where(kept[left] > 0, level[:, 0], KL_EPS / total)
+    last_q = np.where(kept[right - 1] > 0, level[:, -1], KL_EPS / total)
+    divergence += _fold(kept[left], tail_left, first_q, total)
+    divergence += _fold(kept[right - 1], tail_right, last_q, total)
     return divergence / total
 
 
-def _fold(count: np.ndarray, tail: np.ndarray, q: np.ndarray, total: float) -> np.ndarray:
+def _fold(count: np.ndarray, tail: np.ndarray, q: np.ndarray, total: np.ndarray) -> np.ndarray:
     """The change in ``sum P log(P / Q)`` (unnormalized ``P``) when ``tail`` joins a bin."""
 
     def term(p: np.ndarray) -> np.ndarray:
