@@ -9,7 +9,8 @@
    through the float model with an observer (min-max, moving average, percentile, MSE,
    KL entropy), or pick the observer whose quantized model is most accurate on the task's
    validation split (``observer="auto"``: the best calibration differs between models, e.g.
-   percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1);
+   percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1; one
+   calibration pass serves every candidate);
 4. optionally learn the weight rounding (AdaRound, Nagel et al. 2020) and correct the
    output bias that weight quantization leaves (Nagel et al. 2019).
 
