@@ -278,7 +278,7 @@ class KLObserver(HistogramObserver):
     (the bin holding 0.0, and any bin with at least ``POINT_MASS`` of the values): ReLU zeros
     and a constant image background land on one grid point, and counting them would favour
     ranges so narrow that they sit alone in their group. Clipped, they still count in the
-    folded tails.
+    folded tails. Histograms of few values are coarsened first (see ``_coarsened``).
     """
 
     def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
@@ -289,6 +289,7 @@ class KLObserver(HistogramObserver):
         else:
             hist, start, width = self._histogram_with_zero()
             levels = spec.qmax - spec.qmin + 1
+        hist, width = _coarsened(hist, width, levels)
         zero = -start / width
         point_masses = hist >= POINT_MASS * hist.sum()
         point_masses[min(int(zero), len(hist) - 1)] = True
@@ -311,6 +312,18 @@ class KLObserver(HistogramObserver):
 
 KL_EPS = 1e-4
 POINT_MASS = 0.01
+KL_MIN_PER_BIN = 64
+
+
+def _coarsened(hist: np.ndarray, width: float, levels: int) -> tuple[np.ndarray, float]:
+    """``hist`` with adjacent bins merged (by powers of 2, keeping >= ``levels`` bins) until
+    they hold ``KL_MIN_PER_BIN`` values on average: a small tensor (an SE gate over a few
+    samples) leaves most of 2048 bins nearly empty, and KL of such noise picks ranges at
+    random."""
+    merge = 1
+    while len(hist) // (2 * merge) >= levels and hist.sum() < KL_MIN_PER_BIN * len(hist) / merge:
+        merge *= 2
+    return hist.reshape(-1, merge).sum(axis=1), width * merge
 
 
 def _kl_candidates(zero: float, bins: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
