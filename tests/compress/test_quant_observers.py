@@ -168,6 +168,15 @@ def test_kl_keeps_a_constant_background_at_the_minimum() -> None:
     assert hi.item() > 0.5 * x.max().item()
 
 
+def test_kl_on_few_values_keeps_nearly_the_whole_range() -> None:
+    # 4k values over 2048 bins are noise to KL; coarsened, only the clipping cost counts
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, generator=generator).abs()  # uncoarsened: clipped at 0.83 max
+    observer = make_observer("kl")
+    observer(x)
+    assert observer.range(SPEC)[1].item() > 0.95 * x.max().item()
+
+
 def test_kl_symmetric_grid_searches_the_magnitude() -> None:
     observer = make_observer("kl")
     observer(_with_outliers())
