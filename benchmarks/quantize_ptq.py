@@ -254,9 +254,13 @@ def _cells(r: dict[str, Any]) -> list[object]:
     values = [r.get(k) for k in ("fp32", "ours_w8a8", "ours_w8a8_ort", "agreement", "ort_w8a8")]
     values += [r.get(k) for k in ("pt2e_w8a8", "ours_w4", "ort_w4", "pt2e_w4")]
     ops = sum(r["integer_ops"].values())
-    ratio = r.get("ptq_time_ratio")
-    time_cell = f"{r['ours_ptq_seconds']:.1f} / {r['ort_ptq_seconds']:.1f} s" if ratio else "-"
-    return [r["task"], r["model"], *map(harness.pct, values), ops, time_cell]
+    return [r["task"], r["model"], *map(harness.pct, values), ops]
+
+
+def _time_cell(r: dict[str, Any]) -> str:
+    if "ptq_time_ratio" not in r:
+        return "—"
+    return f"{r['ours_ptq_seconds']:.1f} / {r['ort_ptq_seconds']:.1f} s"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -287,26 +291,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{100 * s['lowest_agreement']:.2f}%",
         f"- ours W8A8 >= peer in {w8_wins} of {w8_total} comparisons; "
         f"ours W4 >= peer in {w4_wins} of {w4_total}",
-        f"- PTQ wall time (ours `apply` / ORT export + `quantize_static`, same model and "
-        f"calibration data, one process): at most {_times(s['ptq_time_ratio_max'])} ORT's",
-        "",
-        *harness.markdown_table(
-            ["task", "model", "FP32", "ours W8A8", "ours int8 ORT", "agree", "ORT static",
-             "PT2E", "ours W4", "ORT W4", "PT2E W4", "int ops", "PTQ time ours / ORT"],
-            map(_cells, rows),
-            align="ll" + "r" * 11,
-        ),
     ]  # fmt: skip
+    headers = ["task", "model", "FP32", "ours W8A8", "ours int8 ORT", "agree", "ORT static",
+               "PT2E", "ours W4", "ORT W4", "PT2E W4", "int ops"]  # fmt: skip
+    cells = [_cells(r) for r in rows]
+    if s.get("ptq_time_ratio_max") is not None:  # results before the timing have none
+        lines.append(
+            "- PTQ wall time (ours `apply` / ORT export + `quantize_static`, same model and "
+            f"calibration data, one process): at most {s['ptq_time_ratio_max']:.2f}x ORT's"
+        )
+        headers.append("PTQ time ours / ORT")
+        cells = [[*c, _time_cell(r)] for c, r in zip(cells, rows, strict=True)]
+    lines += ["", *harness.markdown_table(headers, cells, align="ll" + "r" * (len(headers) - 2))]
     failures = [
         f"- {r['task']}/{r['model']} {k}: {v}" for r in rows for k, v in r["errors"].items()
     ]
     if failures:
         lines += ["", "Peer failures:", *failures]
     return "\n".join(lines) + "\n"
-
-
-def _times(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
