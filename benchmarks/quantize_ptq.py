@@ -14,6 +14,12 @@ re-runs skip training), then quantizes it with the same calibration data three w
 At 4-bit weights (8-bit activations) it compares mobiledl with AdaRound against
 ``quantize_static`` with int4 weights and PT2E with a [-7, 7] weight range.
 
+Each row also times the two W8A8 quantizers on the same model and calibration data, in one
+process, back to back: ours is ``apply`` (BN folding, one calibration pass, every ``auto``
+observer scored on validation); ONNX Runtime's is the fp32 export plus ``quant_pre_process``
+plus ``quantize_static``. ``ptq_time_ratio`` is ours over ORT's wall time (the median of
+``--time-repeats`` alternating runs).
+
     python -m benchmarks quantize_ptq          # full run, writes benchmarks/results/
     python -m benchmarks quantize_ptq --smoke  # one tiny model, digits only
 """
@@ -65,12 +71,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--observer", default="auto", help="our activation observer (default auto: by validation)"
     )
+    parser.add_argument("--time-repeats", type=int, default=None, help="timed runs each (3)")
     args = harness.parse(parser, argv)
     zoo = ",".join(m.name for m in list_models(inputs="image"))
     smoke = {"tasks": "digits", "models": "resnet8", "w4_models": "resnet8", "epochs": 2}
     full = {"tasks": ",".join(TASKS), "models": zoo, "w4_models": ",".join(W4_MODELS)}
-    smoke.update(calibration_samples=64, adaround_iters=10)
-    full.update(epochs=15, calibration_samples=512, adaround_iters=500)
+    smoke.update(calibration_samples=64, adaround_iters=10, time_repeats=1)
+    full.update(epochs=15, calibration_samples=512, adaround_iters=500, time_repeats=3)
     harness.resolve(args, smoke, full)
     return args
 
@@ -120,9 +127,15 @@ def ours_w4(model: nn.Module, task: Task, config: QuantConfig, iters: int) -> fl
 
 
 def ort_static(
-    model: nn.Module, task: Task, data: torch.Tensor, workdir: Path, weight_bits: int
+    model: nn.Module,
+    task: Task,
+    data: torch.Tensor,
+    workdir: Path,
+    weight_bits: int,
+    evaluate_it: bool = True,
 ) -> float:
-    """ONNX Runtime ``quantize_static`` (QDQ, per-channel, u8/s8, min-max) accuracy."""
+    """ONNX Runtime ``quantize_static`` (QDQ, per-channel, u8/s8, min-max) accuracy (NaN
+    with ``evaluate_it=False``: quantize only, for timing)."""
     float_path = get_engine("onnxruntime").export(model, data[:1], workdir / "fp32.onnx")
     out = harness.ort_quantize_static(
         float_path,
@@ -132,7 +145,7 @@ def ort_static(
         weight_bits,
         reduce_range=weight_bits == 8 and int8_products_saturate(),
     )
-    return accuracy_of_onnx(out, task)
+    return accuracy_of_onnx(out, task) if evaluate_it else float("nan")
 
 
 def pt2e(model: nn.Module, task: Task, data: torch.Tensor, weight_bits: int) -> float:
@@ -159,6 +172,24 @@ def pt2e(model: nn.Module, task: Task, data: torch.Tensor, weight_bits: int) -> 
     with torch.no_grad():  # an exported program cannot switch to eval(); it was traced so
         logits = torch.cat([converted(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
     return task.metric(logits, y)
+
+
+def ptq_wall_times(
+    model: nn.Module, task: Task, config: QuantConfig, data: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median wall seconds of our W8A8 ``apply`` and of ORT's export + ``quantize_static``,
+    run alternately ``repeats`` times each on the same model and calibration data."""
+    ours_s, ort_s = [], []
+    with tempfile.TemporaryDirectory(prefix="mobiledl-qtime-") as tmp:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            apply(model, config, task)
+            ours_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ort_static(model, task, data, Path(tmp), 8, evaluate_it=False)
+            ort_s.append(time.perf_counter() - start)
+    ours_t, ort_t = float(np.median(ours_s)), float(np.median(ort_s))
+    return {"ours_ptq_seconds": ours_t, "ort_ptq_seconds": ort_t, "ptq_time_ratio": ours_t / ort_t}
 
 
 def attempt(fn: Callable[[], float], errors: dict[str, str], key: str) -> float | None:
@@ -191,6 +222,8 @@ def measure(task: Task, name: str, args: argparse.Namespace, cache: Path) -> dic
                 lambda: ort_static(model, task, data, workdir, 4), errors, "ort_w4"
             )
             row["pt2e_w4"] = attempt(lambda: pt2e(model, task, data, 4), errors, "pt2e_w4")
+    if "ort" not in errors:
+        row.update(ptq_wall_times(model, task, config, data, args.time_repeats))
     row["errors"] = errors
     row["seconds"] = time.perf_counter() - start
     return row
@@ -211,6 +244,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "lowest_agreement": min(r["agreement"] for r in rows),
         "w8a8_at_least_peer": [sum(a >= b for a, b in peers), len(peers)],
         "w4_at_least_peer": [sum(a >= b for a, b in w4), len(w4)],
+        "ptq_time_ratio_max": max(
+            (r["ptq_time_ratio"] for r in rows if "ptq_time_ratio" in r), default=None
+        ),
     }
 
 
@@ -219,6 +255,12 @@ def _cells(r: dict[str, Any]) -> list[object]:
     values += [r.get(k) for k in ("pt2e_w8a8", "ours_w4", "ort_w4", "pt2e_w4")]
     ops = sum(r["integer_ops"].values())
     return [r["task"], r["model"], *map(harness.pct, values), ops]
+
+
+def _time_cell(r: dict[str, Any]) -> str:
+    if "ptq_time_ratio" not in r:
+        return "—"
+    return f"{r['ours_ptq_seconds']:.1f} / {r['ort_ptq_seconds']:.1f} s"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -233,7 +275,8 @@ def markdown(report: dict[str, Any]) -> str:
         "in %. W8A8 = 8-bit weights (per channel) and activations; `reduce_range` = "
         f"{machine['reduce_range']} (7-bit weights on x86 without VNNI, for every method that "
         "offers it). Our activation observer: "
-        f"`{info['observer']}` (`auto`: min-max, percentile, MSE and KL each calibrated, the "
+        f"`{info['observer']}` (`auto`: one calibration pass, then min-max, percentile, MSE "
+        "and KL ranges each scored, the "
         "most accurate on the validation split kept; the chosen one is in the JSON). "
         "Ours is measured as our fake-quant simulation and as the exported int8 "
         "graph in ONNX Runtime; agreement is top-1 agreement of the two. W4 = 4-bit weights, "
@@ -248,14 +291,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"{100 * s['lowest_agreement']:.2f}%",
         f"- ours W8A8 >= peer in {w8_wins} of {w8_total} comparisons; "
         f"ours W4 >= peer in {w4_wins} of {w4_total}",
-        "",
-        *harness.markdown_table(
-            ["task", "model", "FP32", "ours W8A8", "ours int8 ORT", "agree", "ORT static",
-             "PT2E", "ours W4", "ORT W4", "PT2E W4", "int ops"],
-            map(_cells, rows),
-            align="ll" + "r" * 10,
-        ),
     ]  # fmt: skip
+    headers = ["task", "model", "FP32", "ours W8A8", "ours int8 ORT", "agree", "ORT static",
+               "PT2E", "ours W4", "ORT W4", "PT2E W4", "int ops"]  # fmt: skip
+    cells = [_cells(r) for r in rows]
+    if s.get("ptq_time_ratio_max") is not None:  # results before the timing have none
+        lines.append(
+            "- PTQ wall time (ours `apply` / ORT export + `quantize_static`, same model and "
+            f"calibration data, one process): at most {s['ptq_time_ratio_max']:.2f}x ORT's"
+        )
+        headers.append("PTQ time ours / ORT")
+        cells = [[*c, _time_cell(r)] for c, r in zip(cells, rows, strict=True)]
+    lines += ["", *harness.markdown_table(headers, cells, align="ll" + "r" * (len(headers) - 2))]
     failures = [
         f"- {r['task']}/{r['model']} {k}: {v}" for r in rows for k, v in r["errors"].items()
     ]

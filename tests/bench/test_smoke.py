@@ -104,6 +104,8 @@ def check_quantize_ptq(report: Report, out: Path) -> None:
     assert row["model"] == "resnet8" and row["agreement"] >= 0.99
     assert abs(row["ours_w8a8"] - row["fp32"]) <= 0.02
     assert row["integer_ops"]["QLinearConv"] == 9
+    assert row["ours_ptq_seconds"] > 0 and row["ptq_time_ratio"] > 0
+    assert "PTQ time ours / ORT" in (out / "quantize_ptq.md").read_text()
 
 
 def check_factorize(report: Report, out: Path) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor, fx, nn
 
 from mobiledl.compress.quantize.capture import capture
 from mobiledl.compress.quantize.graph import relu_function, sole_user
+from mobiledl.compress.quantize.progress import progress
 from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantLayer, quant_layers
 
 ZETA, GAMMA = 1.1, -0.1
@@ -136,7 +137,7 @@ def adaround(model: nn.Module, data: Tensor, config: AdaRoundConfig | None = Non
     """
     config = config or AdaRoundConfig()
     rounded = []
-    for name, layer in quant_layers(model).items():
+    for name, layer in progress(quant_layers(model).items(), "AdaRound"):
         if not isinstance(layer.weight_quantizer, FakeQuantize):
             continue
         x = capture(model, layer, data, output=False)

@@ -34,8 +34,9 @@ class QuantConfig(MethodConfig):
     - ``symmetric``: symmetric weight grid (zero point 0); ``act_symmetric`` likewise for
       activations (default asymmetric, unsigned: ReLU outputs use the whole grid).
     - ``observer``: activation calibration: minmax, moving_average, percentile, mse, kl, or
-      ``auto``: calibrate with each of ``AUTO_OBSERVERS`` and keep the one whose quantized
-      model is most accurate on the task's validation split (the report names it).
+      ``auto``: one calibration pass collects each activation's min/max and histogram, each
+      of ``AUTO_OBSERVERS`` chooses its ranges from them, and the one whose quantized model
+      is most accurate on the task's validation split is kept (the report names it).
     - ``weight_observer``: minmax or mse.
     - ``calibration_samples``: training samples used to calibrate.
     - ``equalize``: cross-layer equalization (Nagel et al. 2019) before choosing scales.

@@ -224,19 +224,24 @@ class MSEObserver(HistogramObserver):
         values = torch.from_numpy(self.centers()).float()
         counts = torch.from_numpy(self.hist).float()
         factors = torch.linspace(1.0 / MSE_CANDIDATES, 1.0, MSE_CANDIDATES)
+        scales, zero_points = compute_qparams(factors * self.lo, factors * self.hi, spec)
+        tensor_spec = QuantSpec(spec.bits, spec.symmetric)
         errors = torch.stack(
-            [_weighted_error(values, counts, f * self.lo, f * self.hi, spec) for f in factors]
+            [
+                _weighted_error(
+                    values, counts, scales[i : i + 1], zero_points[i : i + 1], tensor_spec
+                )
+                for i in range(MSE_CANDIDATES)
+            ]
         )
         best = float(factors[int(torch.argmin(errors))])
         return self._as_range(best * self.lo, best * self.hi)
 
 
 def _weighted_error(
-    values: Tensor, counts: Tensor, lo: float, hi: float, spec: QuantSpec
+    values: Tensor, counts: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec
 ) -> Tensor:
-    scale, zero_point = compute_qparams(torch.tensor([lo]), torch.tensor([hi]), spec)
-    tensor_spec = QuantSpec(spec.bits, spec.symmetric)
-    error = values - fake_quantize(values, scale, zero_point, tensor_spec)
+    error = values - fake_quantize(values, scale, zero_point, spec)
     return (counts * error.square()).sum()
 
 
@@ -261,44 +266,154 @@ def _mse_range_per_channel(
 
 
 class KLObserver(HistogramObserver):
-    """TensorRT entropy calibration (Migacz 2017): minimize KL(P || Q) over thresholds.
+    """TensorRT entropy calibration (Migacz 2017): the clip range minimizing KL(P || Q).
 
-    ``P`` is the histogram of ``|x|`` cut at a threshold (the tail folded into the last
-    bin), ``Q`` the same bins merged into as many groups as the grid has levels on one side
-    and spread back uniformly over non-empty bins. The range is ``[-T, T]`` (clipped to the
-    observed ``[lo, hi]``).
+    A symmetric grid searches thresholds ``T`` on the histogram of ``|x|`` with ``qmax``
+    levels on ``[0, T]``; an asymmetric grid searches ranges ``[max(lo, -T), min(hi, T)]`` on
+    the histogram of ``x`` (over ``[min(lo, 0), max(hi, 0)]``) with all ``2^b`` levels. For
+    each candidate, ``P`` is the histogram inside the range with the clipped tails folded into
+    its end bins, and ``Q`` its bins merged into as many groups as the grid has levels and
+    spread back uniformly over the non-empty bins (empty bins of ``Q`` where ``P`` is not are
+    smoothed to ``KL_EPS`` counts). Point masses are left out of both while inside the range
+    (the bin holding 0.0, and any bin with at least ``POINT_MASS`` of the values): ReLU zeros
+    and a constant image background land on one grid point, and counting them would favour
+    ranges so narrow that they sit alone in their group. Clipped, they still count in the
+    folded tails. Histograms of few values are coarsened first (see ``_coarsened``).
     """
 
     def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
         self._require_data(self.seen)
-        hist, amax = self.abs_histogram()
-        levels = spec.qmax - spec.qmin + 1
-        levels = levels if self.lo >= 0 else levels // 2
-        start = min(levels, self.bins)
-        divergences = [_kl_at(hist, i, levels) for i in range(start, self.bins + 1)]
-        threshold = (start + int(np.argmin(divergences))) * amax / self.bins
-        return self._as_range(max(self.lo, -threshold), min(self.hi, threshold))
+        if spec.symmetric:
+            hist, amax = self.abs_histogram()
+            start, width, levels = 0.0, amax / self.bins, spec.qmax
+        else:
+            hist, start, width = self._histogram_with_zero()
+            levels = spec.qmax - spec.qmin + 1
+        hist, width = _coarsened(hist, width, levels)
+        zero = -start / width
+        point_masses = hist >= POINT_MASS * hist.sum()
+        point_masses[min(int(zero), len(hist) - 1)] = True
+        left, right = _kl_candidates(zero, len(hist), levels)
+        best = int(np.argmin(_kl_divergences(hist, point_masses, left, right, levels)))
+        lo, hi = start + left[best] * width, start + right[best] * width
+        if spec.symmetric:
+            lo = -hi
+        return self._as_range(float(max(self.lo, lo)), float(min(self.hi, hi)))
+
+    def _histogram_with_zero(self) -> tuple[np.ndarray, float, float]:
+        """The histogram re-binned over ``[min(lo, 0), max(hi, 0)]``, its start and bin width."""
+        lo, hi = min(self.lo, 0.0), max(self.hi, 0.0)
+        if (lo, hi) == (self.lo, self.hi):
+            return self.hist, lo, (hi - lo) / self.bins
+        cdf = np.concatenate([[0.0], np.cumsum(self.hist)])
+        edges = np.linspace(lo, hi, self.bins + 1)
+        return np.diff(np.interp(edges, self.edges(), cdf)), lo, (hi - lo) / self.bins
 
 
-def _kl_at(hist: np.ndarray, cut: int, levels: int) -> float:
-    """KL divergence between ``hist[:cut]`` (tail folded in) and its ``levels``-level copy."""
-    reference = hist[:cut].copy()
-    reference[-1] += hist[cut:].sum()
-    starts = (np.arange(levels) * cut) // levels
-    group_sum = np.add.reduceat(hist[:cut], starts)
-    nonzero = hist[:cut] > 0
-    group_nonzero = np.add.reduceat(nonzero.astype(np.float64), starts)
-    group_of_bin = np.repeat(np.arange(levels), np.diff(np.append(starts, cut)))
-    expanded = np.where(
-        nonzero, group_sum[group_of_bin] / np.maximum(group_nonzero[group_of_bin], 1), 0.0
-    )
-    p_total, q_total = reference.sum(), expanded.sum()
-    if p_total <= 0 or q_total <= 0:
-        return float("inf")
-    p, q = reference / p_total, expanded / q_total
-    mask = p > 0
-    q_safe = np.where(q[mask] > 0, q[mask], 1e-12)
-    return float(np.sum(p[mask] * np.log(p[mask] / q_safe)))
+KL_EPS = 1e-4
+POINT_MASS = 0.01
+KL_MIN_PER_BIN = 64
+
+
+def _coarsened(hist: np.ndarray, width: float, levels: int) -> tuple[np.ndarray, float]:
+    """``hist`` with adjacent bins merged (by powers of 2, keeping >= ``levels`` bins) until
+    they hold ``KL_MIN_PER_BIN`` values on average: a small tensor (an SE gate over a few
+    samples) leaves most of 2048 bins nearly empty, and KL of such noise picks ranges at
+    random."""
+    merge = 1
+    while len(hist) // (2 * merge) >= levels and hist.sum() < KL_MIN_PER_BIN * len(hist) / merge:
+        merge *= 2
+    return hist.reshape(-1, merge).sum(axis=1), width * merge
+
+
+def _kl_candidates(zero: float, bins: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin ranges ``[left, right)`` around bin position ``zero`` of half-widths 1..bins,
+    clipped to the histogram, at least ``levels`` bins wide (the full range always)."""
+    half = np.arange(1, bins + 1)
+    left = np.clip(np.round(zero - half), 0, bins).astype(np.int64)
+    right = np.clip(np.round(zero + half), 0, bins).astype(np.int64)
+    pairs = np.unique(np.stack([np.append(left, 0), np.append(right, bins)], 1), axis=0)
+    pairs = pairs[(pairs[:, 1] - pairs[:, 0] >= levels) | (pairs[:, 1] - pairs[:, 0] == bins)]
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _kl_divergences(
+    hist: np.ndarray, point_masses: np.ndarray, left: np.ndarray, right: np.ndarray, levels: int
+) -> np.ndarray:
+    """KL(P || Q) of each candidate range (see ``KLObserver``), all candidates at once.
+
+    Bins flagged in ``point_masses`` are left out inside the range but still count in the
+    clipped tails, so clipping a point mass is penalized and keeping it is free. Within a
+    group of ``Q`` every non-empty bin holds the same mass, so the sums over bins reduce to
+    sums over groups, read off prefix sums of ``h``, ``[h > 0]`` and ``h log h``.
+    """
+    kept = np.where(point_masses, 0.0, hist)
+    logs = np.where(kept > 0, kept * np.log(np.where(kept > 0, kept, 1.0)), 0.0)
+    prefix = [np.concatenate([[0.0], np.cumsum(v)]) for v in (hist, kept, kept > 0, logs)]
+    everything, mass, filled, entropy = prefix
+    tail_left, tail_right = everything[left], everything[-1] - everything[right]
+    inside = mass[right] - mass[left]
+    total = np.maximum(inside + tail_left + tail_right, KL_EPS)
+    groups = np.arange(levels + 1)
+    edges = left[:, None] + (groups[None, :] * (right - left)[:, None]) // levels
+    group_mass, group_filled = np.diff(mass[edges], axis=1), np.diff(filled[edges], axis=1)
+    safe_inside = np.maximum(inside, KL_EPS)
+    level = group_mass / np.maximum(group_filled, 1) / safe_inside[:, None]
+    level = np.where(group_mass > 0, level, 1.0)
+    divergence = entropy[right] - entropy[left] - inside * np.log(total)
+    divergence -= (group_mass * np.log(level)).sum(axis=1)
+    first_q = np.where(kept[left] > 0, level[:, 0], KL_EPS / total)
+    last_q = np.where(kept[right - 1] > 0, level[:, -1], KL_EPS / total)
+    divergence += _fold(kept[left], tail_left, first_q, total)
+    divergence += _fold(kept[right - 1], tail_right, last_q, total)
+    return divergence / total
+
+
+def _fold(count: np.ndarray, tail: np.ndarray, q: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """The change in ``sum P log(P / Q)`` (unnormalized ``P``) when ``tail`` joins a bin."""
+
+    def term(p: np.ndarray) -> np.ndarray:
+        return np.where(p > 0, p * np.log(np.maximum(p, 1e-300) / (total * q)), 0.0)
+
+    return term(count + tail) - term(count)
+
+
+class CalibrationObserver(HistogramObserver):
+    """What the min-max, percentile, MSE and KL observers decide from (per tensor): the
+    histogram and the running min/max, collected in one calibration pass.
+
+    ``observer(name)`` is an observer of that name holding these statistics, so its range is
+    exactly the one it would choose had it watched the same data itself.
+    """
+
+    def __init__(self, bins: int = HISTOGRAM_BINS) -> None:
+        Observer.__init__(self, None)
+        self.minmax = MinMaxObserver()
+        self.bins = bins
+        self.reset()
+
+    def observe(self, x: Tensor) -> None:
+        self.minmax.observe(x)
+        super().observe(x)
+
+    def range(self, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+        return self.minmax.range(spec)
+
+    def reset(self) -> None:
+        self.minmax.reset()
+        super().reset()
+
+    def observer(self, name: str) -> Observer:
+        """A ``name`` observer that has seen what this one has."""
+        observer = make_observer(name)
+        if isinstance(observer, HistogramObserver):
+            observer.hist, observer.seen = self.hist.copy(), self.seen
+            observer.lo, observer.hi = self.lo, self.hi
+        elif type(observer) is MinMaxObserver:
+            observer.min_val, observer.max_val = self.minmax.min_val, self.minmax.max_val
+        else:
+            raise UserError(f"observer '{name}' cannot be derived from one calibration pass")
+        return observer
 
 
 OBSERVERS: dict[str, Callable[..., Observer]] = {

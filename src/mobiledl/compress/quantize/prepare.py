@@ -77,6 +77,15 @@ def prepare(
     return prepared
 
 
+def rerecord_transform(prepared: nn.Module, config: QuantConfig) -> None:
+    """Replace the record ``prepare`` appended by one of ``config`` (a zoo model's only)."""
+    arch = getattr(prepared, "mobiledl_arch", None)
+    if not arch:
+        return
+    prepared.mobiledl_arch = {**arch, "transforms": arch["transforms"][:-1]}
+    record_transform(prepared, TRANSFORM, config.to_dict())
+
+
 def zoo_example_input(model: nn.Module) -> torch.Tensor:
     """Zeros shaped like one input of a zoo model (from ``model.mobiledl_arch``)."""
     arch = getattr(model, "mobiledl_arch", None)

@@ -9,7 +9,8 @@
    through the float model with an observer (min-max, moving average, percentile, MSE,
    KL entropy), or pick the observer whose quantized model is most accurate on the task's
    validation split (``observer="auto"``: the best calibration differs between models, e.g.
-   percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1);
+   percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1; one
+   calibration pass serves every candidate);
 4. optionally learn the weight rounding (AdaRound, Nagel et al. 2020) and correct the
    output bias that weight quantization leaves (Nagel et al. 2019).
 
@@ -31,7 +32,9 @@ from mobiledl.compress.quantize.bias_correction import correct_bias
 from mobiledl.compress.quantize.capture import batches
 from mobiledl.compress.quantize.config import AUTO, AUTO_OBSERVERS, QuantConfig
 from mobiledl.compress.quantize.equalize import equalize
-from mobiledl.compress.quantize.prepare import activation_quantizers, prepare
+from mobiledl.compress.quantize.observers import CalibrationObserver, Observer
+from mobiledl.compress.quantize.prepare import activation_quantizers, prepare, rerecord_transform
+from mobiledl.compress.quantize.progress import progress
 from mobiledl.compress.quantize.quantizer import (
     FakeQuantize,
     fake_quant_disabled,
@@ -118,12 +121,7 @@ def ptq(
     if config.equalize:
         equalize(quantized)
     calibrate(quantized, data)
-    if config.adaround:
-        adaround(quantized, data, AdaRoundConfig(iters=config.adaround_iters))
-    if config.bias_correction:
-        correct_bias(quantized, data)
-    quantized.eval()
-    return quantized, config
+    return _refine(quantized, config, data), config
 
 
 def quantize(
@@ -140,25 +138,71 @@ def quantize(
 def _best_observer(
     model: nn.Module, config: QuantConfig, task: TensorTask | None, data: Tensor
 ) -> tuple[fx.GraphModule, QuantConfig]:
-    """Calibrate with each of ``AUTO_OBSERVERS`` and quantize with the most accurate on
-    validation. Candidates are compared before AdaRound and bias correction, which then
-    refine the chosen one only (AdaRound is the expensive step)."""
+    """Quantize with the one of ``AUTO_OBSERVERS`` whose model is most accurate on validation.
+
+    One calibration pass collects each activation's min/max and histogram; every observer's
+    range is computed from those (the same range it would choose calibrating alone), scored,
+    and the best kept. AdaRound and bias correction then refine the chosen one only.
+    """
     if task is None or len(task.split("val")[0]) == 0:
         raise UserError("observer 'auto' needs a task with a validation split to choose on")
-    refines = config.adaround or config.bias_correction
-    best: tuple[fx.GraphModule, QuantConfig] | None = None
-    best_accuracy = -1.0
-    for name in AUTO_OBSERVERS:
-        trial = dataclasses.replace(config, observer=name, adaround=False, bias_correction=False)
-        candidate = ptq(model, trial, task, data)
-        accuracy = evaluate(candidate[0], task, "val")
-        logger.info("observer %s: validation accuracy %.4f", name, accuracy)
-        if accuracy > best_accuracy:
-            best, best_accuracy = candidate, accuracy
-    assert best is not None  # AUTO_OBSERVERS is not empty
-    if refines:
-        return ptq(model, dataclasses.replace(config, observer=best[1].observer), task, data)
-    return best
+    quantized = prepare(model, dataclasses.replace(config, observer=AUTO_OBSERVERS[0]), data[:1])
+    if config.equalize:
+        equalize(quantized)
+    quantizers = activation_quantizers(quantized)
+    stats = {key: CalibrationObserver() for key in quantizers}
+    for key, quantizer in quantizers.items():
+        quantizer.observer = stats[key]
+    calibrate(quantized, data)
+    best, best_accuracy = AUTO_OBSERVERS[0], -1.0
+    grids: dict[str, Grids] = {}
+    scored: dict[tuple[float, ...], float] = {}
+    for name in progress(AUTO_OBSERVERS, "observer auto"):
+        grids[name] = _grids(quantizers, stats, name)
+        values = _use(quantizers, grids[name])
+        if values not in scored:  # observers choosing the same ranges score the same
+            scored[values] = evaluate(quantized, task, "val")
+        logger.info("observer %s: validation accuracy %.4f", name, scored[values])
+        if scored[values] > best_accuracy:
+            best, best_accuracy = name, scored[values]
+    _use(quantizers, grids[best])
+    chosen = dataclasses.replace(config, observer=best)
+    rerecord_transform(quantized, chosen)
+    return _refine(quantized, chosen, data), chosen
+
+
+Grids = dict[str, tuple[Observer, Tensor, Tensor]]
+
+
+def _grids(
+    quantizers: dict[str, FakeQuantize], stats: dict[str, CalibrationObserver], name: str
+) -> Grids:
+    """Per activation quantizer: the ``name`` observer of its statistics and its grid."""
+    grids = {}
+    for key, quantizer in quantizers.items():
+        observer = stats[key].observer(name)
+        grids[key] = (observer, *observer.qparams(quantizer.spec))
+    return grids
+
+
+def _use(quantizers: dict[str, FakeQuantize], grids: Grids) -> tuple[float, ...]:
+    """Set every activation quantizer's observer and grid; returns the scales and zero points."""
+    values: list[float] = []
+    for key, (observer, scale, zero_point) in grids.items():
+        quantizers[key].observer = observer
+        quantizers[key].set_qparams(scale, zero_point)
+        values += [*scale.tolist(), *zero_point.tolist()]
+    return tuple(values)
+
+
+def _refine(quantized: fx.GraphModule, config: QuantConfig, data: Tensor) -> fx.GraphModule:
+    """AdaRound and bias correction of a calibrated model, as ``config`` asks."""
+    if config.adaround:
+        adaround(quantized, data, AdaRoundConfig(iters=config.adaround_iters))
+    if config.bias_correction:
+        correct_bias(quantized, data)
+    quantized.eval()
+    return quantized
 
 
 def quantization_summary(model: nn.Module) -> dict[str, object]:
