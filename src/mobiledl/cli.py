@@ -30,8 +30,11 @@ from mobiledl.cli_support import (
 from mobiledl.compress.prune.command import add_prune_command
 from mobiledl.compress.quantize.command import add_quantize_command
 from mobiledl.errors import UserError
+from mobiledl.fileio import output_dir_arg, output_file_arg, partial_path, removed_on_error
 from mobiledl.pipeline.command import add_run_command
+from mobiledl.resources import check_activation_memory, check_fits, memory_limit, tensor_bytes
 from mobiledl.train.command import add_adapt_command
+from mobiledl.validate import threads_arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a bad flag (one line already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        with logging_to_stderr():
+        with logging_to_stderr(), memory_limit(getattr(args, "max_memory_gb", None)):
             return _run(args)
     except UserError as exc:
         print(f"mobiledl {args.command}: error: {exc}", file=sys.stderr)
@@ -134,7 +137,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--image-size", type=int, default=None, help="resize images to S x S")
     sub.add_argument("--width-mult", type=float, default=1.0)
     sub.add_argument("--teacher", type=Path, default=None, help="a mobiledl .pt to distill from")
-    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    sub.add_argument(
+        "--out",
+        type=output_file_arg,
+        required=True,
+        help="output model file (.pt), written when training ends (meanwhile OUT.partial "
+        "holds the best epoch so far)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -143,11 +152,6 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.models import create_model, load_model, save_model
     from mobiledl.train import TrainConfig, train
 
-    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
-    model = create_model(
-        args.model, task.num_classes, task.in_channels, task.image_size, args.width_mult
-    )
-    teacher = load_model(args.teacher).model if args.teacher else None
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -156,18 +160,26 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
         label_smoothing=args.label_smoothing,
         seed=args.seed,
     )
+    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
+    model = create_model(
+        args.model, task.num_classes, task.in_channels, task.image_size, args.width_mult
+    )
+    teacher = load_model(args.teacher).model if args.teacher else None
     meta = {"task": args.task, "seed": args.seed, "input_shape": list(task.input_shape)}
+    partial = partial_path(args.out)
 
     def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
-        save_model(args.out, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
+        save_model(partial, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
 
     log(f"training {args.model} on {task.name} for {args.epochs} epochs")
-    result = train(model, task, config, teacher=teacher, on_best=checkpoint)
+    with removed_on_error(partial):
+        result = train(model, task, config, teacher=teacher, on_best=checkpoint)
     measurement = measure_model(model, args.model, task, latency=False)
     save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
     measurement.extra.update(
         best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch, out=args.out
     )
+    partial.unlink(missing_ok=True)
     log(f"wrote {args.out}: test accuracy {measurement.accuracy:.4f}")
     return measurement.to_dict() if args.json else None
 
@@ -228,7 +240,7 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--num-classes", type=int, default=10, help="for a zoo name (default 10)")
     sub.add_argument("--bits", type=int, default=32, help="precision of weights/activations")
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
-    sub.add_argument("--threads", type=int, default=None)
+    sub.add_argument("--threads", type=threads_arg, default=None)
     sub.add_argument("--repeats", type=int, default=50)
     add_engine_arg(sub)
 
@@ -264,7 +276,9 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, to
     path = Path(args.model)
     if path.suffix == ".onnx":
         raise UserError(f"{path}: profile takes a mobiledl .pt or a zoo name; bench times .onnx")
-    if path.suffix == ".pt" or path.exists():
+    is_file = path.suffix == ".pt" or path.exists()
+    _check_input_flags(args, path if is_file else None)
+    if is_file:
         loaded = load_model(path)
         shape = (1, loaded.arch["in_channels"], *loaded.arch["image_size"])
         model, name = loaded.model, loaded.name
@@ -276,7 +290,18 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, to
         task = build_task(args.task, seed=args.seed)
         model = create_model(args.model, task.num_classes, task.in_channels, task.image_size)
         return model, args.model, task.example_input(1)
+    check_activation_memory(model, torch.empty(shape, device="meta"), f"input shape {shape}")
     return model, name, torch.randn(*shape)
+
+
+def _check_input_flags(args: argparse.Namespace, model_file: Path | None) -> None:
+    """At most one source of the input shape: a model file, ``--task`` or ``--input-shape``."""
+    if args.input_shape and args.task:
+        raise UserError("give --task or --input-shape, not both (the task sets the input shape)")
+    if model_file is not None and (args.input_shape or args.task):
+        raise UserError(
+            f"{model_file} sets its own input shape; --task and --input-shape are for a zoo name"
+        )
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -290,7 +315,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _summary_line(m: Any) -> str:
-    parts = [f"params {m.params:,}", f"MACs {m.macs:,}", f"bytes {m.bytes:,}"]
+    parts = [f"params {m.params:,}", f"MACs {m.macs:,}"]
+    parts += [f"bytes {m.bytes:,}"] if m.bytes is not None else []
     parts.append(f"peak activation memory {m.peak_memory_bytes:,} B")
     if m.latency_ms_median is not None:
         parts.append(
@@ -305,7 +331,7 @@ def _summary_line(m: Any) -> str:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "export", "export a mobiledl .pt model to ONNX", _cmd_export)
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
-    sub.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    sub.add_argument("--out", type=output_file_arg, required=True, help="output .onnx file")
     add_engine_arg(sub)
 
 
@@ -339,7 +365,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "bench", "time an .onnx model in ONNX Runtime", _cmd_bench)
     sub.add_argument("model", type=Path, help="an .onnx file")
     sub.add_argument("--batch", type=int, default=1)
-    sub.add_argument("--threads", type=int, default=None, help="default: all cores")
+    sub.add_argument("--threads", type=threads_arg, default=None, help="default: all cores")
     sub.add_argument("--repeats", type=int, default=100)
     sub.add_argument("--warmup", type=int, default=10)
 
@@ -351,6 +377,7 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError("--batch and --repeats must be >= 1")
     engine = engine_for_artifact(args.model)
     runner = engine.load(args.model, threads=args.threads)
+    check_fits(3 * tensor_bytes((args.batch, *runner.input_shape[1:]), 8), f"--batch {args.batch}")
     x = np.random.default_rng(0).standard_normal((args.batch, *runner.input_shape[1:]))
     stats = engine.benchmark(runner, x.astype(np.float32), args.warmup, args.repeats)
     measurement = stats.to_measurement()
@@ -374,7 +401,9 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "train a compact model on digits, profile, export and time it in ONNX Runtime",
         _cmd_demo,
     )
-    sub.add_argument("--out", type=Path, default=Path("mobiledl-demo"), help="output directory")
+    sub.add_argument(
+        "--out", type=output_dir_arg, default=Path("mobiledl-demo"), help="output directory"
+    )
     sub.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
 

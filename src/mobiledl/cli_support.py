@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mobiledl.errors import UserError
+from mobiledl.validate import positive_number_arg, seed_arg
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -52,6 +53,11 @@ def add_command(
     (printed when ``--json`` is given) or ``None`` after printing for humans."""
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub.add_argument(
+        "--max-memory-gb",
+        type=positive_number_arg,
+        help="refuse work estimated to need more memory (GiB; default: what is available)",
+    )
     sub.set_defaults(handler=handler)
     return sub
 
@@ -64,7 +70,7 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
         help="built-in task (digits, mnist1d, mnist5k) or a path to user data "
         "(image folder per class, .npz with x/y, or MNIST IDX files)",
     )
-    sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
+    sub.add_argument("--seed", type=seed_arg, default=0, help="seed of the data split (default 0)")
 
 
 def add_engine_arg(sub: argparse.ArgumentParser) -> None:

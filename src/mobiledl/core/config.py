@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 from torch import nn
 
 from mobiledl.errors import UserError
+from mobiledl.validate import check_config_numbers
 
 C = TypeVar("C", bound="MethodConfig")
 Predicate = Callable[[str, nn.Module], bool]
@@ -132,6 +133,7 @@ class MethodConfig:
             value = _normalized(getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
             check_type(value, hints[f.name], f"{type(self).__name__}.{f.name}")
+        check_config_numbers(self)
         for rule in getattr(self, "overrides", ()):
             self._check_rule(rule)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from mobiledl.errors import UserError
+from mobiledl.resources import check_model_memory
+from mobiledl.validate import check_image_size, check_int, check_model_name, check_number
 
 ImageSize = int | tuple[int, int]
 ModelBuilder = Callable[..., nn.Module]
@@ -82,25 +84,24 @@ def create_model(
     Raises ``UserError`` for an unknown name, an image smaller than the model can take,
     or a non-positive class count, channel count or width multiplier.
     """
-    info = model_info(name)
-    height, width = as_hw(image_size)
+    info = model_info(check_model_name(name))
+    height, width = as_hw(check_image_size(image_size, f"model '{name}': image_size"))
     min_h, min_w = info.min_image_size
     if height < min_h or width < min_w:
         raise UserError(
             f"model '{name}' needs inputs of at least {min_h}x{min_w} pixels; got {height}x{width}"
         )
-    if num_classes < 2:
-        raise UserError(f"num_classes must be >= 2; got {num_classes}")
-    if in_channels < 1:
-        raise UserError(f"in_channels must be >= 1; got {in_channels}")
-    if width_mult <= 0:
-        raise UserError(f"width_mult must be > 0; got {width_mult}")
-    model = info.builder(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=(height, width),
-        width_mult=width_mult,
-    )
+    check_int(num_classes, "num_classes", 2)
+    check_int(in_channels, "in_channels", 1)
+    check_number(width_mult, "width_mult", 0.0, low_open=True)
+    arguments = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": (height, width),
+        "width_mult": width_mult,
+    }
+    check_model_memory(lambda: info.builder(**arguments), f"model '{name}'")
+    model = info.builder(**arguments)
     model.mobiledl_arch = {
         "name": name,
         "num_classes": num_classes,

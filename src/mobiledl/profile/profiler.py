@@ -31,6 +31,8 @@ from mobiledl.errors import UserError
 from mobiledl.profile.measurement import Measurement
 from mobiledl.profile.memory import LifetimeTracker
 from mobiledl.profile.ops import op_cost
+from mobiledl.resources import check_activation_memory
+from mobiledl.validate import expect_module
 
 ExampleInput = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -154,6 +156,7 @@ def profile_model(model: nn.Module, example_input: ExampleInput, bits: int = 32)
     if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
         raise UserError(f"bits must be a positive integer; got {bits!r}")
     inputs = _as_inputs(example_input)
+    check_activation_memory(expect_module(model, "profile_model"), tuple(inputs), "this input")
     recorder = _Recorder(model, bits)
     with _eval_mode(model), recorder.hooks(), _no_mha_fastpath(), torch.no_grad():
         recorder.tracker.add_inputs(inputs)

@@ -19,6 +19,7 @@ from torch import nn
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
 from mobiledl.profile.training_memory import training_layout, training_modes
+from mobiledl.train.divergence import check_loss
 from mobiledl.train.step import make_optimizer, training_step
 from mobiledl.train.trainer import evaluate, seed_everything
 
@@ -94,6 +95,7 @@ def _epoch(
             loss = training_step(
                 model, training_layout(x), y, optimizer, task.loss, config.checkpoint_segments
             )
+            check_loss(loss, epoch, step, config.lr)
             scheduler.step()
             step += 1
             loss_sum += loss.item() * len(x)

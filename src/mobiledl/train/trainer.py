@@ -24,7 +24,17 @@ from tqdm.auto import tqdm
 from mobiledl.core.config import MethodConfig
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
+from mobiledl.resources import check_activation_memory, meta_batch
 from mobiledl.train.distill import logit_distillation_loss
+from mobiledl.train.divergence import check_loss, check_weights
+from mobiledl.validate import (
+    check_int,
+    check_number,
+    expect_config,
+    expect_module,
+    expect_task,
+    expect_tensor,
+)
 
 #: ``extra_loss(model, x, logits) -> scalar`` is added to the loss of every batch; if it is
 #: an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
@@ -71,7 +81,8 @@ class TrainConfig(MethodConfig):
             raise UserError(f"batch_size must be >= 1; got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise UserError(f"lr must be a finite number >= 0; got {self.lr}")
-        for name in ("momentum", "weight_decay", "warmup_epochs"):
+        check_number(self.momentum, "momentum", 0.0, 1.0)
+        for name in ("weight_decay", "warmup_epochs"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{name} must be a finite number >= 0; got {value}")
@@ -111,6 +122,9 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on ``x``, computed in batches."""
+    expect_module(model, "predict")
+    expect_tensor(x, "predict", "x")
+    check_int(batch_size, "predict: batch_size", 1)
     was_training = model.training
     model.eval()
     outputs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
@@ -120,6 +134,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 
 def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
     """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split."""
+    expect_module(model, "evaluate")
+    expect_task(task, "evaluate")
     x, y = task.split(split)
     if len(x) == 0:
         raise UserError(f"task '{task.name}' has an empty {split} split")
@@ -129,7 +145,7 @@ def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
 def train(
     model: nn.Module,
     task: Task,
-    config: TrainConfig | None = None,
+    config: TrainConfig,
     teacher: nn.Module | None = None,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
     extra_loss: ExtraLoss | None = None,
@@ -140,8 +156,17 @@ def train(
     al. 2015). ``extra_loss(model, x, logits)``, if given, is added to every batch's loss
     (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
     validation accuracy improves, e.g. to write a checkpoint atomically.
+
+    ``config`` is required (``TrainConfig()`` for the defaults, 30 epochs): how long and how
+    fast to train is the caller's decision, so ``None`` or a dict is a ``UserError``.
     """
-    config = config or TrainConfig()
+    expect_module(model, "train")
+    expect_task(task, "train")
+    expect_config(config, TrainConfig, "train")
+    if teacher is not None:
+        expect_module(teacher, "train", "teacher")
+    batch = meta_batch(task.example_input(1), min(config.batch_size, len(task.x_train)))
+    check_activation_memory(model, batch, f"training at batch size {len(batch)}", training=True)
     seed_everything(config.seed)
     optimizer = _make_optimizer(model, config, extra_loss)
     steps_per_epoch = math.ceil(len(task.x_train) / config.batch_size)
@@ -185,7 +210,7 @@ def _train_one_epoch(
     model.train()
     total, count = 0.0, 0
     loader = task.loader("train", config.batch_size, shuffle=True, seed=config.seed + epoch)
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         if teacher is not None:
@@ -195,12 +220,14 @@ def _train_one_epoch(
             loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
         if extra_loss is not None:
             loss = loss + extra_loss(model, x, logits)
+        check_loss(loss, epoch, step, config.learning_rate)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total += loss.item() * len(x)
         count += len(x)
+    check_weights(model, epoch, config.learning_rate)
     return total / max(count, 1)
 
 
