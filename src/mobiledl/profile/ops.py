@@ -11,6 +11,9 @@ The profiler sees every op at the ATen level (after ``torch.matmul``, ``F.conv2d
 - matrix products (``mm``, ``addmm``, ``bmm``, ``baddbmm``, ``addbmm``, ``mv``, ``addmv``,
   ``dot``; ``nn.Linear``, ``torch.matmul``, ``@`` and ``einsum`` lower to these):
   output elements times the contracted dimension, i.e. ``in * out`` per row of a linear.
+- recurrent layers: one input and one hidden-state product per time step and sample,
+  ``T * B * (gates * H * (in + H))`` per layer and direction. GRU and RNN layers lower to
+  ``addmm`` (counted as such); an LSTM on CPU runs as one oneDNN kernel, counted here.
 - fused scaled-dot-product attention kernels: ``QK^T`` plus ``AV``,
   ``batch * heads * Lq * Lk * (E + Ev)``. (Under the profiler PyTorch usually takes the
   math path, which lowers to ``bmm`` and is counted as such.)
@@ -74,6 +77,12 @@ def _attention_macs(args: tuple[Any, ...], out: Any) -> int:
     return math.prod(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
 
 
+def _rnn_layer_macs(args: tuple[Any, ...], out: Any) -> int:
+    """``mkldnn_rnn_layer(input (T, B, in), w_ih (G*H, in), w_hh (G*H, H), ...)``."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    return math.prod(x.shape[:-1]) * (w_ih.numel() + w_hh.numel())
+
+
 MAC_COUNTERS: dict[Any, Counter] = {
     aten.convolution: _conv_macs,
     aten._convolution: _conv_macs,
@@ -90,6 +99,7 @@ MAC_COUNTERS: dict[Any, Counter] = {
     aten.baddbmm: _contracted_macs(lambda a: a[1].shape[-1]),
     aten.addmv: _contracted_macs(lambda a: a[1].shape[-1]),
     aten.addbmm: _contracted_macs(lambda a: a[1].shape[0] * a[1].shape[-1]),
+    aten.mkldnn_rnn_layer: _rnn_layer_macs,
     aten._scaled_dot_product_flash_attention_for_cpu: _attention_macs,
     aten._scaled_dot_product_flash_attention: _attention_macs,
     aten._scaled_dot_product_efficient_attention: _attention_macs,
