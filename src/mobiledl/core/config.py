@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -234,9 +235,11 @@ def _over_default(f: dataclasses.Field, value: Any) -> Any:
     return {**default.fields_dict(), **value}
 
 
-def field_types(cls: type) -> dict[str, Any]:
-    """The resolved type hints of a dataclass's fields."""
-    return typing.get_type_hints(cls)
+@functools.cache
+def field_types(cls: type) -> Mapping[str, Any]:
+    """The resolved type hints of a dataclass's fields (resolved once per class: building the
+    command line asks for them hundreds of times)."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def _field_settings(rule: LayerRule) -> dict[str, Any]:
