@@ -159,11 +159,12 @@ def _as_output(path: Any, what: str) -> Path:
     target = Path(text)
     if len(os.fsencode(text)) >= PATH_MAX:
         raise UserError(f"{what} path is {len(text)} characters; the limit is {PATH_MAX - 1}")
+    limit = _name_max(target)
     for part in target.parts:
-        if len(os.fsencode(part)) > _name_max(target):
+        if len(os.fsencode(part)) > limit:
             raise UserError(
                 f"{what} name '{_shown(part, 40)}' is {len(part)} characters; the file system "
-                f"allows {_name_max(target)}"
+                f"allows {limit}"
             )
     return target
 

@@ -2,7 +2,7 @@
 
 - Numbers (``check_number``, ``check_int``): finite, in range, of the right type; used by the
   method configs (``MethodConfig.__post_init__``), the registry and the command line (argparse
-  types ``seed_arg``, ``count_arg``...), so ``nan``, ``inf`` or ``-1`` is refused with a line
+  types ``seed_arg``, ``threads_arg``...), so ``nan``, ``inf`` or ``-1`` is refused with a line
   naming the option, however it arrives.
 - Arguments of the Python API (``expect_module``, ``expect_task``, ``expect_tensor``,
   ``expect_path``, ``expect_config``): a wrong type is a ``UserError`` naming the function and
@@ -124,7 +124,6 @@ def _arg_type(check: Callable[[Any], Any], parse: Callable[[str], Any], what: st
 
 
 seed_arg = _arg_type(lambda v: check_seed(v, "the seed"), int, "an integer seed")
-count_arg = _arg_type(lambda v: check_int(v, "the value", 1), int, "a positive integer")
 threads_arg = _arg_type(
     lambda v: check_int(v, "threads", 1, MAX_THREADS), int, "a number of threads"
 )
