@@ -11,8 +11,8 @@ import mobiledl
 SOURCE = Path(mobiledl.__file__).parent
 #: Lowest first. ``report`` is the HTML toolkit the NAS and run reports build on.
 LAYERS = [
-    "errors", "fileio", "core", "models", "data", "profile", "deploy", "report", "train",
-    "compress", "automl", "measure", "pipeline", "demo", "cli",
+    "errors", "validate", "resources", "fileio", "core", "models", "data", "profile", "deploy",
+    "report", "train", "compress", "automl", "measure", "pipeline", "demo", "cli",
 ]  # fmt: skip
 #: Known exceptions, each a lazy import inside a function with its reason next to it.
 ALLOWED = {("core/methods.py", "models")}

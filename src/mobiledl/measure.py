@@ -38,6 +38,7 @@ from mobiledl.models import model_input_specs
 from mobiledl.profile import Measurement, packed_storage_bytes, profile_model
 from mobiledl.train import evaluate
 from mobiledl.train.trainer import EVAL_BATCH_SIZE
+from mobiledl.validate import expect_module, expect_task
 
 INT8_BITS = 8
 
@@ -60,6 +61,9 @@ def measure_model(
     ``engine`` (default: the default engine) at ``artifact`` (default: a temporary file) for
     ``bytes``, and timed there at ``batch_size`` if ``latency``.
     """
+    expect_module(model, "measure_model")
+    if task is not None:
+        expect_task(task, "measure_model")
     if example_input is None:
         if task is None:
             raise UserError("measuring a model needs a task or an example input")

@@ -101,6 +101,15 @@ def test_scaled_dot_product_attention() -> None:
     assert count_macs(Sdpa(), (q, k, v)) == 2 * 4 * 5 * 7 * (8 + 3)
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_layers_count_both_products_per_step(cell: type[nn.Module]) -> None:
+    gates = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[cell]
+    layer = cell(16, 32, num_layers=2, batch_first=True, bidirectional=True)
+    # per layer and direction: T * B * gates * H * (in + H); layer 2 takes both directions
+    per_step = gates * 32 * ((16 + 32) + (64 + 32)) * 2
+    assert count_macs(layer, torch.randn(3, 20, 16)) == 3 * 20 * per_step
+
+
 @pytest.mark.parametrize(
     ("pool", "shape", "expected"),
     [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,9 @@ from mobiledl.cli.support import (
 )
 from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
+from mobiledl.fileio import output_dir_arg, output_file_arg, partial_path, removed_on_error
+from mobiledl.resources import check_activation_memory, check_fits, memory_limit
+from mobiledl.validate import threads_arg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a bad flag (one line already printed)
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        with logging_to_stderr():
+        with logging_to_stderr(), memory_limit(getattr(args, "max_memory_gb", None)):
             return _run(args)
     except UserError as exc:
         print(f"mobiledl {args.command}: error: {exc}", file=sys.stderr)
@@ -136,7 +140,13 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--image-size", type=int, default=None, help="resize images to S x S")
     sub.add_argument("--width-mult", type=float, default=1.0)
     sub.add_argument("--teacher", type=Path, default=None, help="a mobiledl .pt to distill from")
-    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    sub.add_argument(
+        "--out",
+        type=output_file_arg,
+        required=True,
+        help="output model file (.pt), written when training ends (meanwhile OUT.partial "
+        "holds the best epoch so far)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -158,17 +168,20 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     input_shape = list(task.input_specs()[0].shape[1:])
     meta = {"task": args.task, "seed": args.seed, "input_shape": input_shape}
+    partial = partial_path(args.out)
 
     def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
-        save_model(args.out, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
+        save_model(partial, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
 
     log(f"training {args.model} on {task.name} for {args.epochs} epochs")
-    result = train(model, task, config, teacher=teacher, on_best=checkpoint)
+    with removed_on_error(partial):
+        result = train(model, task, config, teacher=teacher, on_best=checkpoint)
     measurement = measure_model(model, args.model, task, latency=False)
     save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
     measurement.extra.update(
         best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch, out=args.out
     )
+    partial.unlink(missing_ok=True)
     log(f"wrote {args.out}: test accuracy {measurement.accuracy:.4f}")
     return measurement.to_dict() if args.json else None
 
@@ -229,7 +242,7 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--num-classes", type=int, default=10, help="for a zoo name (default 10)")
     sub.add_argument("--bits", type=int, default=32, help="precision of weights/activations")
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
-    sub.add_argument("--threads", type=int, default=None)
+    sub.add_argument("--threads", type=threads_arg, default=None)
     sub.add_argument("--repeats", type=int, default=50)
     add_engine_arg(sub)
 
@@ -265,7 +278,9 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, In
     path = Path(args.model)
     if path.suffix == ".onnx":
         raise UserError(f"{path}: profile takes a mobiledl .pt or a zoo name; bench times .onnx")
-    if path.suffix == ".pt" or path.exists():
+    is_file = path.suffix == ".pt" or path.exists()
+    _check_input_flags(args, path if is_file else None)
+    if is_file:
         loaded = load_model(path)
         return loaded.model, loaded.name, example_input_for(loaded.arch)
     if args.input_shape or not args.task:
@@ -280,12 +295,26 @@ def _zoo_model_for_shape(
 ) -> tuple[torch.nn.Module, int]:
     """Zoo model ``name`` for inputs of ``--input-shape`` (its kind's default if not given),
     and the batch size that shape asks for."""
-    from mobiledl.models import create_model, model_info
+    from mobiledl.models import create_model, input_specs, model_info
     from mobiledl.models.inputs import input_args
 
     kind = input_args(model_info(name).inputs)
     shape = _parse_shape(text, kind.default_shape, kind.shape_help)
-    return create_model(name, num_classes, **kind.from_shape(shape)), shape[0]
+    model = create_model(name, num_classes, **kind.from_shape(shape))
+    spec = input_specs(model.mobiledl_arch)[0]
+    example = torch.empty(shape, dtype=spec.dtype, device="meta")
+    check_activation_memory(model, example, f"input shape {shape}")
+    return model, shape[0]
+
+
+def _check_input_flags(args: argparse.Namespace, model_file: Path | None) -> None:
+    """At most one source of the input shape: a model file, ``--task`` or ``--input-shape``."""
+    if args.input_shape and args.task:
+        raise UserError("give --task or --input-shape, not both (the task sets the input shape)")
+    if model_file is not None and (args.input_shape or args.task):
+        raise UserError(
+            f"{model_file} sets its own input shape; --task and --input-shape are for a zoo name"
+        )
 
 
 def _parse_shape(text: str | None, default: tuple[int, ...], dims: str) -> tuple[int, ...]:
@@ -304,8 +333,8 @@ def _parse_shape(text: str | None, default: tuple[int, ...], dims: str) -> tuple
 
 
 def _summary_line(m: Any) -> str:
-    size = f"bytes {m.bytes:,}" if m.bytes is not None else f"weights {m.extra['weight_bytes']:,} B"
-    parts = [f"params {m.params:,}", f"MACs {m.macs:,}", size]
+    parts = [f"params {m.params:,}", f"MACs {m.macs:,}"]
+    parts += [f"bytes {m.bytes:,}"] if m.bytes is not None else []
     parts.append(f"peak activation memory {m.peak_memory_bytes:,} B")
     if m.latency_ms_median is not None:
         parts.append(
@@ -320,7 +349,7 @@ def _summary_line(m: Any) -> str:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "export", "export a mobiledl .pt model to ONNX", _cmd_export)
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
-    sub.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    sub.add_argument("--out", type=output_file_arg, required=True, help="output .onnx file")
     add_engine_arg(sub)
 
 
@@ -354,7 +383,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     sub = add_command(commands, "bench", "time an .onnx model in ONNX Runtime", _cmd_bench)
     sub.add_argument("model", type=Path, help="an .onnx file")
     sub.add_argument("--batch", type=int, default=1)
-    sub.add_argument("--threads", type=int, default=None, help="default: all cores")
+    sub.add_argument("--threads", type=threads_arg, default=None, help="default: all cores")
     sub.add_argument("--repeats", type=int, default=100)
     sub.add_argument("--warmup", type=int, default=10)
 
@@ -366,6 +395,8 @@ def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError("--batch and --repeats must be >= 1")
     engine = engine_for_artifact(args.model)
     runner = engine.load(args.model, threads=args.threads)
+    per_sample = sum(math.prod(spec.shape[1:]) for spec in runner.input_specs)
+    check_fits(3 * 8 * args.batch * per_sample, f"--batch {args.batch}")
     x = map_inputs(torch.Tensor.numpy, example_from_specs(runner.input_specs, args.batch))
     stats = engine.benchmark(runner, x, args.warmup, args.repeats)
     measurement = stats.to_measurement()
@@ -389,7 +420,9 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "train a compact model on digits, profile, export and time it in ONNX Runtime",
         _cmd_demo,
     )
-    sub.add_argument("--out", type=Path, default=Path("mobiledl-demo"), help="output directory")
+    sub.add_argument(
+        "--out", type=output_dir_arg, default=Path("mobiledl-demo"), help="output directory"
+    )
     sub.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
 

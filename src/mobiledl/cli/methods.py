@@ -19,6 +19,7 @@ from mobiledl.cli.support import add_command, add_task_args, task_for_model
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import Method, apply, list_methods, report_of
 from mobiledl.errors import UserError
+from mobiledl.fileio import output_file_arg
 from mobiledl.profile import Measurement
 
 
@@ -45,12 +46,12 @@ def add_method_io(
     """The model file, task and output arguments every method command takes."""
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
     add_task_args(sub, required=needs_task)
-    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    sub.add_argument("--out", type=output_file_arg, required=True, help="output model file (.pt)")
     sub.add_argument(
         "--artifact",
         *artifact_aliases,
         dest="artifact",
-        type=Path,
+        type=output_file_arg,
         help="also write the engine's artifact here (e.g. an .onnx file)",
     )
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")

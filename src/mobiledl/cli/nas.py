@@ -17,6 +17,7 @@ import torch
 
 from mobiledl.cli.support import add_command, add_task_args, log
 from mobiledl.errors import UserError
+from mobiledl.fileio import output_dir_arg, output_file_arg
 
 
 def add_nas_command(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +53,9 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
     sub.add_argument("--shrink-lr", type=float, default=0.03, help="learning rate afterwards")
     sub.add_argument("--sandwich", type=int, default=1, help="random sub-networks per step")
     sub.add_argument("--threads", type=int, default=1, help="PyTorch threads (default 1)")
-    sub.add_argument("--out", type=Path, required=True, help="output supernet file (.pt)")
+    sub.add_argument(
+        "--out", type=output_file_arg, required=True, help="output supernet file (.pt)"
+    )
 
 
 def _add_search(actions: argparse._SubParsersAction) -> None:
@@ -77,7 +80,7 @@ def _add_search(actions: argparse._SubParsersAction) -> None:
     sub.add_argument("--ray", action="store_true", help="evaluate on a local Ray started here")
     sub.add_argument("--ray-address", help="evaluate on the Ray cluster at this address")
     sub.add_argument("--ray-cpus", type=int, default=2, help="CPUs of a local Ray (default 2)")
-    sub.add_argument("--out", type=Path, required=True, help="output directory")
+    sub.add_argument("--out", type=output_dir_arg, required=True, help="output directory")
 
 
 # ---------------------------------------------------------------- train
@@ -167,7 +170,7 @@ def _add_extract(actions: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("--supernet", type=Path, required=True, help="from `mobiledl nas train`")
     add_task_args(sub, required=False)
-    sub.add_argument("--out", type=Path, required=True, help="output model file (.pt)")
+    sub.add_argument("--out", type=output_file_arg, required=True, help="output model file (.pt)")
     add_config_arguments(sub, SubnetConfig, skip=("seed",), title="sub-network")
 
 

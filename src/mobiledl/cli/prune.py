@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from mobiledl.cli.args import (
@@ -22,6 +21,7 @@ from mobiledl.cli.args import (
 from mobiledl.cli.methods import add_method_io, run_method_command, unused_flags
 from mobiledl.cli.support import add_command, log
 from mobiledl.errors import UserError
+from mobiledl.fileio import output_file_arg
 
 #: Flags kept from before they were derived (they set the fine-tuning run).
 ALIASES = {
@@ -53,7 +53,9 @@ def add_prune_command(commands: argparse._SubParsersAction) -> None:
         help="allocate per-layer sparsity from a per-layer sensitivity analysis: each layer's "
         "largest sparsity within this val-accuracy drop, scaled to reach --sparsity",
     )
-    sub.add_argument("--sensitivity-plot", type=Path, help="write the analysis as .png/.svg")
+    sub.add_argument(
+        "--sensitivity-plot", type=output_file_arg, help="write the analysis as .png/.svg"
+    )
 
 
 def prune_config(args: argparse.Namespace) -> Any:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mobiledl.cli.support import add_command
+from mobiledl.fileio import output_dir_arg
 
 
 def add_run_command(commands: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
         _cmd_run,
     )
     sub.add_argument("recipe", type=Path, help="a recipe .yaml (see recipes/)")
-    sub.add_argument("--out", type=Path, required=True, help="run directory")
+    sub.add_argument("--out", type=output_dir_arg, required=True, help="run directory")
     sub.add_argument(
         "--resume", action="store_true", help="continue a run in --out after its last step"
     )

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from mobiledl.core.inputs import IMAGE, InputSpec, describe_specs, specs_match
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.validate import positive_number_arg, seed_arg
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -54,6 +55,11 @@ def add_command(
     (printed when ``--json`` is given) or ``None`` after printing for humans."""
     sub = commands.add_parser(name, help=help_text, description=help_text)
     sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub.add_argument(
+        "--max-memory-gb",
+        type=positive_number_arg,
+        help="refuse work estimated to need more memory (GiB; default: what is available)",
+    )
     sub.set_defaults(handler=handler)
     return sub
 
@@ -68,7 +74,7 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
         "60/20/20 into train/val/test by --seed, or 75/25 train/val when the data has its "
         "own test split (x_test/y_test, t10k files)",
     )
-    sub.add_argument("--seed", type=int, default=0, help="seed of the data split (default 0)")
+    sub.add_argument("--seed", type=seed_arg, default=0, help="seed of the data split (default 0)")
 
 
 def add_engine_arg(sub: argparse.ArgumentParser) -> None:

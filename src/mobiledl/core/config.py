@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union
 from torch import nn
 
 from mobiledl.errors import UserError
+from mobiledl.validate import check_config_numbers
 
 C = TypeVar("C", bound="MethodConfig")
 Predicate = Callable[[str, nn.Module], bool]
@@ -132,6 +134,7 @@ class MethodConfig:
             value = _normalized(getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
             check_type(value, hints[f.name], f"{type(self).__name__}.{f.name}")
+        check_config_numbers(self)
         for rule in getattr(self, "overrides", ()):
             self._check_rule(rule)
 
@@ -232,9 +235,11 @@ def _over_default(f: dataclasses.Field, value: Any) -> Any:
     return {**default.fields_dict(), **value}
 
 
-def field_types(cls: type) -> dict[str, Any]:
-    """The resolved type hints of a dataclass's fields."""
-    return typing.get_type_hints(cls)
+@functools.cache
+def field_types(cls: type) -> Mapping[str, Any]:
+    """The resolved type hints of a dataclass's fields (resolved once per class: building the
+    command line asks for them hundreds of times)."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def _field_settings(rule: LayerRule) -> dict[str, Any]:

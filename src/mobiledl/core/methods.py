@@ -30,6 +30,7 @@ from mobiledl.core.clone import clone_module
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.inputs import kind_label
 from mobiledl.errors import UserError
+from mobiledl.validate import expect_task
 
 Handler = Callable[[nn.Module, Any, Any], tuple[nn.Module, dict[str, Any]]]
 ENTRY_POINT_GROUP = "mobiledl.methods"
@@ -177,6 +178,8 @@ def apply(model: nn.Module, config: MethodConfig, task: Any = None) -> nn.Module
     method = method_of(config)
     if method.needs_task and task is None:
         raise UserError(f"method '{method.name}' needs a task (data to calibrate or train on)")
+    if task is not None:
+        expect_task(task, f"apply {method.name}")
     check_input_kind(config, model, task)
     config = config.resolved(model)
     working = clone_module(model)

@@ -15,6 +15,7 @@ from mobiledl.data.prepare import ImageSize
 from mobiledl.data.task import Task, top1_accuracy
 from mobiledl.data.user import load_user_task
 from mobiledl.errors import UserError
+from mobiledl.validate import check_seed, expect_path
 
 __all__ = ["Task", "TensorTask", "build_task", "list_tasks", "load_user_task", "top1_accuracy"]
 
@@ -30,7 +31,8 @@ def build_task(spec: str | os.PathLike, image_size: ImageSize = None, seed: int 
     Splits are deterministic for a ``seed``; ``image_size`` (``S`` or ``(H, W)``) resizes
     image inputs bilinearly (a task of other inputs refuses it).
     """
-    name = os.fspath(spec)
+    name = os.fspath(expect_path(spec, "task (a built-in name or a path to user data)"))
+    check_seed(seed)
     if name in BUILTINS:
         return BUILTINS[name](image_size=image_size, seed=seed)
     if Path(name).exists():

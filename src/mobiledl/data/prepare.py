@@ -13,10 +13,14 @@ import torch.nn.functional as F
 
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.resources import check_fits, tensor_bytes
+from mobiledl.validate import check_finite_data
 
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.2
 MIN_PER_CLASS = 3  # one sample each for train, val and test
+#: Float copies of the data a task holds while it is split and normalized.
+TASK_COPIES = 3
 
 ImageSize = int | Sequence[int] | str | None
 
@@ -64,6 +68,8 @@ def resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """Bilinear resize of an ``(N, C, H, W)`` batch; a no-op if ``size`` is None or current."""
     if size is None or tuple(x.shape[2:]) == size:
         return x
+    resized = (*x.shape[:2], *size)
+    check_fits(TASK_COPIES * tensor_bytes(resized), f"data resized to {size[0]}x{size[1]}")
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -152,14 +158,17 @@ def make_task(
             f"{source}: class '{class_names[c]}' has {counts[c]} samples; each class needs at "
             f"least {MIN_PER_CLASS} (labels must be 0..K-1 with every class present)"
         )
-    xt = resize(torch.as_tensor(np.asarray(x), dtype=torch.float32), image_size)
+    xt = resize(
+        check_finite_data(torch.as_tensor(np.asarray(x), dtype=torch.float32), source), image_size
+    )
     yt = torch.as_tensor(y, dtype=torch.int64)
     if x_test is None or y_test is None:
         train, val, test = split_indices(y, seed, has_test=False)
         x_te, y_te = xt[test], yt[test]
     else:
         train, val = split_indices(y, seed, has_test=True)
-        x_te = resize(torch.as_tensor(np.asarray(x_test), dtype=torch.float32), image_size)
+        x_te = torch.as_tensor(np.asarray(x_test), dtype=torch.float32)
+        x_te = resize(check_finite_data(x_te, source, "test inputs"), image_size)
         y_te = torch.as_tensor(y_test, dtype=torch.int64)
         if x_te.shape[1:] != xt.shape[1:]:
             raise UserError(

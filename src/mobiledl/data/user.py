@@ -14,6 +14,7 @@ Every problem raises a one-line ``UserError`` naming the file, folder or class.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zipfile
 import zlib
@@ -25,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from mobiledl.core.task import TensorTask
 from mobiledl.data.prepare import ImageSize, as_nchw, check_labels, make_task, parse_image_size
 from mobiledl.errors import UserError
+from mobiledl.resources import available_bytes, check_fits
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -120,6 +122,7 @@ def _pixels(im: Image.Image, gray: bool, size: tuple[int, int]) -> np.ndarray:
 
 def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
     try:
+        _check_unpacked_size(path)
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -143,6 +146,13 @@ def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
         size,
         seed,
     )
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """Refuse an archive whose arrays would not fit in memory once unpacked."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            check_fits(sum(info.file_size for info in archive.infolist()), f"{path}: its arrays")
 
 
 def _arrays_task(
@@ -177,7 +187,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                data = f.read()
+                data = _read_bounded(f, path)
         else:
             data = path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
@@ -199,6 +209,15 @@ def read_idx(path: Path) -> np.ndarray:
             "(truncated or corrupt)"
         )
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _read_bounded(stream: io.BufferedIOBase, path: Path) -> bytes:
+    """All of ``stream``, refusing to unpack more than the memory available."""
+    limit, _ = available_bytes()
+    data = stream.read(-1 if limit is None else limit + 1)
+    if limit is not None and len(data) > limit:
+        check_fits(len(data), f"{path}: its unpacked data")
+    return data
 
 
 def _find_idx(folder: Path, prefix: str, kind: str) -> Path | None:

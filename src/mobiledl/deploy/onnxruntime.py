@@ -37,9 +37,11 @@ from mobiledl.deploy.engine import (
     to_tensor,
 )
 from mobiledl.deploy.lowering import composite_attention, lower_model
+from mobiledl.deploy.onnx_files import check_external_data
 from mobiledl.deploy.qdq import tidy_qdq_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
+from mobiledl.validate import MAX_THREADS, check_int, expect_module
 
 OPSET = 17
 OUTPUT_NAME = "output"
@@ -139,6 +141,7 @@ class OnnxRuntimeEngine(Engine):
         and the operator.
         """
         target = Path(path)
+        expect_module(model, "export")
         x = map_inputs(to_tensor, example_input)
         specs = tuple(input_specs) if input_specs is not None else specs_of(x)
         args = tuple(input_tensors(x))
@@ -164,8 +167,9 @@ class OnnxRuntimeEngine(Engine):
         source = Path(path)
         if not source.is_file():
             raise UserError(f"{source}: no such ONNX file")
-        if threads is not None and threads < 1:
-            raise UserError(f"threads must be >= 1; got {threads}")
+        if threads is not None:
+            check_int(threads, "threads", 1, MAX_THREADS)
+        check_external_data(source)
         try:
             session = ort.InferenceSession(
                 str(source), _session_options(threads), providers=["CPUExecutionProvider"]

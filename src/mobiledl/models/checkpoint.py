@@ -22,7 +22,9 @@ from torch import nn
 from mobiledl.core.methods import config_from_dict, load_plugins
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
+from mobiledl.models.record import check_archive, check_payload, check_rebuild_size
 from mobiledl.models.registry import create_model
+from mobiledl.validate import expect_path
 
 FORMAT = "mobiledl-model"
 VERSION = 1
@@ -95,17 +97,13 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None =
 
 def load_model(path: str | Path) -> LoadedModel:
     """Rebuild the model stored at ``path`` in eval mode."""
-    payload = _read_payload(Path(path))
-    arch = payload["arch"]
+    path = expect_path(path, "model file")
+    payload = _read_payload(path)
+    stored = check_payload(payload, path)
+    arch, state = payload["arch"], payload["state_dict"]
     _check_history(arch.get("history", []), path)
-    base = {k: v for k, v in arch.items() if k not in RECORD_KEYS}
-    try:
-        model = create_model(**base)
-    except TypeError as exc:
-        raise UserError(f"{path}: architecture record is invalid ({exc})") from exc
-    state = payload["state_dict"]
-    resize_to_state_dict(model, state)
-    model = _apply_transforms(model, arch.get("transforms", []), path)
+    check_rebuild_size(lambda: _build(arch, state, path), stored, path)
+    model = _build(arch, state, path)
     model.mobiledl_arch = arch
     try:
         model.load_state_dict(state)
@@ -116,6 +114,17 @@ def load_model(path: str | Path) -> LoadedModel:
         ) from None
     model.eval()
     return LoadedModel(model=model, arch=arch, meta=payload.get("meta", {}))
+
+
+def _build(arch: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """The record's zoo model, resized to the stored shapes, with its transforms re-applied."""
+    base = {k: v for k, v in arch.items() if k not in RECORD_KEYS}
+    try:
+        model = create_model(**base)
+    except TypeError as exc:
+        raise UserError(f"{path}: architecture record is invalid ({exc})") from exc
+    resize_to_state_dict(model, state)
+    return _apply_transforms(model, arch.get("transforms", []), path)
 
 
 def _check_history(history: Any, path: Path) -> None:
@@ -141,6 +150,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
     """The checked dict inside a model file; a ``UserError`` naming the file otherwise."""
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
+    check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt bytes surface as many exception types
@@ -148,8 +158,9 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable mobiledl model file ({reason[:120]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a mobiledl model file (no '{FORMAT}' header)")
-    if payload.get("version", 0) > VERSION:
-        raise UserError(f"{path} was written by a newer mobiledl (format {payload['version']})")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path} was written by a newer mobiledl (format {version!r:.20})")
     for key in ("arch", "state_dict"):
         if key not in payload:
             raise UserError(f"{path}: model file lacks '{key}'")

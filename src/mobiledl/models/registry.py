@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,8 @@ from mobiledl.core.inputs import IMAGE, Inputs, InputSpec, example_from_specs, k
 from mobiledl.core.task import Task
 from mobiledl.errors import UserError
 from mobiledl.models.inputs import input_args
+from mobiledl.resources import check_model_memory
+from mobiledl.validate import check_image_size, check_int, check_model_name, check_number
 
 ImageSize = int | tuple[int, int]
 ModelBuilder = Callable[..., nn.Module]
@@ -103,15 +106,19 @@ def create_model(
     of input does not take, an image smaller than the model can take, or a non-positive
     class count, channel count or width multiplier.
     """
-    info = model_info(name)
+    info = model_info(check_model_name(name))
+    check_int(num_classes, "num_classes", 2)
+    check_number(width_mult, "width_mult", 0.0, low_open=True)
+    if image_size is not None:
+        check_image_size(image_size, f"model '{name}': image_size")
     given = {"in_channels": in_channels, "image_size": image_size, **input_arguments}
     given = {key: value for key, value in given.items() if value is not None}
     arguments = input_args(info.inputs).resolve(given, name, info.min_image_size)
-    if num_classes < 2:
-        raise UserError(f"num_classes must be >= 2; got {num_classes}")
-    if width_mult <= 0:
-        raise UserError(f"width_mult must be > 0; got {width_mult}")
-    model = info.builder(num_classes=num_classes, width_mult=width_mult, **arguments)
+    build = functools.partial(
+        info.builder, num_classes=num_classes, width_mult=width_mult, **arguments
+    )
+    check_model_memory(build, f"model '{name}'")
+    model = build()
     recorded = {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}
     model.mobiledl_arch = {
         "name": name,

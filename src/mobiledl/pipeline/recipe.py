@@ -33,11 +33,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import get_method, list_methods
 from mobiledl.errors import UserError
+from mobiledl.fileio import check_file_name, check_relative_name
 
 
 class Strict(BaseModel):
@@ -100,6 +109,14 @@ class ExportStep(Strict):
     step: Literal["export"]
     name: str | None = None
     file: str = "model.onnx"
+
+    @field_validator("file")
+    @classmethod
+    def _inside_run_dir(cls, file: str) -> str:
+        try:
+            return check_relative_name(file, "the path")
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class BenchmarkStep(Strict):
@@ -238,8 +255,8 @@ def parse_step(index: int, raw: dict[str, Any], source: str = "recipe") -> Recip
     if not isinstance(kind, str):
         raise UserError(f"{where}: missing 'step' (one of {', '.join(step_kinds())})")
     name = raw.get("name")
-    if name is not None and not isinstance(name, str):
-        raise UserError(f"{where}: name must be a string")
+    if name is not None:
+        check_file_name(name, f"{where}: name")
     if kind in PIPELINE_STEPS:
         try:
             return RecipeStep(kind, name, PIPELINE_STEPS[kind].model_validate(raw), written)

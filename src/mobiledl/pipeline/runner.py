@@ -25,10 +25,11 @@ from torch import nn
 from mobiledl.core.task import Task
 from mobiledl.data import build_task
 from mobiledl.errors import UserError
+from mobiledl.fileio import check_output_dir
 from mobiledl.models import create_model_for_task, load_model, save_model
 from mobiledl.pipeline.recipe import Recipe, load_recipe
 from mobiledl.pipeline.state import RunState, StepRecord
-from mobiledl.pipeline.steps import RunContext, run_step
+from mobiledl.pipeline.steps import RunContext, check_outputs, run_step
 from mobiledl.profile import Measurement
 from mobiledl.train import seed_everything
 
@@ -42,11 +43,11 @@ def run_recipe(
     recipe_path: str | Path, out_dir: str | Path, resume: bool = False, progress: bool = True
 ) -> list[Measurement]:
     """Run (or, with ``resume``, continue) the recipe; return one measurement per step."""
-    recipe_path, out_dir = Path(recipe_path), Path(out_dir)
+    recipe_path, out_dir = Path(recipe_path), check_output_dir(out_dir)
     recipe = load_recipe(recipe_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_outputs(recipe, out_dir)
+    task = _task(recipe, recipe_path.parent)  # before anything is written: bad data writes nothing
     _remove_stale_temp_files(out_dir)
-    task = _task(recipe, recipe_path.parent)
     state = _start_state(recipe, out_dir, task, recipe_path.parent, resume)
     ctx = RunContext(recipe, task, out_dir, recipe_path.parent, state, progress)
     model = load_model(out_dir / state.model_before(len(state.steps))).model

@@ -24,6 +24,7 @@ from mobiledl.core.methods import apply, report_of
 from mobiledl.core.task import Task
 from mobiledl.deploy import get_engine
 from mobiledl.errors import UserError
+from mobiledl.fileio import confined_path
 from mobiledl.measure import artifact_latency, artifact_outputs, export
 from mobiledl.models import load_model
 from mobiledl.pipeline import measure
@@ -150,7 +151,8 @@ def run_export(model: nn.Module, step: RecipeStep, ctx: RunContext, index: int) 
     settings: ExportStep = step.config
     name = ctx.recipe.step_names()[index]
     engine = get_engine()
-    path = export(engine, model, ctx.task.example_input(1), ctx.out_dir / settings.file)
+    target = confined_path(ctx.out_dir, settings.file, f"step '{name}': file")
+    path = export(engine, model, ctx.task.example_input(1), target)
     measurement = ctx.measure(model, name)
     measurement.accuracy = ctx.task.metric(*artifact_outputs(engine, path, ctx.task))
     measurement.bytes = path.stat().st_size
@@ -169,6 +171,13 @@ def run_export(model: nn.Module, step: RecipeStep, ctx: RunContext, index: int) 
     return StepResult(
         model, changed=False, measurement=measurement, artifacts={"artifact": settings.file}
     )
+
+
+def check_outputs(recipe: Recipe, out_dir: Path) -> None:
+    """Every file the recipe's steps write stays inside ``out_dir`` (checked before running)."""
+    for name, step in zip(recipe.step_names(), recipe.parsed_steps, strict=True):
+        if isinstance(step.config, ExportStep):
+            confined_path(out_dir, step.config.file, f"step '{name}': file")
 
 
 def run_benchmark(model: nn.Module, step: RecipeStep, ctx: RunContext, index: int) -> StepResult:

@@ -103,6 +103,7 @@ MAC_COUNTERS: dict[Any, Counter] = {
     aten.baddbmm: _contracted_macs(lambda a: a[1].shape[-1]),
     aten.addmv: _contracted_macs(lambda a: a[1].shape[-1]),
     aten.addbmm: _contracted_macs(lambda a: a[1].shape[0] * a[1].shape[-1]),
+    aten.mkldnn_rnn_layer: _rnn_layer_macs,
     aten._scaled_dot_product_flash_attention_for_cpu: _attention_macs,
     aten._scaled_dot_product_flash_attention: _attention_macs,
     aten._scaled_dot_product_efficient_attention: _attention_macs,

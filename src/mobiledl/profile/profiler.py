@@ -34,6 +34,8 @@ from mobiledl.errors import UserError
 from mobiledl.profile.measurement import Measurement
 from mobiledl.profile.memory import LifetimeTracker
 from mobiledl.profile.ops import op_cost
+from mobiledl.resources import check_activation_memory
+from mobiledl.validate import expect_module
 
 
 @dataclass
@@ -154,8 +156,10 @@ def profile_model(model: nn.Module, example_input: Inputs, bits: int = 32) -> Mo
     """
     if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
         raise UserError(f"bits must be a positive integer; got {bits!r}")
+    expect_module(model, "profile_model")
     check_inputs(example_input, "example input")
     tensors = input_tensors(example_input)
+    check_activation_memory(model, tuple(tensors), "this input")
     recorder = _Recorder(model, bits)
     with _eval_mode(model), recorder.hooks(), _no_mha_fastpath(), torch.no_grad():
         recorder.tracker.add_inputs(tensors)

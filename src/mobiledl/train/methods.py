@@ -18,6 +18,7 @@ from mobiledl.models import load_model
 from mobiledl.train.distill import FeatureDistiller
 from mobiledl.train.ondevice.adapt import AdaptConfig, adapt_model
 from mobiledl.train.trainer import TrainConfig, train
+from mobiledl.validate import check_number
 
 Result = tuple[nn.Module, dict[str, Any]]
 
@@ -65,6 +66,8 @@ class DistillConfig(MethodConfig):
             raise UserError(f"alpha must lie in [0, 1]; got {self.alpha}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0; got {self.temperature}")
+        if self.feature_weight is not None:
+            check_number(self.feature_weight, "feature_weight", 0.0)
         if self.alpha == 0 and self.feature == "none":
             raise UserError("distill with alpha 0 and no feature distillation learns nothing")
 

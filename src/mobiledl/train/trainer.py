@@ -25,10 +25,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mobiledl.core.config import MethodConfig
-from mobiledl.core.inputs import Inputs, batch_size_of, call_model, slice_batch
+from mobiledl.core.inputs import Inputs, batch_size_of, call_model, check_inputs, slice_batch
 from mobiledl.core.task import Task
 from mobiledl.errors import UserError
+from mobiledl.resources import check_activation_memory, meta_batch
 from mobiledl.train.distill import logit_distillation_loss
+from mobiledl.train.divergence import check_loss, check_weights
+from mobiledl.validate import (
+    check_int,
+    check_number,
+    expect_config,
+    expect_module,
+    expect_task,
+)
 
 #: ``extra_loss(model, inputs, logits) -> scalar`` is added to the loss of every batch; if it
 #: is an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
@@ -78,7 +87,8 @@ class TrainConfig(MethodConfig):
             raise UserError(f"batch_size must be >= 1; got {self.batch_size}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise UserError(f"lr must be a finite number >= 0; got {self.lr}")
-        for name in ("momentum", "weight_decay", "warmup_epochs"):
+        check_number(self.momentum, "momentum", 0.0, 1.0)
+        for name in ("weight_decay", "warmup_epochs"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{name} must be a finite number >= 0; got {value}")
@@ -118,6 +128,9 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, inputs: Inputs, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on ``inputs``, computed in batches."""
+    expect_module(model, "predict")
+    check_inputs(inputs, "predict: inputs")
+    check_int(batch_size, "predict: batch_size", 1)
     was_training = model.training
     model.eval()
     total = batch_size_of(inputs)
@@ -148,13 +161,15 @@ def predict_split(
 
 def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
     """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split."""
+    expect_module(model, "evaluate")
+    expect_task(task, "evaluate")
     return task.metric(*predict_split(model, task, split))
 
 
 def train(
     model: nn.Module,
     task: Task,
-    config: TrainConfig | None = None,
+    config: TrainConfig,
     teacher: nn.Module | None = None,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
     extra_loss: ExtraLoss | None = None,
@@ -166,8 +181,20 @@ def train(
     ``extra_loss(model, inputs, logits)``, if given, is added to every batch's loss
     (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
     validation accuracy improves, e.g. to write a checkpoint atomically.
+
+    ``config`` is required (``TrainConfig()`` for the defaults, 30 epochs): how long and how
+    fast to train is the caller's decision, so ``None`` or a dict is a ``UserError``.
     """
-    config = config or TrainConfig()
+    expect_module(model, "train")
+    expect_task(task, "train")
+    expect_config(config, TrainConfig, "train")
+    if teacher is not None:
+        expect_module(teacher, "train", "teacher")
+    example = task.example_input(1)
+    if isinstance(example, torch.Tensor):  # inputs of other structures are not estimated
+        batch = meta_batch(example, min(config.batch_size, task.num_samples("train")))
+        what = f"training at batch size {len(batch)}"
+        check_activation_memory(model, batch, what, training=True)
     seed_everything(config.seed)
     optimizer = _make_optimizer(model, config, extra_loss)
     steps_per_epoch = math.ceil(task.num_samples("train") / config.batch_size)
@@ -211,7 +238,7 @@ def _train_one_epoch(
     model.train()
     total, count = 0.0, 0
     loader = task.loader("train", config.batch_size, shuffle=True, seed=config.seed + epoch)
-    for inputs, y in loader:
+    for step, (inputs, y) in enumerate(loader):
         logits = call_model(model, inputs)
         loss = _task_loss(task, config, logits, y)
         if teacher is not None:
@@ -221,12 +248,14 @@ def _train_one_epoch(
             loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
         if extra_loss is not None:
             loss = loss + extra_loss(model, inputs, logits)
+        check_loss(loss, epoch, step, config.learning_rate)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         total += loss.item() * len(y)
         count += len(y)
+    check_weights(model, epoch, config.learning_rate)
     return total / max(count, 1)
 
 

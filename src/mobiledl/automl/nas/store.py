@@ -17,6 +17,7 @@ from mobiledl.automl.nas.elastic import OFASupernet
 from mobiledl.automl.nas.space import SearchSpace
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
+from mobiledl.models.record import check_archive, check_rebuild_size, stored_values
 
 FORMAT = "mobiledl-nas-supernet"
 VERSION = 1
@@ -72,9 +73,10 @@ def load_supernet(path: str | Path) -> SupernetFile:
 def _rebuild(payload: dict[str, Any], source: str | Path) -> OFASupernet:
     try:
         space = SearchSpace.from_dict(payload["space"])
-        supernet = OFASupernet(
-            space, payload["num_classes"], payload["in_channels"], tuple(payload["input_size"])
-        )
+        arguments = (payload["num_classes"], payload["in_channels"], tuple(payload["input_size"]))
+        stored = stored_values(payload["state_dict"], Path(str(source)))
+        check_rebuild_size(lambda: OFASupernet(space, *arguments), stored, Path(str(source)))
+        supernet = OFASupernet(space, *arguments)
         supernet.load_state_dict(payload["state_dict"])
     except (KeyError, RuntimeError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0][:120]
@@ -85,6 +87,7 @@ def _rebuild(payload: dict[str, Any], source: str | Path) -> OFASupernet:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"supernet file not found: {path}")
+    check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt bytes surface as many exception types
@@ -92,6 +95,7 @@ def _read(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable supernet file ({reason})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a mobiledl supernet file (no '{FORMAT}' header)")
-    if payload.get("version", 0) > VERSION:
-        raise UserError(f"{path} was written by a newer mobiledl (format {payload['version']})")
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path} was written by a newer mobiledl (format {version!r:.20})")
     return payload

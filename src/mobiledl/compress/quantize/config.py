@@ -14,6 +14,7 @@ from mobiledl.compress.quantize.quantizer import MAX_BITS, MIN_BITS, QuantSpec
 from mobiledl.core.config import LayerRule, MethodConfig
 from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig
+from mobiledl.validate import check_number
 
 QAT_METHODS = ("ste", "lsq", "pact")
 AUTO = "auto"
@@ -211,6 +212,11 @@ class TernaryConfig(MethodConfig):
     layers: tuple[str, ...] | None = None
     per_channel: bool = False
     train: TrainConfig = field(default_factory=_lowbit_training)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold is not None:
+            check_number(self.threshold, "ternary threshold", 0.0, low_open=True)
 
 
 def _mixed_training() -> TrainConfig:

@@ -104,12 +104,13 @@ class KMeansLayer(nn.Module):
         plain.weight = nn.Parameter(self.weight.detach().clone())
         return plain
 
-    def packed_bytes(self) -> tuple[int, int]:
-        """``(bytes, weights covered)``: the layer in Deep Compression's "quantized" stage
-        (``bits``-bit indices in the relative-index sparse format, plus the fp32 codebook;
-        ``storage_report`` has the Huffman-coded stage too)."""
+    def packed_bytes(self) -> int:
+        """Bytes of the layer's weight in Deep Compression's "quantized" stage (``bits``-bit
+        indices in the relative-index sparse format, plus the fp32 codebook; the bias is
+        counted at fp32 by ``packed_storage_bytes``; ``storage_report`` has the Huffman-coded
+        stage too)."""
         index_bits = FC_INDEX_BITS if isinstance(self.layer, nn.Linear) else CONV_INDEX_BITS
-        return layer_storage("", self, index_bits).quantized_bytes, self.mask.numel()
+        return layer_storage("", self, index_bits).quantized_bytes
 
 
 def _nearest(values: Tensor, sorted_centroids: Tensor) -> Tensor:

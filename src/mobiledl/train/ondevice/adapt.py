@@ -30,6 +30,7 @@ from mobiledl.train.ondevice.step import MeasuredStep, measure_training_step
 from mobiledl.train.ondevice.tinytl import LiteResidual, TinyTLConfig, find_blocks, tinytl
 from mobiledl.train.trainer import evaluate, seed_everything
 from mobiledl.train.transfer import BASELINES, freeze, replace_classifier
+from mobiledl.validate import check_int, check_number
 
 METHODS = (*BASELINES, "tinytl", "sparse")
 
@@ -75,6 +76,10 @@ class AdaptConfig(MethodConfig):
             raise UserError(f"memory_budget must be > 0 bytes; got {self.memory_budget}")
         if self.epochs < 0 or self.batch_size < 1:
             raise UserError("epochs must be >= 0 and batch_size >= 1")
+        if self.lr is not None:
+            check_number(self.lr, "lr", 0.0)
+        if self.checkpoint_segments is not None:
+            check_int(self.checkpoint_segments, "checkpoint_segments", 1)
 
     @property
     def learning_rate(self) -> float:

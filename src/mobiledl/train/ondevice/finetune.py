@@ -18,6 +18,7 @@ from torch import nn
 
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.train.divergence import check_loss
 from mobiledl.train.ondevice.memory import training_layout, training_modes
 from mobiledl.train.ondevice.step import make_optimizer, training_step
 from mobiledl.train.trainer import evaluate, seed_everything
@@ -94,6 +95,7 @@ def _epoch(
             loss = training_step(
                 model, training_layout(x), y, optimizer, task.loss, config.checkpoint_segments
             )
+            check_loss(loss, epoch, step, config.lr)
             scheduler.step()
             step += 1
             loss_sum += loss.item() * len(x)

@@ -51,6 +51,7 @@ from mobiledl.train.ondevice.memory import (
     trace_training,
 )
 from mobiledl.train.trainer import evaluate
+from mobiledl.validate import check_int, check_number
 
 TRANSFORM = "sparse_update"
 Bounds = tuple[float, float | None]
@@ -86,6 +87,9 @@ class SparseUpdateConfig(MethodConfig):
             raise UserError(f"channel ratios must lie in (0, 1]; got {self.ratios}")
         if self.probe_steps < 1 or self.candidate_layers < 0:
             raise UserError("probe_steps must be >= 1 and candidate_layers >= 0")
+        check_int(self.batch_size, "sparse batch_size", 1)
+        check_number(self.probe_lr, "sparse probe_lr", 0.0)
+        check_number(self.headroom, "sparse headroom", 0.0, 1.0, high_open=True)
 
 
 # ---------------------------------------------------------------- quantized layers
