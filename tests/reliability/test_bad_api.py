@@ -68,7 +68,7 @@ CALLS: list[tuple[str, Callable[..., Any], str]] = [
     ("evaluate-task-str", lambda m, t, p: evaluate(m, "digits"), "evaluate: task must be"),
     ("evaluate-model-str", lambda m, t, p: evaluate("m", t), "evaluate: model must be"),
     ("evaluate-split", lambda m, t, p: evaluate(m, t, "bogus"), "unknown split 'bogus'"),
-    ("predict-numpy", lambda m, t, p: predict(m, np.zeros((1, 1, 8, 8))), "inputs must be a tensor"),
+    ("predict-numpy", lambda m, t, p: predict(m, np.zeros((1, 1, 8, 8))), "inputs must be a"),
     ("predict-batch-zero", lambda m, t, p: predict(m, X, 0), "batch_size must be an integer"),
     ("measure-batch-zero", lambda m, t, p: measure_model(m, "m", t, batch_size=0), ">= 1"),
     ("measure-repeats-zero", lambda m, t, p: measure_model(m, "m", t, repeats=0), ">= 1"),
