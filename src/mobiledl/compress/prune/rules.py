@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import importlib
 import operator
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -281,7 +282,7 @@ class ParamSlice:
     zeroed: bool = True
 
 
-class PruningRule:
+class PruningRule(ABC):
     """How one layer type takes part in channel pruning (see the module docstring).
 
     Subclasses implement ``flow`` and, unless they override ``shrink``, ``mask`` and
@@ -289,10 +290,10 @@ class PruningRule:
     ``resize``.
     """
 
+    @abstractmethod
     def flow(self, call: LayerCall) -> Any:
         """Map the input channels of one call to its output channels; return the output's
         ``ChannelLabels`` (a tuple of them for several outputs)."""
-        raise NotImplementedError
 
     def slices(self, module: nn.Module, kind: str) -> Sequence[ParamSlice]:
         """The parameters that slot ``kind`` of ``module`` indexes."""
@@ -300,7 +301,8 @@ class PruningRule:
 
     def resize(self, module: nn.Module, counts: Mapping[str, int]) -> None:
         """Update ``module``'s hyper-parameters after its tensors were sliced to ``counts``
-        (kept positions per slot kind)."""
+        (kept positions per slot kind). The default: the layer has none to update."""
+        return None
 
     def scale(self, module: nn.Module, kind: str) -> Tensor | None:
         """The per-channel scale network slimming ranks (a norm's gamma), if the layer has one."""
@@ -348,7 +350,9 @@ class PruningRule:
                 tensor.index_fill_(piece.dim, complement(positions, tensor.shape[piece.dim]), 0.0)
 
     def after_surgery(self, module: nn.Module) -> None:
-        """Called on every layer with this rule once surgery replaced what it replaces."""
+        """Called on every layer with this rule once surgery replaced what it replaces
+        (the default does nothing)."""
+        return None
 
 
 def get_tensor(module: nn.Module, name: str) -> Tensor | None:
