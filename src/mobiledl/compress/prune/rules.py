@@ -26,7 +26,6 @@ built-in rules are in ``layer_rules.py`` and ``attention.py``.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import operator
 from abc import ABC, abstractmethod
@@ -38,6 +37,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ class PruningRule(ABC):
 
     def shrink(self, module: nn.Module, kept: Mapping[str, Tensor]) -> nn.Module:
         """A smaller copy of ``module`` holding the ``kept`` positions of each slot."""
-        new = copy.deepcopy(module)
+        new = clone_module(module)
         for kind, positions in kept.items():
             for piece in self.slices(module, kind):
                 tensor = get_tensor(new, piece.param)
