@@ -72,6 +72,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--observer", default="auto", help="our activation observer (default auto: by validation)"
     )
     parser.add_argument("--time-repeats", type=int, default=None, help="timed runs each (3)")
+    parser.add_argument(
+        "--compare-observers",
+        default="minmax,kl",
+        help="observers also run on their own, each a W8A8 column (default minmax,kl)",
+    )
     args = harness.parse(parser, argv)
     zoo = ",".join(m.name for m in list_models(inputs="image"))
     smoke = {"tasks": "digits", "models": "resnet8", "w4_models": "resnet8", "epochs": 2}
@@ -117,6 +122,16 @@ def ours(model: nn.Module, task: Task, config: QuantConfig, workdir: Path) -> di
         "integer_ops": dict(integer_ops(path)),
         "ours_int8_bytes": path.stat().st_size,
         "ours_observer": report_of(quantized).values["observer"],
+    }
+
+
+def observer_accuracies(
+    model: nn.Module, task: Task, config: QuantConfig, observers: Sequence[str]
+) -> dict[str, float]:
+    """Our W8A8 test accuracy with each named activation observer on its own."""
+    return {
+        name: evaluate(apply(model, dataclasses.replace(config, observer=name), task), task)
+        for name in observers
     }
 
 
@@ -214,6 +229,8 @@ def measure(task: Task, name: str, args: argparse.Namespace, cache: Path) -> dic
         workdir = Path(tmp)
         row: dict[str, Any] = {"task": task.name, "model": name, "fp32": evaluate(model, task)}
         row.update(ours(model, task, config, workdir))
+        observers = harness.names(args.compare_observers)
+        row["observer_w8a8"] = observer_accuracies(model, task, config, observers)
         row["ort_w8a8"] = attempt(lambda: ort_static(model, task, data, workdir, 8), errors, "ort")
         row["pt2e_w8a8"] = attempt(lambda: pt2e(model, task, data, 8), errors, "pt2e")
         if name in harness.names(args.w4_models):
@@ -244,10 +261,24 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "lowest_agreement": min(r["agreement"] for r in rows),
         "w8a8_at_least_peer": [sum(a >= b for a, b in peers), len(peers)],
         "w4_at_least_peer": [sum(a >= b for a, b in w4), len(w4)],
+        "kl_minus_minmax_points_min": _kl_minus_minmax(rows),
         "ptq_time_ratio_max": max(
             (r["ptq_time_ratio"] for r in rows if "ptq_time_ratio" in r), default=None
         ),
     }
+
+
+def _kl_minus_minmax(rows: list[dict[str, Any]]) -> float | None:
+    """The worst (lowest) KL-observer accuracy minus min-max's, in points, over the rows."""
+    pairs = [r.get("observer_w8a8", {}) for r in rows]
+    gaps = [100 * (p["kl"] - p["minmax"]) for p in pairs if {"kl", "minmax"} <= p.keys()]
+    return min(gaps, default=None)
+
+
+def _observer_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The observers every row ran on its own (results before this column have none)."""
+    names = [set(r.get("observer_w8a8", {})) for r in rows]
+    return sorted(set.intersection(*names)) if names else []
 
 
 def _cells(r: dict[str, Any]) -> list[object]:
@@ -295,6 +326,18 @@ def markdown(report: dict[str, Any]) -> str:
     headers = ["task", "model", "FP32", "ours W8A8", "ours int8 ORT", "agree", "ORT static",
                "PT2E", "ours W4", "ORT W4", "PT2E W4", "int ops"]  # fmt: skip
     cells = [_cells(r) for r in rows]
+    observers = _observer_columns(rows)
+    if observers:
+        headers += [f"ours W8A8 {name}" for name in observers]
+        cells = [
+            [*c, *(harness.pct(r["observer_w8a8"][name]) for name in observers)]
+            for c, r in zip(cells, rows, strict=True)
+        ]
+    if s.get("kl_minus_minmax_points_min") is not None:
+        lines.append(
+            "- each observer on its own (columns `ours W8A8 <observer>`): KL minus min-max at "
+            f"worst {s['kl_minus_minmax_points_min']:+.2f} points"
+        )
     if s.get("ptq_time_ratio_max") is not None:  # results before the timing have none
         lines.append(
             "- PTQ wall time (ours `apply` / ORT export + `quantize_static`, same model and "
