@@ -19,7 +19,7 @@ from mobiledl.validate import check_number
 QAT_METHODS = ("ste", "lsq", "pact")
 AUTO = "auto"
 # Tried in this order by ``observer="auto"``; the first of equally accurate ones wins.
-AUTO_OBSERVERS = ("minmax", "percentile", "mse", "kl")
+AUTO_OBSERVERS = ("minmax", "percentile", "mse")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class QuantConfig(MethodConfig):
     - ``per_channel``: one weight scale per output channel (else per tensor).
     - ``symmetric``: symmetric weight grid (zero point 0); ``act_symmetric`` likewise for
       activations (default asymmetric, unsigned: ReLU outputs use the whole grid).
-    - ``observer``: activation calibration: minmax, moving_average, percentile, mse, kl, or
+    - ``observer``: activation calibration: minmax, moving_average, percentile, mse, or
       ``auto``: one calibration pass collects each activation's min/max and histogram, each
       of ``AUTO_OBSERVERS`` chooses its ranges from them, and the one whose quantized model
       is most accurate on the task's validation split is kept (the report names it).
@@ -76,6 +76,12 @@ class QuantConfig(MethodConfig):
         super().__post_init__()
         for name in ("weight_bits", "act_bits"):
             _check_bits(name, getattr(self, name))
+        if self.observer == "kl":
+            raise UserError(
+                "observer 'kl' (entropy calibration) is not offered: it clips outliers that "
+                "carry the signal (see mobiledl.compress.quantize.observers); use mse, "
+                "percentile or auto"
+            )
         if self.observer not in (*OBSERVERS, AUTO):
             raise UserError(
                 f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}; got '{self.observer}'"

@@ -6,8 +6,8 @@
 1. fold BatchNorm and insert fake quantizers (``prepare``);
 2. optionally equalize weight ranges across layers (CLE, Nagel et al. 2019);
 3. choose weight grids from the weights, activation grids by running calibration data
-   through the float model with an observer (min-max, moving average, percentile, MSE,
-   KL entropy), or pick the observer whose quantized model is most accurate on the task's
+   through the float model with an observer (min-max, moving average, percentile, MSE),
+   or pick the observer whose quantized model is most accurate on the task's
    validation split (``observer="auto"``: the best calibration differs between models, e.g.
    percentile clipping for long-tailed activations, Wu et al. 2020, Sec. 4.1; one
    calibration pass serves every candidate);
