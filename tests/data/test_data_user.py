@@ -210,3 +210,63 @@ def test_unknown_file_type(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("1,2,3\n")
     raises(path, "data.csv")
+
+
+def balanced_npz(path: Path, per_class: int, classes: int = 3, offset: float = 0.0) -> Path:
+    """``per_class`` random 1x4x4 images of each class, pixels shifted by ``offset``."""
+    x = RNG.random((per_class * classes, 1, 4, 4)).astype(np.float32) + offset
+    np.savez(path, x=x, y=np.repeat(np.arange(classes), per_class))
+    return path
+
+
+def test_split_fractions_set_the_split_sizes(tmp_path: Path) -> None:
+    path = balanced_npz(tmp_path / "data.npz", 100)
+    default = build_task(str(path))
+    assert (len(default.x_train), len(default.x_val), len(default.x_test)) == (180, 60, 60)
+    task = build_task(str(path), split="0.7,0.1,0.2")
+    assert (len(task.x_train), len(task.x_val), len(task.x_test)) == (210, 30, 60)
+    assert build_task(str(path), split=(0.7, 0.1, 0.2)).y_train.tolist() == task.y_train.tolist()
+
+
+def test_split_with_its_own_test_split_keeps_the_train_val_ratio(tmp_path: Path) -> None:
+    x = RNG.random((300, 1, 4, 4)).astype(np.float32)
+    y = np.repeat(np.arange(3), 100)
+    np.savez(tmp_path / "own.npz", x=x, y=y, x_test=x[:30], y_test=y[:30])
+    task = build_task(str(tmp_path / "own.npz"), split="0.6,0.3,0.1")
+    assert (len(task.x_train), len(task.x_val), len(task.x_test)) == (201, 99, 30)  # 67:33
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ("0.6,0.4", "three positive fractions"),
+        ("0.6,0.2,0.1", "must sum to 1"),
+        ("0.6,0.4,0", "three positive fractions"),
+        ("x,y,z", "three positive fractions"),
+    ],
+)
+def test_bad_split_is_one_user_error(tmp_path: Path, split: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build_task(str(balanced_npz(tmp_path / "data.npz", 10)), split=split)
+
+
+def test_separate_train_val_test_files_are_used_as_given(tmp_path: Path) -> None:
+    files = [
+        balanced_npz(tmp_path / f"{name}.npz", n, offset=offset)
+        for name, n, offset in (("train", 20, 0.0), ("val", 5, 1.0), ("test", 7, 2.0))
+    ]
+    task = build_task(",".join(str(f) for f in files))
+    assert (len(task.x_train), len(task.x_val), len(task.x_test)) == (60, 15, 21)
+    assert task.num_classes == 3
+    assert task.x_train.mean().item() == pytest.approx(0.0, abs=1e-5)  # the train file's stats
+    assert task.x_test.mean().item() > task.x_val.mean().item() > 1.0  # not re-split or mixed
+
+
+def test_separate_files_must_agree(tmp_path: Path) -> None:
+    train = balanced_npz(tmp_path / "train.npz", 5)
+    np.savez(tmp_path / "wide.npz", x=np.zeros((3, 1, 5, 5), np.float32), y=np.arange(3))
+    np.savez(tmp_path / "extra.npz", x=np.zeros((4, 1, 4, 4), np.float32), y=np.arange(4))
+    with pytest.raises(UserError, match="differ in shape"):
+        build_task(f"{train},{train},{tmp_path / 'wide.npz'}")
+    with pytest.raises(UserError, match="label 3 is not a class of the train file"):
+        build_task(f"{train},{tmp_path / 'extra.npz'},{train}")

@@ -45,6 +45,10 @@ def with_(**changes: object) -> dict:
             "steps[0] (ptq): weight_bits must be an integer in [2, 8]; got 12",
         ),
         (with_(task={"nme": "digits"}), "task: missing field 'name'"),
+        (
+            with_(task={"name": "digits", "split": [0.5, 0.2, 0.2]}),
+            "task: split: split fractions must sum",
+        ),
         (with_(model={"arch": "a", "file": "b"}), "model: set exactly one of 'arch' and 'file'"),
         (with_(extra=1), "recipe: unknown field 'extra'"),
         (
@@ -132,3 +136,19 @@ def test_cli_reports_a_bad_recipe_in_one_line(
     assert error.startswith(
         f"mobiledl run: error: {path}: steps[0] (factorize): unknown field 'rnk'"
     )
+
+
+def test_recipe_task_split_splits_the_data() -> None:
+    from mobiledl.pipeline.runner import _task
+
+    recipe = parse_recipe(
+        {
+            "name": "split",
+            "task": {"name": "digits", "split": [0.8, 0.1, 0.1]},
+            "model": {"arch": "lenet5"},
+            "steps": [{"step": "train", "epochs": 0}],
+        }
+    )
+    task = _task(recipe, Path("."))
+    assert recipe.task.split == (0.8, 0.1, 0.1)
+    assert len(task.x_train) / 1797 == pytest.approx(0.8, abs=0.01)

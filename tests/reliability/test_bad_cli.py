@@ -170,7 +170,30 @@ METHOD_OPTIONS = [
     ("missing-required", "export {model}", "the following arguments are required: --out"),
 ]
 
-CASES = OUTPUT_PATHS + TRAINING_OPTIONS + PROFILE_AND_BENCH_OPTIONS + METHOD_OPTIONS
+NPZ3 = "{npz},{npz},{npz}"
+SPLITS = [
+    ("split-two-parts", f"{TRAIN} --split 0.8,0.2", "three positive fractions TRAIN,VAL,TEST"),
+    ("split-four-parts", f"{TRAIN} --split 0.4,0.2,0.2,0.2", "three positive fractions"),
+    ("split-zero", f"{TRAIN} --split 0.8,0.2,0", "three positive fractions"),
+    ("split-negative", f"{TRAIN} --split 1.2,-0.1,-0.1", "three positive fractions"),
+    ("split-text", f"{TRAIN} --split a,b,c", "three positive fractions"),
+    ("split-sum-low", f"{TRAIN} --split 0.5,0.2,0.2", "must sum to 1; '0.5,0.2,0.2' sums to 0.9"),
+    ("split-sum-high", f"{ADAPT} --split 0.6,0.3,0.2", "must sum to 1"),
+    ("split-eval", "eval {model} --task digits --split 0.6,0.4", "three positive fractions"),
+    ("split-files-two", "train --model lenet5 --task {npz},{npz} --out {existing}", "three paths"),
+    (
+        "split-files-missing",
+        "train --model lenet5 --task {npz},{npz},{out:none.npz} --out {existing}",
+        "a split file must be an existing .npz",
+    ),
+    (
+        "split-files-and-split",
+        f"train --model lenet5 --task {NPZ3} --split 0.6,0.2,0.2 --out {{existing}}",
+        "--split does not apply to separate",
+    ),
+]
+
+CASES = OUTPUT_PATHS + TRAINING_OPTIONS + PROFILE_AND_BENCH_OPTIONS + METHOD_OPTIONS + SPLITS
 
 
 def argv_of(text: str, inputs: Inputs, tmp_path: Path) -> list[str]:

@@ -130,3 +130,23 @@ def test_peak_breakdown_adds_up() -> None:
     profile = training_memory(model, torch.randn(4, 3, 16, 16))
     assert sum(profile.peak_breakdown.values()) == profile.peak_bytes
     assert profile.peak_breakdown["weights"] == profile.weight_bytes
+
+
+def _sliced_batch(samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first 8 samples of a one-channel training split of ``samples`` (a view of it)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(samples, 1, 12, 12), torch.randint(0, 10, (samples,))
+    return x[:8], y[:8]
+
+
+@pytest.mark.parametrize("method", ["full", "last", "tinytl"])
+def test_training_memory_counts_one_batch_not_the_dataset(method: str) -> None:
+    model = tinytl(create_model("mcunet", 10, 1, 12)) if method == "tinytl" else None
+    model = model or freeze(create_model("mcunet", 10, 1, 12), method)
+    small, large = _sliced_batch(100), _sliced_batch(200)
+    predicted = [training_memory(model, x, y) for x, y in (small, large)]
+    assert predicted[0].input_bytes == 8 * 144 * 4 + 8 * 8  # the batch, not the split
+    assert predicted[0].peak_bytes == predicted[1].peak_bytes
+    measured = [measure_training_step(model, x, y) for x, y in (small, large)]
+    assert measured[0].resident_bytes == measured[1].resident_bytes
+    assert abs(measured[0].peak_bytes - measured[1].peak_bytes) <= 0.01 * measured[0].peak_bytes

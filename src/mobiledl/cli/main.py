@@ -155,7 +155,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.models import create_model_for_task, load_model, save_model
     from mobiledl.train import TrainConfig, train
 
-    task = build_task(args.task, image_size=args.image_size, seed=args.seed)
+    task = build_task(args.task, image_size=args.image_size, seed=args.seed, split=args.split)
     model = create_model_for_task(args.model, task, args.width_mult)
     teacher = load_model(args.teacher).model if args.teacher else None
     config = TrainConfig(
@@ -206,7 +206,7 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
         from mobiledl.models import load_model
 
         loaded = load_model(args.model)
-        task = task_for_model(args.task, loaded.arch, args.seed, args.model)
+        task = task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
         measurement = measure_model(loaded.model, loaded.name, task, latency=not args.no_latency)
     measurement.extra["task"] = args.task
     if args.json:
@@ -219,7 +219,7 @@ def _artifact_task(args: argparse.Namespace) -> Any:
     from mobiledl.deploy import engine_for_artifact
 
     runner = engine_for_artifact(args.model).load(args.model)
-    return task_for_specs(args.task, runner.input_specs, args.seed, args.model)
+    return task_for_specs(args.task, runner.input_specs, args.seed, args.model, args.split)
 
 
 # ---------------------------------------------------------------- profile
@@ -286,7 +286,7 @@ def _model_and_input(args: argparse.Namespace) -> tuple[torch.nn.Module, str, In
     if args.input_shape or not args.task:
         model, batch = _zoo_model_for_shape(args.model, args.num_classes, args.input_shape)
         return model, args.model, example_input_for(model.mobiledl_arch, batch)
-    task = build_task(args.task, seed=args.seed)
+    task = build_task(args.task, seed=args.seed, split=args.split)
     return create_model_for_task(args.model, task), args.model, task.example_input(1)
 
 

@@ -120,7 +120,7 @@ def run_method_command(
 def _task(args: argparse.Namespace, loaded: Any) -> Any:
     if args.task is None:
         return None
-    return task_for_model(args.task, loaded.arch, args.seed, args.model)
+    return task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
 
 
 def _x(task: Any, loaded: Any) -> Any:

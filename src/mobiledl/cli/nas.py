@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
 
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1; got {args.threads}")
-    task = build_task(args.task, seed=args.seed)
+    task = build_task(args.task, seed=args.seed, split=args.split)
     resolutions = parse_resolutions(args.resolutions, task.image_size)
     space = (tiny_space if args.space == "tiny" else default_space)(resolutions)
     config = ShrinkConfig(
@@ -185,7 +185,7 @@ def _cmd_extract(args: argparse.Namespace) -> dict[str, Any] | None:
 
     config = config_from_args(SubnetConfig, args, values={"seed": args.seed})
     supernet = load_supernet(args.supernet).supernet
-    task = build_task(args.task, seed=args.seed) if args.task else None
+    task = build_task(args.task, seed=args.seed, split=args.split) if args.task else None
     if task is not None:
         _check_task(supernet, task, args)
     subnet = apply(supernet, config, task)
@@ -243,7 +243,7 @@ def _cmd_search(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.timing_repeats < 1:
         raise UserError(f"--timing-repeats must be >= 1; got {args.timing_repeats}")
     supernet = load_supernet(args.supernet).supernet
-    task = build_task(args.task, seed=args.seed)
+    task = build_task(args.task, seed=args.seed, split=args.split)
     _check_task(supernet, task, args)
     check_budget(CostTable(supernet), constraints)
     latency = _latency_model(supernet, args, config.seed)

@@ -9,12 +9,15 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mobiledl.core.inputs import IMAGE, InputSpec, describe_specs, specs_match
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.validate import positive_number_arg, seed_arg
+
+if TYPE_CHECKING:
+    from mobiledl.data.prepare import Split
 
 Handler = Callable[[argparse.Namespace], Any]
 
@@ -69,12 +72,31 @@ def add_task_args(sub: argparse.ArgumentParser, required: bool) -> None:
     sub.add_argument(
         "--task",
         required=required,
-        help="built-in task (digits, mnist1d, mnist1d-tokens, mnist5k) or a path to user data "
-        "(image folder per class, .npz with x/y, or MNIST IDX files); split per class "
-        "60/20/20 into train/val/test by --seed, or 75/25 train/val when the data has its "
-        "own test split (x_test/y_test, t10k files)",
+        help="built-in task (digits, mnist1d, mnist1d-tokens, mnist5k), a path to user data "
+        "(image folder per class, .npz with x/y, or MNIST IDX files) or three .npz files "
+        "TRAIN,VAL,TEST (each with x/y, used as given); split per class by --split into "
+        "train/val/test, or train/val in the same ratio when the data has its own test split "
+        "(x_test/y_test, t10k files)",
     )
     sub.add_argument("--seed", type=seed_arg, default=0, help="seed of the data split (default 0)")
+    sub.add_argument(
+        "--split",
+        type=split_arg,
+        default=None,
+        metavar="TRAIN,VAL,TEST",
+        help="fractions of each class for train, validation and test, summing to 1 "
+        "(default 0.6,0.2,0.2)",
+    )
+
+
+def split_arg(text: str) -> Split:
+    """``--split TRAIN,VAL,TEST``: three positive fractions summing to 1 (an argparse type)."""
+    from mobiledl.data.prepare import parse_split
+
+    try:
+        return parse_split(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_engine_arg(sub: argparse.ArgumentParser) -> None:
@@ -90,19 +112,23 @@ def add_engine_arg(sub: argparse.ArgumentParser) -> None:
 
 
 def task_for_specs(
-    spec: str, input_specs: Sequence[InputSpec], seed: int, model_path: Path
+    spec: str,
+    input_specs: Sequence[InputSpec],
+    seed: int,
+    model_path: Path,
+    split: Split | None = None,
 ) -> TensorTask:
-    """The task ``spec`` with inputs that fit ``input_specs`` (a model's or an artifact's);
-    an image task is resized to the model's image size if the task allows it."""
+    """The task ``spec`` (split by ``split``) with inputs that fit ``input_specs`` (a model's or
+    an artifact's); an image task is resized to the model's image size if the task allows it."""
     from mobiledl.data import build_task
 
-    task = build_task(spec, seed=seed)
+    task = build_task(spec, seed=seed, split=split)
     if specs_match(task.input_specs(), input_specs):
         return task
     size = _image_size(input_specs)
     if task.input_kind == IMAGE and size and task.in_channels == input_specs[0].shape[1]:
         with contextlib.suppress(UserError):
-            task = build_task(spec, image_size=size, seed=seed)
+            task = build_task(spec, image_size=size, seed=seed, split=split)
     if not specs_match(task.input_specs(), input_specs):
         raise UserError(
             f"{model_path} takes inputs {describe_specs(input_specs)} but task '{spec}' "
@@ -111,11 +137,13 @@ def task_for_specs(
     return task
 
 
-def task_for_model(spec: str, arch: dict[str, Any], seed: int, model_path: Path) -> TensorTask:
-    """The task ``spec`` with inputs that fit the model ``arch`` records."""
+def task_for_model(
+    spec: str, arch: dict[str, Any], seed: int, model_path: Path, split: Split | None = None
+) -> TensorTask:
+    """The task ``spec`` (split by ``split``) with inputs that fit the model ``arch`` records."""
     from mobiledl.models import input_specs
 
-    return task_for_specs(spec, input_specs(arch), seed, model_path)
+    return task_for_specs(spec, input_specs(arch), seed, model_path, split)
 
 
 def _image_size(specs: Sequence[InputSpec]) -> tuple[int, int] | None:

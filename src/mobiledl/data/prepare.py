@@ -16,8 +16,9 @@ from mobiledl.errors import UserError
 from mobiledl.resources import check_fits, tensor_bytes
 from mobiledl.validate import check_finite_data
 
-VAL_FRACTION = 0.2
-TEST_FRACTION = 0.2
+#: Train, validation and test fractions of a task split in code (each class on its own).
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+Split = tuple[float, float, float]
 MIN_PER_CLASS = 3  # one sample each for train, val and test
 #: Float copies of the data a task holds while it is split and normalized.
 TASK_COPIES = 3
@@ -73,6 +74,25 @@ def resize(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def parse_split(value: str | Sequence[float] | None) -> Split:
+    """``"TRAIN,VAL,TEST"`` (or three numbers) → fractions; ``None`` → ``DEFAULT_SPLIT``.
+
+    Three positive numbers summing to 1 within 1e-6, else a one-line ``UserError``.
+    """
+    if value is None:
+        return DEFAULT_SPLIT
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    try:
+        fractions = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        fractions = ()
+    if len(fractions) != 3 or not all(0 < f <= 1 for f in fractions):
+        raise UserError(f"split must be three positive fractions TRAIN,VAL,TEST; got '{text}'")
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise UserError(f"split fractions must sum to 1; '{text}' sums to {sum(fractions):g}")
+    return fractions[0], fractions[1], fractions[2]
+
+
 def stratified_split(
     y: np.ndarray, fractions: Sequence[float], seed: int
 ) -> tuple[np.ndarray, ...]:
@@ -94,12 +114,15 @@ def stratified_split(
     return tuple(rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)
 
 
-def split_indices(y: np.ndarray, seed: int, has_test: bool) -> tuple[np.ndarray, ...]:
-    """``(train, val, test)`` index arrays, or ``(train, val)`` if the data has its own test
-    split (val then takes the same share of all data it would have taken otherwise)."""
+def split_indices(
+    y: np.ndarray, seed: int, has_test: bool, split: Split = DEFAULT_SPLIT
+) -> tuple[np.ndarray, ...]:
+    """``(train, val, test)`` index arrays by ``split``, or ``(train, val)`` if the data has its
+    own test split (train and val then keep the ratio ``split`` gives them)."""
+    _, val, test = split
     if has_test:
-        return stratified_split(y, (VAL_FRACTION / (1 - TEST_FRACTION),), seed)
-    return stratified_split(y, (VAL_FRACTION, TEST_FRACTION), seed)
+        return stratified_split(y, (val / (1 - test),), seed)
+    return stratified_split(y, (val, test), seed)
 
 
 def check_labels(y: np.ndarray, source: str, num_classes: int | None = None) -> np.ndarray:
@@ -135,9 +158,10 @@ def make_task(
     y_test: np.ndarray | None = None,
     image_size: tuple[int, int] | None = None,
     source: str | None = None,
+    split: Split = DEFAULT_SPLIT,
 ) -> TensorTask:
-    """Split ``(x, y)`` into train/val/test (or train/val if a test split is given), resize and
-    normalize every split with the train split's per-channel mean and std.
+    """Split ``(x, y)`` into train/val/test by ``split`` (or train/val if a test split is
+    given), resize and normalize every split with the train split's per-channel mean and std.
 
     ``x`` is ``(N, C, H, W)``; ``y`` holds int labels ``0..K-1``, ``K`` = ``len(class_names)``
     or ``max(y) + 1``. ``source`` names the data in error messages (default: ``name``).
@@ -163,10 +187,10 @@ def make_task(
     )
     yt = torch.as_tensor(y, dtype=torch.int64)
     if x_test is None or y_test is None:
-        train, val, test = split_indices(y, seed, has_test=False)
+        train, val, test = split_indices(y, seed, False, split)
         x_te, y_te = xt[test], yt[test]
     else:
-        train, val = split_indices(y, seed, has_test=True)
+        train, val = split_indices(y, seed, True, split)
         x_te = torch.as_tensor(np.asarray(x_test), dtype=torch.float32)
         x_te = resize(check_finite_data(x_te, source, "test inputs"), image_size)
         y_te = torch.as_tensor(y_test, dtype=torch.int64)
@@ -175,7 +199,19 @@ def make_task(
                 f"{source}: test inputs are shaped {tuple(x_te.shape[1:])} but training inputs "
                 f"{tuple(xt.shape[1:])}"
             )
-    x_tr = xt[train]
+    parts = ((xt[train], yt[train]), (xt[val], yt[val]), (x_te, y_te))
+    return normalized_task(name, class_names, parts)
+
+
+Part = tuple[torch.Tensor, torch.Tensor]
+
+
+def normalized_task(
+    name: str, class_names: list[str], parts: tuple[Part, Part, Part]
+) -> TensorTask:
+    """The task of ``(train, val, test)`` ``(x, y)`` pairs, every ``x`` normalized with the
+    train split's per-channel mean and standard deviation."""
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = parts
     mean = x_tr.double().mean(dim=(0, 2, 3), keepdim=True)
     std = x_tr.double().std(dim=(0, 2, 3), keepdim=True)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
@@ -185,11 +221,11 @@ def make_task(
 
     return TensorTask(
         name=name,
-        num_classes=num_classes,
+        num_classes=len(class_names),
         x_train=norm(x_tr),
-        y_train=yt[train],
-        x_val=norm(xt[val]),
-        y_val=yt[val],
+        y_train=y_tr,
+        x_val=norm(x_val),
+        y_val=y_val,
         x_test=norm(x_te),
         y_test=y_te,
         class_names=list(class_names),

@@ -12,7 +12,7 @@ import torch
 
 from mobiledl.core.inputs import TOKENS
 from mobiledl.core.task import TensorTask
-from mobiledl.data.prepare import split_indices
+from mobiledl.data.prepare import DEFAULT_SPLIT, Split, split_indices
 from mobiledl.errors import UserError
 
 
@@ -38,6 +38,7 @@ def make_token_task(
     vocab_size: int,
     seed: int,
     class_names: list[str],
+    split: Split = DEFAULT_SPLIT,
 ) -> TensorTask:
     """A ``TensorTask`` of token ids from ``(N, L)`` sequences ``x`` with a fixed test split.
 
@@ -49,7 +50,7 @@ def make_token_task(
         raise UserError(
             f"{name}: sequences must be (N, L) with one length; got {x.shape} and {x_test.shape}"
         )
-    train, val = split_indices(y, seed, has_test=True)
+    train, val = split_indices(y, seed, True, split)
     edges = bin_edges(x[train], vocab_size)
     labels = torch.as_tensor(y, dtype=torch.int64)
     return TensorTask(

@@ -4,6 +4,8 @@
   1 channel if every image is grayscale, else 3 (RGB);
 - ``.npz`` with ``x`` and ``y`` (optionally ``x_test``, ``y_test`` for a fixed test split);
   ``x`` shaped ``(N, L)``, ``(N, H, W)`` or ``(N, C, H, W)``;
+- three ``.npz`` files ``TRAIN,VAL,TEST`` (comma-separated), each with ``x`` and ``y``: the
+  splits as given (``load_split_files``), nothing split in code;
 - IDX: a folder with ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte`` (each may
   be gzipped; ``t10k-*`` files give a fixed test split), or one images file with its labels
   file next to it.
@@ -21,12 +23,24 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from mobiledl.core.task import TensorTask
-from mobiledl.data.prepare import ImageSize, as_nchw, check_labels, make_task, parse_image_size
+from mobiledl.data.prepare import (
+    DEFAULT_SPLIT,
+    ImageSize,
+    Split,
+    as_nchw,
+    check_labels,
+    make_task,
+    normalized_task,
+    parse_image_size,
+    resize,
+)
 from mobiledl.errors import UserError
 from mobiledl.resources import available_bytes, check_fits
+from mobiledl.validate import check_finite_data
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -37,26 +51,64 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def load_user_task(
-    path: str | os.PathLike, image_size: ImageSize = None, seed: int = 0
+    path: str | os.PathLike,
+    image_size: ImageSize = None,
+    seed: int = 0,
+    split: Split = DEFAULT_SPLIT,
 ) -> TensorTask:
-    """A ``Task`` from user data at ``path`` (folder of images, ``.npz`` or IDX)."""
+    """A ``Task`` from user data at ``path`` (folder of images, ``.npz`` or IDX), split by
+    ``split`` (train, val, test fractions)."""
     p = Path(path)
     size = parse_image_size(image_size)
     if not p.exists():
         raise UserError(f"no such file or folder: {p}")
     if p.is_dir():
         if _find_idx(p, "train", "images") is not None:
-            return _idx_folder(p, size, seed)
-        return _image_folder(p, size, seed)
+            return _idx_folder(p, size, seed, split)
+        return _image_folder(p, size, seed, split)
     if p.suffix.lower() == ".npz":
-        return _npz(p, size, seed)
-    return _idx_file(p, size, seed)
+        return _npz(p, size, seed, split)
+    return _idx_file(p, size, seed, split)
+
+
+def load_split_files(paths: list[str], image_size: ImageSize = None) -> TensorTask:
+    """A ``Task`` from three ``.npz`` files (train, val, test), each with ``x`` and ``y``.
+
+    The splits are used as given; inputs are normalized with the train file's statistics.
+    """
+    if len(paths) != 3 or not all(paths):
+        raise UserError(
+            f"separate split files must be three paths TRAIN,VAL,TEST; got '{','.join(paths)}'"
+        )
+    size = parse_image_size(image_size)
+    parts = [_split_file(Path(p), size) for p in paths]
+    shapes = {tuple(x.shape[1:]) for x, _ in parts}
+    if len(shapes) > 1:
+        raise UserError(f"split files {','.join(paths)}: inputs differ in shape {sorted(shapes)}")
+    num_classes = int(parts[0][1].max()) + 1
+    for path, (_, y) in zip(paths[1:], parts[1:], strict=True):
+        if int(y.max()) >= num_classes:
+            raise UserError(f"{path}: label {int(y.max())} is not a class of the train file")
+    names = [str(i) for i in range(num_classes)]
+    return normalized_task(Path(paths[0]).stem, names, (parts[0], parts[1], parts[2]))
+
+
+def _split_file(path: Path, size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of one split's ``.npz``: ``(N, C, H, W)`` float32 inputs, int64 labels."""
+    if not path.is_file() or path.suffix.lower() != ".npz":
+        raise UserError(f"{path}: a split file must be an existing .npz file with x and y")
+    arrays = _read_npz(path)
+    x, y = as_nchw(arrays["x"], str(path)), check_labels(arrays["y"], str(path))
+    if len(x) != len(y) or len(y) == 0:
+        raise UserError(f"{path}: {len(x)} inputs and {len(y)} labels (need as many, >= 1)")
+    xt = check_finite_data(torch.as_tensor(np.asarray(x), dtype=torch.float32), str(path))
+    return resize(xt, size), torch.as_tensor(y, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------- image folders
 
 
-def _image_folder(root: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
+def _image_folder(root: Path, size: tuple[int, int] | None, seed: int, split: Split) -> TensorTask:
     entries = [e for e in sorted(root.iterdir()) if not e.name.startswith(".")]
     if not entries:
         raise UserError(f"{root}: folder is empty; expected one subfolder of images per class")
@@ -89,9 +141,9 @@ def _image_folder(root: Path, size: tuple[int, int] | None, seed: int) -> Tensor
         arrays.append(_pixels(im, gray, target))
     x = np.stack(arrays)
     y = np.asarray(labels, dtype=np.int64)
-    return make_task(
-        root.name or str(root), x, y, seed, class_names=[c.name for c in classes], source=str(root)
-    )
+    names = [c.name for c in classes]
+    name = root.name or str(root)
+    return make_task(name, x, y, seed, class_names=names, source=str(root), split=split)
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -120,7 +172,25 @@ def _pixels(im: Image.Image, gray: bool, size: tuple[int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------- npz
 
 
-def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
+def _npz(path: Path, size: tuple[int, int] | None, seed: int, split: Split) -> TensorTask:
+    arrays = _read_npz(path)
+    has_test = "x_test" in arrays or "y_test" in arrays
+    if has_test and not ("x_test" in arrays and "y_test" in arrays):
+        raise UserError(f"{path}: npz has only one of 'x_test' and 'y_test'; give both or none")
+    return _arrays_task(
+        path,
+        arrays["x"],
+        arrays["y"],
+        arrays.get("x_test"),
+        arrays.get("y_test"),
+        size,
+        seed,
+        split,
+    )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (no pickles), which must hold ``x`` and ``y``."""
     try:
         _check_unpacked_size(path)
         with np.load(path, allow_pickle=False) as f:
@@ -134,18 +204,7 @@ def _npz(path: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
         if key not in arrays:
             found = ", ".join(sorted(arrays)) or "none"
             raise UserError(f"{path}: npz has no array '{key}' (found: {found})")
-    has_test = "x_test" in arrays or "y_test" in arrays
-    if has_test and not ("x_test" in arrays and "y_test" in arrays):
-        raise UserError(f"{path}: npz has only one of 'x_test' and 'y_test'; give both or none")
-    return _arrays_task(
-        path,
-        arrays["x"],
-        arrays["y"],
-        arrays.get("x_test"),
-        arrays.get("y_test"),
-        size,
-        seed,
-    )
+    return arrays
 
 
 def _check_unpacked_size(path: Path) -> None:
@@ -163,6 +222,7 @@ def _arrays_task(
     y_test: np.ndarray | None,
     size: tuple[int, int] | None,
     seed: int,
+    split: Split,
 ) -> TensorTask:
     """Validate in-memory arrays loaded from ``path`` and build the task."""
     src = str(path)
@@ -176,7 +236,9 @@ def _arrays_task(
         if len(x_test) != len(y_test):
             raise UserError(f"{src}: {len(x_test)} test inputs but {len(y_test)} test labels")
     name = path.stem if path.is_file() else path.name
-    return make_task(name, x, y, seed, x_test=x_test, y_test=y_test, image_size=size, source=src)
+    return make_task(
+        name, x, y, seed, x_test=x_test, y_test=y_test, image_size=size, source=src, split=split
+    )
 
 
 # ---------------------------------------------------------------------- IDX
@@ -259,7 +321,7 @@ def _read_pair(images: Path, labels: Path | None = None) -> tuple[np.ndarray, np
     return x, y
 
 
-def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
+def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int, split: Split) -> TensorTask:
     train_images = _find_idx(folder, "train", "images")
     train_labels = _find_idx(folder, "train", "labels")
     if train_images is None or train_labels is None:
@@ -273,9 +335,9 @@ def _idx_folder(folder: Path, size: tuple[int, int] | None, seed: int) -> Tensor
     x_test = y_test = None
     if test_images is not None and test_labels is not None:
         x_test, y_test = _read_pair(test_images, test_labels)
-    return _arrays_task(folder, x, y, x_test, y_test, size, seed)
+    return _arrays_task(folder, x, y, x_test, y_test, size, seed, split)
 
 
-def _idx_file(images: Path, size: tuple[int, int] | None, seed: int) -> TensorTask:
+def _idx_file(images: Path, size: tuple[int, int] | None, seed: int, split: Split) -> TensorTask:
     x, y = _read_pair(images)
-    return _arrays_task(images, x, y, None, None, size, seed)
+    return _arrays_task(images, x, y, None, None, size, seed, split)

@@ -45,6 +45,7 @@ from pydantic import (
 
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import get_method, list_methods
+from mobiledl.data.prepare import parse_split
 from mobiledl.errors import UserError
 from mobiledl.fileio import check_file_name, check_relative_name
 
@@ -56,11 +57,22 @@ class Strict(BaseModel):
 
 
 class TaskSpec(Strict):
-    """A built-in task name or a path to user data (relative to the recipe)."""
+    """A built-in task name, a path to user data or three ``.npz`` files ``TRAIN,VAL,TEST``
+    (paths relative to the recipe), and its split: ``split: [0.7, 0.15, 0.15]`` (train, val,
+    test fractions of each class; default 0.6, 0.2, 0.2)."""
 
     name: str
     image_size: int | tuple[int, int] | None = None
     seed: int = 0
+    split: tuple[float, float, float] | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, split: tuple[float, float, float] | None) -> Any:
+        try:
+            return None if split is None else parse_split(split)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ModelSpec(Strict):

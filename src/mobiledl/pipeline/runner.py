@@ -102,10 +102,9 @@ def summary(m: Measurement) -> str:
 
 def _task(recipe: Recipe, recipe_dir: Path) -> Task:
     spec = recipe.task
-    name = spec.name
-    if (recipe_dir / name).exists():
-        name = str(recipe_dir / name)
-    return build_task(name, image_size=spec.image_size, seed=spec.seed)
+    parts = spec.name.split(",") if not (recipe_dir / spec.name).exists() else [spec.name]
+    name = ",".join(str(recipe_dir / p) if (recipe_dir / p).exists() else p for p in parts)
+    return build_task(name, image_size=spec.image_size, seed=spec.seed, split=spec.split)
 
 
 def _start_state(

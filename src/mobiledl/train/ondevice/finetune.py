@@ -92,9 +92,8 @@ def _epoch(
         for x, y in loader:
             if step >= total:
                 break
-            loss = training_step(
-                model, training_layout(x), y, optimizer, task.loss, config.checkpoint_segments
-            )
+            x = training_layout(x)  # the loader's batch is released: one batch is held
+            loss = training_step(model, x, y, optimizer, task.loss, config.checkpoint_segments)
             check_loss(loss, epoch, step, config.lr)
             scheduler.step()
             step += 1

@@ -21,7 +21,7 @@ from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
 from mobiledl.profile.allocator import peak_allocation
 from mobiledl.train.ondevice.lean import LeanAutograd, fused_layers, gradient_checkpointing
-from mobiledl.train.ondevice.memory import OPTIMIZER_STATES, training_layout, training_modes
+from mobiledl.train.ondevice.memory import OPTIMIZER_STATES, training_batch, training_modes
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -77,8 +77,9 @@ class MeasuredStep:
     """Measured bytes of one training step.
 
     ``resident_bytes``: tensors alive when the step starts (weights, buffers, optimizer
-    state, the batch). ``allocated_peak_bytes``: the allocator's peak above that during
-    forward, backward and the update. ``peak_bytes`` is their sum.
+    state, one batch of inputs and targets in the loader's buffers; not the dataset).
+    ``allocated_peak_bytes``: the allocator's peak above that during forward, backward and the
+    update. ``peak_bytes`` is their sum.
     """
 
     peak_bytes: int
@@ -100,7 +101,7 @@ def measure_training_step(
     (gradients from the first are released before it starts, as ``zero_grad`` does).
     """
     model = clone_module(model).to(memory_format=torch.channels_last)
-    x = training_layout(x)
+    x, y = training_batch(x), training_batch(y)  # one batch, not the dataset it was sliced from
     opt = make_optimizer(model, optimizer, lr=1e-4)
     with training_modes(model):
         training_step(model, x, y, opt, loss_fn, checkpoint_segments)

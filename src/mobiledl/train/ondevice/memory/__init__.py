@@ -6,7 +6,9 @@ On-device training is limited by memory, not compute (Cai et al. 2022, Sec. 4; C
 - **weights** (parameters and buffers, at their storage precision, e.g. int8 frozen weights);
 - **gradients** of the trainable parameters (none for frozen ones);
 - **optimizer state**: 0 (plain SGD), 1x (SGD momentum) or 2x (Adam) the trainable parameters;
-- the **input batch**;
+- the **input batch**: one batch of inputs and targets as the data loader hands it over (its
+  own buffers, in the training layout), never the dataset it comes from: a slice such as
+  ``x_train[:64]`` is copied first (``training_batch``), as the loader's collation copies;
 - **activations saved for backward**, which depend on what trains. This models
   ``mobiledl.train.ondevice.lean.LeanAutograd``, the engine mobiledl trains with: a convolution or
   linear layer keeps its input only if its weight trains (a bias or the gradient flowing
@@ -53,6 +55,7 @@ from mobiledl.train.ondevice.memory.layout import (
     clamp_bounds,
     fusable_conv_bn,
     segment_bounds,
+    training_batch,
     training_layout,
     training_modes,
 )
@@ -76,6 +79,7 @@ __all__ = [
     "fusable_conv_bn",
     "segment_bounds",
     "trace_training",
+    "training_batch",
     "training_layout",
     "training_memory",
     "training_modes",
@@ -115,7 +119,7 @@ def trace_training(
         raise UserError("training memory needs an example input batch (a tensor)")
     if target is None:
         target = torch.zeros(len(example_input), dtype=torch.long)
-    return TrainingTrace(model, training_layout(example_input), target, loss_fn)
+    return TrainingTrace(model, training_batch(example_input), training_batch(target), loss_fn)
 
 
 class TrainingTrace:

@@ -35,6 +35,16 @@ def training_layout(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def training_batch(tensor: Tensor) -> Tensor:
+    """One batch as the trainer holds it: a copy in its own storage, in ``training_layout``.
+
+    The data loader collates each batch into fresh buffers, so a step holds one batch, never
+    the dataset a slice such as ``x_train[:64]`` is a view of (its storage is the whole split).
+    """
+    layout = torch.channels_last if tensor.dim() == 4 else torch.contiguous_format
+    return tensor.clone(memory_format=layout)
+
+
 def segment_bounds(length: int, segments: int) -> list[tuple[int, int]]:
     """Split ``range(length)`` into ``segments`` contiguous, near-equal ``(start, stop)`` runs."""
     if segments < 1:

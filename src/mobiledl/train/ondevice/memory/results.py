@@ -47,8 +47,9 @@ class TrainingMemoryProfile:
     """Predicted memory of one training step (bytes) and where its peak falls.
 
     ``peak_bytes`` is the maximum over the step of everything live: ``weight_bytes`` +
-    ``optimizer_bytes`` + ``input_bytes`` (always) + activations, masks, gradients and
-    workspaces (as they come and go). ``peak_phase`` is ``forward``, ``recompute``,
+    ``optimizer_bytes`` + ``input_bytes`` (always: one batch of inputs and targets, the data
+    loader's buffers, never the dataset) + activations, masks, gradients and workspaces (as
+    they come and go). ``peak_phase`` is ``forward``, ``recompute``,
     ``backward`` or ``step``; ``peak_layer`` the layer running then; ``peak_breakdown`` what the
     peak is made of, by category.
     """
