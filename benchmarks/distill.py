@@ -29,12 +29,12 @@ from torch import nn
 
 from benchmarks import harness
 from mobiledl import apply, report_of
+from mobiledl.compress.distill import DistillConfig
 from mobiledl.data import Task
 from mobiledl.errors import UserError
 from mobiledl.models import create_model
 from mobiledl.profile import count_params
 from mobiledl.train import TrainConfig, evaluate, seed_everything, train
-from mobiledl.train.methods import DistillConfig
 
 STEM = "distill"
 VARIANTS = ("none", "logits", "logits+attention")

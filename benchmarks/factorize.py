@@ -39,13 +39,13 @@ from torch import nn
 
 from benchmarks import harness
 from mobiledl import apply
+from mobiledl.compress.distill import DistillConfig
 from mobiledl.compress.factorize import FactorizeConfig, factorized_layers
 from mobiledl.data import Task
 from mobiledl.errors import UserError
 from mobiledl.models import create_model
 from mobiledl.profile import count_params, profile_model
 from mobiledl.train import TrainConfig, evaluate, seed_everything, train
-from mobiledl.train.methods import DistillConfig
 
 STEM = "factorize"
 SPEEDUP_TARGET = 1.4

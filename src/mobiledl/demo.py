@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from mobiledl.compress.distill import DistillConfig
 from mobiledl.compress.prune import ChannelPruneConfig
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.core.methods import apply
@@ -29,7 +30,6 @@ from mobiledl.models import create_model, save_model
 from mobiledl.profile import Measurement, profile_model
 from mobiledl.report import HtmlReport, measurement_rows
 from mobiledl.train import TrainConfig, TrainResult, predict_split, train
-from mobiledl.train.methods import DistillConfig
 
 DEMO_MODEL = "resnet8"
 DEMO_IMAGE_SIZE = 16

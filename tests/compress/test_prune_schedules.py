@@ -134,6 +134,7 @@ def test_exclude_leaves_a_layer_dense() -> None:
         ({"sparsity": 0.5, "scope": "local"}, "scope must be one of"),
         ({"sparsity": 0.5, "schedule": "iterative"}, "needs finetune epochs"),
         ({"granularity": "2:4", "sparsity": 0.5}, "fixes the sparsity"),
+        ({"sparsity": 0.5, "rewind_epochs": -1.0}, "rewind_epochs must be a finite number >= 0"),
         ({"granularity": "channel", "sparsity": 0.5, "schedule": "agp"}, "ChannelPruneConfig"),
         (
             {

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mobiledl import apply, list_methods, report_of
+from mobiledl.compress.distill import DistillConfig
 from mobiledl.compress.quantize.config import KMeansConfig
 from mobiledl.core.inputs import IMAGE
 from mobiledl.core.task import TensorTask
@@ -15,7 +16,6 @@ from mobiledl.data import build_task
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, create_model_for_task
 from mobiledl.train import TrainConfig, evaluate
-from mobiledl.train.methods import DistillConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 GENERIC = {"train", "distill"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mobiledl import apply
+from mobiledl.compress.distill import DistillConfig
 from mobiledl.compress.factorize import FactorizeConfig
 from mobiledl.compress.prune import ChannelPruneConfig, PruneConfig
 from mobiledl.compress.quantize import KMeansConfig, QuantConfig, TernaryConfig
@@ -24,7 +25,6 @@ from mobiledl.pipeline import run_recipe
 from mobiledl.profile import profile_model
 from mobiledl.resources import memory_limit
 from mobiledl.train import AdaptConfig, TrainConfig, evaluate, predict, train
-from mobiledl.train.methods import DistillConfig
 
 
 @pytest.fixture(scope="module")

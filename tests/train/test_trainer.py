@@ -1,4 +1,4 @@
-"""The trainer learns, is deterministic, keeps the best-on-val weights, and distills."""
+"""The trainer learns, is deterministic, keeps the best-on-val weights, and adds loss terms."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 
 from mobiledl.data.task import Task
 from mobiledl.errors import UserError
-from mobiledl.train import TrainConfig, evaluate, logit_distillation_loss, train
+from mobiledl.train import TrainConfig, evaluate, train
 
 
 def blob_task(seed: int = 0, n: int = 240) -> Task:
@@ -84,21 +84,27 @@ def test_adamw_and_label_smoothing_train() -> None:
     assert evaluate(model, task) > 0.9
 
 
-def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise() -> None:
-    logits = torch.randn(8, 5)
-    assert logit_distillation_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
-    assert logit_distillation_loss(logits, torch.randn(8, 5), 4.0).item() > 0
+class WeightedTerm:
+    """A loss term of constant value that also scales the task's loss."""
+
+    task_weight = 0.0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * 0.0 + 5.0
 
 
-def test_student_learns_from_teacher() -> None:
-    task = blob_task()
+def first_epoch_loss(task: Task, **kwargs: object) -> float:
     torch.manual_seed(0)
-    teacher = mlp()
-    train(teacher, task, TrainConfig(epochs=8, batch_size=16, progress=False))
-    student = mlp()
-    config = TrainConfig(epochs=8, batch_size=16, kd_alpha=1.0, progress=False)  # KD only
-    train(student, task, config, teacher=teacher)
-    assert evaluate(student, task) > 0.85
+    config = TrainConfig(epochs=1, batch_size=16, progress=False)
+    return train(mlp(), task, config, **kwargs).history[0]["train_loss"]
+
+
+def test_loss_terms_scale_the_task_loss_and_add_in_order() -> None:
+    task = blob_task()
+    plain = first_epoch_loss(task)
+    assert first_epoch_loss(task, extra_loss=WeightedTerm()) == pytest.approx(5.0)
+    added = first_epoch_loss(task, extra_loss=[lambda m, x, y: y.sum() * 0.0 + 1.0])
+    assert added == pytest.approx(plain + 1.0) and plain > 0
 
 
 @pytest.mark.parametrize(

@@ -150,6 +150,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.compress.distill import LogitDistillation
     from mobiledl.data import build_task
     from mobiledl.measure import measure_model
     from mobiledl.models import create_model_for_task, load_model, save_model
@@ -175,7 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
 
     log(f"training {args.model} on {task.name} for {args.epochs} epochs")
     with removed_on_error(partial):
-        result = train(model, task, config, teacher=teacher, on_best=checkpoint)
+        kd = [LogitDistillation(teacher, config.kd_alpha, config.kd_temperature)] if teacher else []
+        result = train(model, task, config, on_best=checkpoint, extra_loss=kd)
     measurement = measure_model(model, args.model, task, latency=False)
     save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
     measurement.extra.update(

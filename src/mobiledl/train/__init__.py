@@ -1,19 +1,10 @@
-"""Training: the trainer (with knowledge distillation) and on-device training.
+"""Training: the trainer (with a generic loss-term hook) and on-device training.
 
 On-device training (Cai et al. 2022, Sec. 4): ``adapt`` a pretrained model to a new task with
 the TinyTL baselines (``full``, ``last``, ``bias``), TinyTL (Cai et al. 2020) or sparse update
 under a memory budget (Lin et al. 2022), all trained by the lean engine of ``lean`` / ``step``.
 """
 
-from mobiledl.train.distill import (
-    FeatureDistiller,
-    HintAdapter,
-    attention_map,
-    attention_transfer_loss,
-    default_feature_layers,
-    hint_loss,
-    logit_distillation_loss,
-)
 from mobiledl.train.ondevice.adapt import METHODS, AdaptConfig, AdaptResult, adapt
 from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
 from mobiledl.train.ondevice.lean import LeanAutograd, fused_layers, gradient_checkpointing
@@ -54,9 +45,7 @@ __all__ = [
     "AdaptResult",
     "Contribution",
     "ExtraLoss",
-    "FeatureDistiller",
     "FineTuneConfig",
-    "HintAdapter",
     "LeanAutograd",
     "LiteResidual",
     "MeasuredStep",
@@ -70,17 +59,12 @@ __all__ = [
     "TrainingMemoryProfile",
     "adapt",
     "apply_plan",
-    "attention_map",
-    "attention_transfer_loss",
     "classifier_layer",
-    "default_feature_layers",
     "evaluate",
     "fine_tune",
     "freeze",
     "fused_layers",
     "gradient_checkpointing",
-    "hint_loss",
-    "logit_distillation_loss",
     "make_optimizer",
     "measure_training_step",
     "predict",

@@ -1,9 +1,9 @@
 """A training loop a reader understands in one sitting.
 
 SGD (Nesterov momentum) or AdamW, a cosine learning-rate schedule with linear warm-up,
-label smoothing, optional Hinton knowledge distillation from a teacher, deterministic
-seeds, and best-on-validation checkpointing written atomically. ``extra_loss`` adds any
-further term (e.g. feature distillation, ``train.distill.FeatureDistiller``).
+label smoothing, deterministic seeds, and best-on-validation checkpointing written
+atomically. ``extra_loss`` adds further terms to the loss (knowledge distillation,
+``mobiledl.compress.distill``, is such a term).
 
 Any ``Task`` trains: batches come from ``task.loader`` and reach the model through
 ``call_model``, so inputs may be images, token ids, or tuples and dicts of tensors.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Literal
 
@@ -29,7 +29,6 @@ from mobiledl.core.inputs import Inputs, batch_size_of, call_model, check_inputs
 from mobiledl.core.task import Task
 from mobiledl.errors import UserError
 from mobiledl.resources import check_activation_memory, meta_batch
-from mobiledl.train.distill import logit_distillation_loss
 from mobiledl.train.divergence import check_loss, check_weights
 from mobiledl.validate import (
     check_int,
@@ -39,9 +38,12 @@ from mobiledl.validate import (
     expect_task,
 )
 
-#: ``extra_loss(model, inputs, logits) -> scalar`` is added to the loss of every batch; if it
-#: is an ``nn.Module``, its parameters are trained too (e.g. FitNets adapters).
+#: ``extra_loss(model, inputs, logits) -> scalar`` is added to the loss of every batch (a
+#: sequence of terms: each, in order). A term that is an ``nn.Module`` trains its parameters
+#: too (e.g. FitNets adapters); one with a ``task_weight`` attribute first scales the task's
+#: loss by it (Hinton KD: ``alpha * KD + (1 - alpha) * task loss``).
 ExtraLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
+ExtraLosses = ExtraLoss | Sequence[ExtraLoss]
 #: Samples per forward pass when predicting or evaluating.
 EVAL_BATCH_SIZE = 256
 
@@ -60,7 +62,8 @@ class TrainConfig(MethodConfig):
     - ``label_smoothing``: cross-entropy label smoothing in [0, 1); above 0, smoothed
       cross-entropy replaces the task's loss.
     - ``seed``: seeds shuffling and initialization.
-    - ``kd_temperature`` / ``kd_alpha``: Hinton KD softening and weight when a teacher is given.
+    - ``kd_temperature`` / ``kd_alpha``: Hinton KD softening and weight when a teacher is given
+      (``mobiledl train --teacher``; ``mobiledl.compress.distill.LogitDistillation``).
     - ``progress``: show a progress bar on stderr.
     """
 
@@ -170,16 +173,13 @@ def train(
     model: nn.Module,
     task: Task,
     config: TrainConfig,
-    teacher: nn.Module | None = None,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
-    extra_loss: ExtraLoss | None = None,
+    extra_loss: ExtraLosses | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place and leave it holding its best-on-val weights.
 
-    The loss is ``task.loss`` (see ``TrainConfig.label_smoothing``); with a ``teacher``,
-    ``alpha * KD + (1 - alpha) * task loss`` (Hinton et al. 2015).
-    ``extra_loss(model, inputs, logits)``, if given, is added to every batch's loss
-    (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
+    The loss is ``task.loss`` (see ``TrainConfig.label_smoothing``) and the terms of
+    ``extra_loss`` (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
     validation accuracy improves, e.g. to write a checkpoint atomically.
 
     ``config`` is required (``TrainConfig()`` for the defaults, 30 epochs): how long and how
@@ -188,29 +188,24 @@ def train(
     expect_module(model, "train")
     expect_task(task, "train")
     expect_config(config, TrainConfig, "train")
-    if teacher is not None:
-        expect_module(teacher, "train", "teacher")
+    terms = _terms(extra_loss)
     example = task.example_input(1)
     if isinstance(example, torch.Tensor):  # inputs of other structures are not estimated
         batch = meta_batch(example, min(config.batch_size, task.num_samples("train")))
         what = f"training at batch size {len(batch)}"
         check_activation_memory(model, batch, what, training=True)
     seed_everything(config.seed)
-    optimizer = _make_optimizer(model, config, extra_loss)
+    optimizer = _make_optimizer(model, config, terms)
     steps_per_epoch = math.ceil(task.num_samples("train") / config.batch_size)
     schedule = _cosine_with_warmup(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if teacher is not None:
-        teacher.eval()
     best_acc, best_epoch, best_state = -1.0, -1, copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     epochs = tqdm(range(config.epochs), desc="train", disable=not config.progress, leave=False)
     for epoch in epochs:
-        loss = _train_one_epoch(
-            model, task, config, optimizer, scheduler, teacher, epoch, extra_loss
-        )
+        loss = _train_one_epoch(model, task, config, optimizer, scheduler, epoch, terms)
         val_acc = evaluate(model, task, "val")
         history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc})
         epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.4f}")
@@ -230,9 +225,8 @@ def _train_one_epoch(
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    teacher: nn.Module | None,
     epoch: int,
-    extra_loss: ExtraLoss | None = None,
+    terms: Sequence[ExtraLoss] = (),
 ) -> float:
     """One pass over the shuffled training split; returns the mean loss."""
     model.train()
@@ -240,14 +234,7 @@ def _train_one_epoch(
     loader = task.loader("train", config.batch_size, shuffle=True, seed=config.seed + epoch)
     for step, (inputs, y) in enumerate(loader):
         logits = call_model(model, inputs)
-        loss = _task_loss(task, config, logits, y)
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = call_model(teacher, inputs)
-            kd = logit_distillation_loss(logits, teacher_logits, config.kd_temperature)
-            loss = config.kd_alpha * kd + (1.0 - config.kd_alpha) * loss
-        if extra_loss is not None:
-            loss = loss + extra_loss(model, inputs, logits)
+        loss = _with_terms(_task_loss(task, config, logits, y), terms, model, inputs, logits)
         check_loss(loss, epoch, step, config.learning_rate)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,6 +244,28 @@ def _train_one_epoch(
         count += len(y)
     check_weights(model, epoch, config.learning_rate)
     return total / max(count, 1)
+
+
+def _terms(extra_loss: ExtraLosses | None) -> list[ExtraLoss]:
+    if extra_loss is None:
+        return []
+    return list(extra_loss) if isinstance(extra_loss, list | tuple) else [extra_loss]
+
+
+def _with_terms(
+    loss: torch.Tensor,
+    terms: Sequence[ExtraLoss],
+    model: nn.Module,
+    inputs: Inputs,
+    logits: torch.Tensor,
+) -> torch.Tensor:
+    """The task's ``loss`` scaled by the terms' ``task_weight``s, plus each term in order."""
+    for term in terms:
+        if hasattr(term, "task_weight"):
+            loss = term.task_weight * loss
+    for term in terms:
+        loss = loss + term(model, inputs, logits)
+    return loss
 
 
 def _task_loss(
@@ -269,15 +278,16 @@ def _task_loss(
 
 
 def _make_optimizer(
-    model: nn.Module, config: TrainConfig, extra_loss: ExtraLoss | None = None
+    model: nn.Module, config: TrainConfig, terms: Sequence[ExtraLoss] = ()
 ) -> torch.optim.Optimizer:
     """SGD or AdamW; no weight decay on biases and normalization parameters.
 
-    An ``extra_loss`` that is an ``nn.Module`` contributes its parameters.
+    Loss terms that are ``nn.Module``s contribute their parameters.
     """
     params = list(model.parameters())
-    if isinstance(extra_loss, nn.Module):
-        params += list(extra_loss.parameters())
+    for term in terms:
+        if isinstance(term, nn.Module):
+            params += list(term.parameters())
     decay = [p for p in params if p.requires_grad and p.dim() > 1]
     no_decay = [p for p in params if p.requires_grad and p.dim() <= 1]
     if not decay and not no_decay:

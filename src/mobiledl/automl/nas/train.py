@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from mobiledl.automl.nas.elastic import OFASupernet, sort_channels
 from mobiledl.automl.nas.space import Arch, SearchSpace
+from mobiledl.compress.distill import logit_distillation_loss
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
-from mobiledl.train.distill import logit_distillation_loss
 from mobiledl.train.trainer import seed_everything
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from mobiledl.compress.prune.granularity import Granularity
 from mobiledl.core.config import LayerRule, MethodConfig
 from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig
+from mobiledl.validate import check_number
 
 SCHEDULES = ("oneshot", "iterative", "agp", "lottery")
 CHANNEL_CRITERIA = ("l1", "l2", "bn", "bn_scale", "taylor", "hessian", "reconstruction")
@@ -135,7 +136,8 @@ class PruneConfig(MethodConfig):
             raise UserError(f"agp_ramp must lie in (0, 1]; got {self.agp_ramp}")
         if self.schedule != "oneshot" and self.finetune.epochs < 1:
             raise UserError(f"schedule '{self.schedule}' needs finetune epochs >= 1")
-        if self.schedule == "lottery" and not 0 <= self.rewind_epochs < self.finetune.epochs:
+        check_number(self.rewind_epochs, "rewind_epochs", 0.0)
+        if self.schedule == "lottery" and not self.rewind_epochs < self.finetune.epochs:
             raise UserError(
                 f"rewind_epochs must lie in [0, finetune epochs = {self.finetune.epochs}); "
                 f"got {self.rewind_epochs}"

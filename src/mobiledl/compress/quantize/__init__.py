@@ -34,16 +34,11 @@ from mobiledl.compress.quantize.mixed import bit_sensitivity, mixed_precision, p
 from mobiledl.compress.quantize.prepare import prepare
 from mobiledl.compress.quantize.ptq import calibrate, quantize
 from mobiledl.compress.quantize.qat import qat
-from mobiledl.compress.quantize.quantizer import (
-    FakeQuantize,
-    QuantConv2d,
-    QuantLinear,
-    QuantSpec,
-    fake_quantize,
-)
+from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantSpec, fake_quantize
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.lowering import is_quantized
 from mobiledl.errors import UserError
+from mobiledl.models.quantized import QuantConv2d, QuantLinear
 
 __all__ = [
     "BinaryConfig",

@@ -25,7 +25,8 @@ from torch import Tensor, fx, nn
 from mobiledl.compress.quantize.capture import capture
 from mobiledl.compress.quantize.graph import relu_function, sole_user
 from mobiledl.compress.quantize.progress import progress
-from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantLayer, quant_layers
+from mobiledl.compress.quantize.quantizer import FakeQuantize
+from mobiledl.models.quantized import QuantLayer, quant_layers
 
 ZETA, GAMMA = 1.1, -0.1
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mobiledl.compress.quantize.capture import capture
-from mobiledl.compress.quantize.quantizer import QuantLayer, quant_layers
+from mobiledl.models.quantized import QuantLayer, quant_layers
 
 
 def _channel_mean(y: Tensor) -> Tensor:

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from mobiledl.compress.quantize.quantizer import FakeQuantize, QuantConv2d, QuantLinear
+from mobiledl.compress.quantize.quantizer import FakeQuantize
 from mobiledl.errors import UserError
+from mobiledl.models.quantized import QuantConv2d, QuantLinear
 
 # Layers with a weight to quantize.
 WEIGHTED = (nn.Conv2d, nn.Linear)

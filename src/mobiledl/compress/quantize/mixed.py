@@ -43,8 +43,6 @@ from mobiledl.compress.quantize.quantizer import (
     QuantSpec,
     compute_qparams,
     fake_quantize,
-    quant_layer,
-    set_submodule,
     tensor_range,
 )
 from mobiledl.core.clone import clone_module
@@ -52,6 +50,7 @@ from mobiledl.core.config import LayerRule
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.quantized import quant_layer, set_submodule
 from mobiledl.train.trainer import TrainConfig, predict, train
 
 WEIGHTED_TYPES = (nn.Conv2d, nn.Linear)

@@ -42,12 +42,10 @@ from mobiledl.compress.quantize.observers import make_observer
 from mobiledl.compress.quantize.quantizer import (
     FakeQuantize,
     fake_quantizers,
-    link_input_quantizer,
-    quant_layer,
-    set_submodule,
 )
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.quantized import link_input_quantizer, quant_layer, set_submodule
 from mobiledl.models.registry import example_input_for
 
 TRANSFORM = "quantize"

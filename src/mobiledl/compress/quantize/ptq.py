@@ -39,10 +39,10 @@ from mobiledl.compress.quantize.quantizer import (
     FakeQuantize,
     fake_quant_disabled,
     fake_quantizers,
-    quant_layers,
 )
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
+from mobiledl.models.quantized import quant_layers
 from mobiledl.train.trainer import evaluate
 
 logger = logging.getLogger(__name__)

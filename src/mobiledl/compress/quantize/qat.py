@@ -36,11 +36,10 @@ from mobiledl.compress.quantize.quantizer import (
     FakeQuantize,
     QuantSpec,
     grad_scale,
-    quant_layers,
     round_ste,
-    set_submodule,
 )
 from mobiledl.core.task import TensorTask
+from mobiledl.models.quantized import quant_layers, set_submodule
 from mobiledl.train.trainer import TrainConfig, train
 
 DEFAULT_LR = 0.005

@@ -15,8 +15,9 @@ gradient of ``round`` is taken as 1, and it is zero where the input was clipped.
 
 Everything here is a stable building block shared by PTQ, QAT, k-means and mixed precision:
 ``QuantSpec``, ``compute_qparams``, ``quantize_tensor`` / ``dequantize_tensor`` /
-``fake_quantize``, ``round_ste`` / ``grad_scale``, the ``FakeQuantize`` module and the layers
-``QuantConv2d`` / ``QuantLinear`` that fake-quantize their weight with any weight quantizer.
+``fake_quantize``, ``round_ste`` / ``grad_scale`` and the ``FakeQuantize`` module. The layers
+that fake-quantize their weight with it, ``QuantConv2d`` / ``QuantLinear``, are the one quantized
+layer family of ``mobiledl.models.quantized`` (shared with sparse update).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
+from mobiledl.models.quantized import GridQuantizer
+from mobiledl.models.quantized import QuantConv2d as QuantConv2d  # re-exported, the layer family
+from mobiledl.models.quantized import QuantLinear as QuantLinear
+from mobiledl.models.quantized import quant_layers as quant_layers
 
 MIN_BITS = 2
 MAX_BITS = 8
@@ -179,7 +182,7 @@ def container_range(spec: QuantSpec) -> tuple[int, int]:
     return (-128, 127) if spec.signed else (0, 255)
 
 
-class FakeQuantize(nn.Module):
+class FakeQuantize(GridQuantizer):
     """Simulated quantization of a tensor: observe ranges, then quantize and dequantize.
 
     ``scale`` and ``zero_point`` are buffers (one entry, or ``channels`` entries for a
@@ -230,6 +233,15 @@ class FakeQuantize(nn.Module):
         if self.observer is None:
             raise UserError("FakeQuantize.update_qparams needs an observer")
         self.set_qparams(*self.observer.qparams(self.spec))
+
+    def widened(self) -> FakeQuantize:
+        """The same grid in its 8-bit container (a ``b``-bit grid is a subset of it), fixed."""
+        scale, zero_point = self.qparams()
+        spec = dataclasses.replace(self.spec, bits=MAX_BITS)
+        wide = FakeQuantize(spec, None, scale.numel())
+        wide.set_qparams(scale.detach(), zero_point.detach())
+        wide.enable(self.quantizing)
+        return wide
 
     def real_range(self) -> tuple[Tensor, Tensor]:
         """The real interval ``[(qmin - z) s, (qmax - z) s]`` the grid covers."""
@@ -297,137 +309,6 @@ class QuantizeDequantize(nn.Module):
         return _fake_quantize_range(x, self.scale, self.zero_point, qmin, qmax, axis)
 
 
-# ---------------------------------------------------------------- quantized layers
-
-
-class _QuantLayerMixin:
-    """Weight and bias quantization shared by ``QuantConv2d`` and ``QuantLinear``.
-
-    The bias of an integer layer is int32 with scale ``s_input * s_weight`` (Jacob et al.
-    2018, Sec. 2.4), which ONNX Runtime also applies: once ``link_input_quantizer`` has told
-    the layer which quantizer feeds it, the bias is rounded onto that grid as well.
-    """
-
-    weight: Tensor
-    bias: Tensor | None
-    weight_quantizer: nn.Module
-
-    def quantized_weight(self) -> Tensor:
-        return self.weight_quantizer(self.weight)
-
-    def quantized_bias(self) -> Tensor | None:
-        """The bias on the int32 grid ``s_input * s_weight`` (float if not linked/enabled)."""
-        source = self.__dict__.get("_input_quantizer")
-        weights = self.weight_quantizer
-        if self.bias is None or source is None or not isinstance(weights, FakeQuantize):
-            return self.bias
-        if not (source.quantizing and weights.quantizing):
-            return self.bias
-        scale = (source.qparams()[0] * weights.qparams()[0]).detach()
-        rounded = torch.round(self.bias / scale) * scale
-        return self.bias + (rounded - self.bias).detach()
-
-    @torch.no_grad()
-    def lower(self, keep_quantization: bool = True) -> nn.Module:
-        """A copy whose weight and bias sit exactly on their grids, as plain values, with an
-        8-bit-wide weight quantizer (see ``mobiledl.deploy.lowering``).
-
-        A ``b``-bit grid is a subset of the 8-bit grid with the same scale and zero point, so
-        the wide quantizer reproduces the rounded weights exactly and exports without a clamp.
-        The bias holds its int32-grid value (ONNX Runtime rounds it onto the same grid again).
-        """
-        quantizer = self.weight_quantizer
-        if not isinstance(quantizer, FakeQuantize):
-            raise UserError(f"cannot export a {type(quantizer).__name__} weight quantizer")
-        lowered = clone_module(self)
-        lowered.__dict__.pop("_input_quantizer", None)
-        if lowered.bias is not None:
-            lowered.bias.copy_(self.quantized_bias())
-        lowered.weight.copy_(quantizer(self.weight))
-        scale, zero_point = quantizer.qparams()
-        wide = FakeQuantize(dataclasses.replace(quantizer.spec, bits=MAX_BITS), None, scale.numel())
-        wide.set_qparams(scale.detach(), zero_point.detach())
-        wide.enable(quantizer.quantizing)
-        lowered.weight_quantizer = wide
-        return lowered
-
-
-def link_input_quantizer(layer: QuantLayer, quantizer: FakeQuantize) -> None:
-    """Tell ``layer`` which activation quantizer feeds it (not registered as a child)."""
-    layer.__dict__["_input_quantizer"] = quantizer
-
-
-class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
-    """``nn.Conv2d`` whose weight passes through ``weight_quantizer`` on every call.
-
-    Parameters keep the names ``weight`` and ``bias``, so state dicts line up with the
-    float layer; the quantizer's buffers live under ``weight_quantizer.``.
-    """
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_quantizer: nn.Module) -> QuantConv2d:
-        """A quantized layer sharing ``conv``'s parameters (not copies)."""
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.bias is not None,
-            conv.padding_mode,
-        )
-        layer.weight, layer.bias = conv.weight, conv.bias
-        layer.train(conv.training)
-        layer.weight_quantizer = weight_quantizer
-        return layer
-
-    def forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
-        """The layer's output on ``x`` with ``weight`` in place of its own."""
-        return self._conv_forward(x, weight, self.quantized_bias())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with(x, self.quantized_weight())
-
-
-class QuantLinear(_QuantLayerMixin, nn.Linear):
-    """``nn.Linear`` whose weight passes through ``weight_quantizer`` on every call."""
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, weight_quantizer: nn.Module) -> QuantLinear:
-        """A quantized layer sharing ``linear``'s parameters (not copies)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        layer.weight, layer.bias = linear.weight, linear.bias
-        layer.train(linear.training)
-        layer.weight_quantizer = weight_quantizer
-        return layer
-
-    def forward_with(self, x: Tensor, weight: Tensor) -> Tensor:
-        """The layer's output on ``x`` with ``weight`` in place of its own."""
-        return F.linear(x, weight, self.quantized_bias())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with(x, self.quantized_weight())
-
-
-QuantLayer = QuantConv2d | QuantLinear
-
-
-def quant_layer(layer: nn.Module, weight_quantizer: nn.Module) -> QuantLayer:
-    """Wrap a float ``nn.Conv2d`` or ``nn.Linear`` (sharing its parameters)."""
-    if isinstance(layer, nn.Conv2d):
-        return QuantConv2d.from_float(layer, weight_quantizer)
-    if isinstance(layer, nn.Linear):
-        return QuantLinear.from_float(layer, weight_quantizer)
-    raise UserError(f"cannot quantize a {type(layer).__name__}; only Conv2d and Linear")
-
-
-def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
-    """Every quantized layer of ``model`` by qualified name, in registration order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
-
-
 def fake_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:
     """Every ``FakeQuantize`` of ``model`` (weights and activations) by qualified name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, FakeQuantize)}
@@ -445,10 +326,3 @@ def fake_quant_disabled(model: nn.Module) -> Iterator[None]:
     finally:
         for q, state in zip(quantizers, states, strict=True):
             q.quantizing = state
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule at dotted path ``name`` by ``module``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

@@ -134,20 +134,21 @@ def adapt_model(model: nn.Module, task: TensorTask, config: AdaptConfig) -> Adap
             f"method '{config.strategy}' needs {predicted.peak_bytes / 1024:.0f} KB of training "
             f"memory at batch size {config.batch_size}, over the budget of {budget / 1024:.0f} KB"
         )
-    settings = FineTuneConfig(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        optimizer=config.optimizer,
-        lr=config.learning_rate,
-        checkpoint_segments=config.checkpoint_segments,
-        seed=config.seed,
-    )
-    history = fine_tune(model, task, settings)
+    history = fine_tune(model, task, fine_tune_settings(config))
     measured = measure_training_step(
         model, x, y, config.optimizer, config.checkpoint_segments, task.loss
     )
     accuracy = evaluate(model, task, "test")
     return AdaptResult(model, config.strategy, accuracy, predicted, measured, plan, history)
+
+
+def fine_tune_settings(config: AdaptConfig) -> FineTuneConfig:
+    """The fine-tuning run of ``config``: every field the two configs share, with the
+    strategy's learning rate."""
+    shared = {f.name for f in dataclasses.fields(FineTuneConfig)}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    settings = {name: value for name, value in values.items() if name in shared}
+    return FineTuneConfig(**{**settings, "lr": config.learning_rate})
 
 
 def _prepare(model: nn.Module, task: TensorTask, config: AdaptConfig) -> dict[str, Any]:

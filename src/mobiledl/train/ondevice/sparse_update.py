@@ -2,9 +2,11 @@
 256KB Memory", Sec. 3).
 
 1. **Quantized graph.** Batch norms are folded into their convolutions and every convolution and
-   linear layer becomes a ``QuantizedConv2d`` / ``QuantizedLinear``: a frozen weight stored as
-   int8 with a per-output-channel scale (or fp32 with ``int8=False``), an fp32 bias, a ReLU/ReLU6
-   applied in place, and an optional trainable copy of its first ``k`` output channels.
+   linear layer becomes a ``QuantizedConv2d`` / ``QuantizedLinear``, the quantized layer family
+   of ``mobiledl.models.quantized`` (which PTQ and QAT use too) with sparse update's extras: a
+   frozen weight stored as int8 with a per-output-channel scale (or fp32 with ``int8=False``),
+   an fp32 bias, a ReLU/ReLU6 applied in place, and an optional trainable copy of its first ``k``
+   output channels.
 2. **Quantization-aware scaling (QAS).** A trainable int8-domain weight ``W̄ = W / s`` gets the
    gradient ``s * dL/dW``, so its weight-to-gradient norm ratio is ``s^-2`` times that of the
    fp32 weight and SGD barely moves it. QAS multiplies the gradient by ``s^-2`` (Lin et al. 2022,
@@ -34,7 +36,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mobiledl.core.clone import clone_module
@@ -42,6 +43,13 @@ from mobiledl.core.config import MethodConfig
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.quantized import (
+    QuantConv2d,
+    QuantizedLayer,
+    QuantLinear,
+    int8_codes,
+    set_submodule,
+)
 from mobiledl.train.ondevice.finetune import FineTuneConfig, fine_tune
 from mobiledl.train.ondevice.lean import BitMask, conv_input_grad, is_channels_last
 from mobiledl.train.ondevice.memory import (
@@ -106,19 +114,20 @@ class Clamp(nn.Module):
         return x.clamp(self.low, self.high)
 
 
-class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
-    """Frozen weight (int8 + per-channel scale, or fp32), fp32 bias, optional in-place clamp,
-    and ``update``: a trainable copy of the first ``k`` output channels in the weight's units."""
+class SparseUpdateLayer(QuantizedLayer):
+    """A layer of the quantized family (``mobiledl.models.quantized``) with sparse update's
+    extras: the frozen weight held as ``int8_codes`` (or fp32 with ``int8=False``) and no float
+    ``weight``, an fp32 bias, an optional in-place clamp, ``update`` (a trainable copy of the
+    first ``k`` output channels in the codes' units), QAS and a lean op with manual gradients."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, int8: bool, qas: bool) -> None:
-        super().__init__()
+    def _store(self, weight: Tensor, bias: Tensor | None, int8: bool, qas: bool) -> None:
+        """Replace the layer's float parameters by the frozen storage and the update."""
         weight = weight.detach()
         if int8:
-            scale = weight.abs().flatten(1).amax(1).clamp_min(1e-8) / 127.0
-            view = (-1, *[1] * (weight.dim() - 1))
-            stored = torch.round(weight / scale.view(view)).clamp(-127, 127).to(torch.int8)
+            stored, scale = int8_codes(weight)
         else:
             scale, stored = torch.ones(weight.shape[0]), weight.clone()
+        del self.weight
         self.register_buffer("weight_q", stored)
         self.register_buffer("scale", scale)
         out = weight.shape[0]
@@ -152,11 +161,14 @@ class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
         weight[channels:] = self.weight_q[channels:]
         return weight.mul_(self.scale.view(-1, *[1] * (weight.dim() - 1)))
 
+    def quantized_weight(self) -> Tensor:
+        return self.dequantized(self.update)
+
     def forward(self, x: Tensor) -> Tensor:
         trains = self.update.requires_grad or self.bias.requires_grad or x.requires_grad
         if torch.is_grad_enabled() and trains:
             return _QuantizedOp.apply(x, self.update, self.bias, self)
-        out = self.apply_weight(x, self.dequantized(self.update), self.bias)
+        out = self.apply_weight(x, self.quantized_weight(), self.bias)
         return out if self.bounds is None else out.clamp_(*self.bounds)
 
     def update_grad(self, x: Tensor, grad: Tensor) -> Tensor:
@@ -203,14 +215,6 @@ class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
         return layer if self.bounds is None else nn.Sequential(layer, Clamp(*self.bounds))
 
     @abc.abstractmethod
-    def plain_layer(self) -> nn.Module:
-        """A float ``nn`` layer of the same shape (weights set by ``lower``)."""
-
-    @abc.abstractmethod
-    def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """The layer's op with an explicit fp32 weight."""
-
-    @abc.abstractmethod
     def input_grad(self, input_shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
         """Gradient w.r.t. the input, from the output gradient."""
 
@@ -219,32 +223,18 @@ class QuantizedLayer(nn.Module, metaclass=abc.ABCMeta):
         """Gradient w.r.t. the first ``grad.shape[1]`` output channels' weights."""
 
 
-class QuantizedConv2d(QuantizedLayer):
-    """A ``QuantizedLayer`` convolution (any stride, padding, dilation and groups)."""
+class QuantizedConv2d(SparseUpdateLayer, QuantConv2d):
+    """A sparse-update convolution (any stride, padding, dilation and groups)."""
 
     def __init__(self, conv: nn.Conv2d, int8: bool, qas: bool) -> None:
-        super().__init__(conv.weight, conv.bias, int8, qas)
-        self.stride, self.padding = conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
+        if conv.padding_mode != "zeros":
+            raise UserError(f"sparse update needs zero padding; got '{conv.padding_mode}'")
+        self._init_like(conv, bias=True, device="meta")
+        self._store(conv.weight, conv.bias, int8, qas)
 
     @property
     def channel_step(self) -> int:
         return 1 if self.groups == 1 else self.weight_q.shape[0] // self.groups
-
-    def plain_layer(self) -> nn.Module:
-        out_channels, in_per_group, *kernel = self.weight_q.shape
-        return nn.Conv2d(
-            in_per_group * self.groups,
-            out_channels,
-            tuple(kernel),
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
-
-    def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def input_grad(self, input_shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
         args = (self.stride, self.padding, self.dilation, self.groups)
@@ -285,17 +275,12 @@ class QuantizedConv2d(QuantizedLayer):
         return weight_grad
 
 
-class QuantizedLinear(QuantizedLayer):
-    """A ``QuantizedLayer`` linear layer."""
+class QuantizedLinear(SparseUpdateLayer, QuantLinear):
+    """A sparse-update linear layer."""
 
     def __init__(self, linear: nn.Linear, int8: bool, qas: bool) -> None:
-        super().__init__(linear.weight, linear.bias, int8, qas)
-
-    def plain_layer(self) -> nn.Module:
-        return nn.Linear(self.weight_q.shape[1], self.weight_q.shape[0])
-
-    def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        return F.linear(x, weight, bias)
+        self._init_like(linear, bias=True, device="meta")
+        self._store(linear.weight, linear.bias, int8, qas)
 
     def input_grad(self, input_shape: torch.Size, weight: Tensor, grad: Tensor) -> Tensor:
         return grad @ weight
@@ -309,7 +294,9 @@ class _QuantizedOp(torch.autograd.Function):
     for its clamp, and recomputes the fp32 weight in backward."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, update: Tensor, bias: Tensor, layer: QuantizedLayer) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, update: Tensor, bias: Tensor, layer: SparseUpdateLayer
+    ) -> Tensor:
         weight = layer.dequantized(update)
         out = layer.apply_weight(x, weight, bias)
         del weight
@@ -327,7 +314,7 @@ class _QuantizedOp(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         saved_x, packed, update = ctx.saved_tensors
-        layer: QuantizedLayer = ctx.layer
+        layer: SparseUpdateLayer = ctx.layer
         if packed is not None:
             grad = BitMask(packed, *ctx.out_layout).apply(grad)
         grad_x = grad_update = grad_bias = None
@@ -348,9 +335,9 @@ def quantize_for_sparse_update(model: nn.Module, int8: bool = True, qas: bool = 
                 _fold_sequence(module)
         for name, module in list(model.named_modules()):
             if isinstance(module, nn.Conv2d):
-                _set_submodule(model, name, QuantizedConv2d(module, int8, qas))
+                set_submodule(model, name, QuantizedConv2d(module, int8, qas))
             elif isinstance(module, nn.Linear):
-                _set_submodule(model, name, QuantizedLinear(module, int8, qas))
+                set_submodule(model, name, QuantizedLinear(module, int8, qas))
         for module in model.modules():  # clamps folded into the preceding convolution
             if isinstance(module, nn.Sequential):
                 _attach_clamp(module)
@@ -386,14 +373,9 @@ def _attach_clamp(sequence: nn.Sequential) -> None:
             sequence[index + 2] = nn.Identity()
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-def quantized_layers(model: nn.Module) -> list[tuple[str, QuantizedLayer]]:
-    """Every quantized layer, in module order (the classifier last)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedLayer)]
+def quantized_layers(model: nn.Module) -> list[tuple[str, SparseUpdateLayer]]:
+    """Every sparse-update layer, in module order (the classifier last)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SparseUpdateLayer)]
 
 
 # ---------------------------------------------------------------- plans
@@ -474,8 +456,8 @@ def contribution_analysis(
 
 
 def _spread(
-    layers: list[tuple[str, QuantizedLayer]], count: int
-) -> list[tuple[str, QuantizedLayer]]:
+    layers: list[tuple[str, SparseUpdateLayer]], count: int
+) -> list[tuple[str, SparseUpdateLayer]]:
     """``count`` layers evenly spread over the depth, preferring dense (ungrouped) layers, which
     hold most weights and contribute most (Lin et al. 2022, Fig. 5)."""
     dense = [(n, m) for n, m in layers if getattr(m, "groups", 1) == 1] or layers

@@ -1,24 +1,57 @@
-"""Feature distillation: FitNets hints with a learned adapter and attention transfer."""
+"""Distillation: Hinton logit KD, FitNets hints with a learned adapter, attention transfer."""
 
 import pytest
 import torch
 from torch import nn
 
-from mobiledl.data.task import Task
-from mobiledl.errors import UserError
-from mobiledl.models import create_model
-from mobiledl.train import (
+from mobiledl.compress.distill import (
     FeatureDistiller,
     HintAdapter,
-    TrainConfig,
+    LogitDistillation,
     attention_map,
     attention_transfer_loss,
     default_feature_layers,
     hint_loss,
-    train,
+    logit_distillation_loss,
 )
+from mobiledl.data.task import Task
+from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.train import TrainConfig, evaluate, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_positive_otherwise() -> None:
+    logits = torch.randn(8, 5)
+    assert logit_distillation_loss(logits, logits, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert logit_distillation_loss(logits, torch.randn(8, 5), 4.0).item() > 0
+
+
+def test_logit_term_mixes_kd_and_the_task_loss_by_alpha() -> None:
+    teacher = nn.Linear(3, 4)
+    logits, x = torch.randn(6, 4), torch.randn(6, 3)
+    term = LogitDistillation(teacher, alpha=0.25, temperature=2.0)
+    kd = logit_distillation_loss(logits, teacher(x).detach(), 2.0)
+    assert term.task_weight == 0.75 and not teacher.training
+    torch.testing.assert_close(term(nn.Identity(), x, logits), 0.25 * kd)
+    with pytest.raises(UserError, match="kd alpha"):
+        LogitDistillation(teacher, alpha=1.5)
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_student_learns_from_teacher_by_logit_kd_alone() -> None:
+    task = blob_images()
+    torch.manual_seed(0)
+    teacher, student = mlp(), mlp()
+    config = TrainConfig(epochs=20, batch_size=16, progress=False)
+    train(teacher, task, config)
+    assert evaluate(student, task) < 0.5
+    train(student, task, config, extra_loss=LogitDistillation(teacher, alpha=1.0))  # KD only
+    assert evaluate(student, task) > 0.85
 
 
 def test_attention_map_by_hand() -> None:
@@ -94,7 +127,8 @@ def test_feature_distiller_trains_with_the_trainer(kind: str) -> None:
         adapters = [p.detach().clone() for p in distiller.parameters()]
         assert len(adapters) == (3 if kind == "hint" else 0)
         config = TrainConfig(epochs=1, batch_size=16, progress=False)
-        result = train(student, task, config, teacher=teacher, extra_loss=distiller)
+        terms = [LogitDistillation(teacher), distiller]
+        result = train(student, task, config, extra_loss=terms)
         assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
         for before, after in zip(adapters, distiller.parameters(), strict=True):
             assert not torch.equal(before, after)  # the adapters were trained with the student

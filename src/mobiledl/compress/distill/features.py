@@ -1,8 +1,5 @@
-"""Knowledge distillation losses and the feature distiller used by the trainer.
+"""Feature distillation: the losses and the feature distiller the trainer adds as a loss term.
 
-- Logit distillation (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
-  Network", 2015): the student matches the teacher's temperature-softened class
-  distribution; the KL term is scaled by T^2 so its gradients keep their magnitude.
 - Hints (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015): a learned
   regressor — here a 1x1 convolution (a linear layer for flat features) — maps a student
   feature to the teacher's channel count, and ``1/2 ||teacher - adapter(student)||^2``
@@ -33,16 +30,6 @@ from mobiledl.errors import UserError
 FeatureKind = Literal["hint", "attention"]
 FEATURE_KINDS = ("hint", "attention")
 DEFAULT_WEIGHTS = {"hint": 1.0, "attention": 1000.0}
-
-
-def logit_distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
-    log_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
-    return kl * temperature**2
 
 
 def attention_map(features: Tensor, p: float = 2.0) -> Tensor:
@@ -148,7 +135,7 @@ class FeatureDistiller(nn.Module):
 
     Forward hooks capture the features whenever the models run; calling the distiller
     as ``distiller(student, x, logits)`` after the student's forward returns the loss,
-    running the teacher on ``x`` itself unless the trainer already did for this batch.
+    running the teacher on ``x`` itself unless ``LogitDistillation`` already did for this batch.
     Use it as a context manager (or call ``close``) to remove the hooks.
     """
 
