@@ -173,6 +173,7 @@ def train(
     model: nn.Module,
     task: Task,
     config: TrainConfig,
+    *,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
     extra_loss: ExtraLosses | None = None,
 ) -> TrainResult:
@@ -188,6 +189,8 @@ def train(
     expect_module(model, "train")
     expect_task(task, "train")
     expect_config(config, TrainConfig, "train")
+    if on_best is not None and not callable(on_best):
+        raise UserError(f"train: on_best must be callable, got {type(on_best).__name__}")
     terms = _terms(extra_loss)
     example = task.example_input(1)
     if isinstance(example, torch.Tensor):  # inputs of other structures are not estimated
@@ -249,7 +252,13 @@ def _train_one_epoch(
 def _terms(extra_loss: ExtraLosses | None) -> list[ExtraLoss]:
     if extra_loss is None:
         return []
-    return list(extra_loss) if isinstance(extra_loss, list | tuple) else [extra_loss]
+    terms = list(extra_loss) if isinstance(extra_loss, list | tuple) else [extra_loss]
+    for term in terms:
+        if not callable(term):
+            raise UserError(
+                f"train: each extra_loss term must be callable, got {type(term).__name__}"
+            )
+    return terms
 
 
 def _with_terms(
