@@ -171,6 +171,30 @@ def test_auto_observer_keeps_the_most_accurate_on_validation() -> None:
     assert evaluate(chosen, task, "val") == max(accuracies.values())
 
 
+def test_auto_scores_observers_on_auto_samples_of_validation() -> None:
+    from dataclasses import replace
+
+    from mobiledl import apply, report_of
+    from mobiledl.compress.quantize.config import AUTO_OBSERVERS
+    from mobiledl.data.task import Task
+    from mobiledl.models import create_model
+    from mobiledl.train.trainer import evaluate
+
+    torch.manual_seed(1)
+    model = create_model("resnet8", 10, 1, (8, 8)).eval()
+    x = torch.randn(400, 1, 8, 8)
+    x[::7] *= 6.0
+    y = _labelled_by(model, x)
+    task = Task("tail", 10, x[:100], y[:100], x[100:300], y[100:300], x[300:], y[300:])
+    config = QuantConfig(weight_bits=4, act_bits=4, calibration_samples=64, auto_samples=50)
+    on_subset = {
+        name: evaluate(apply(model, replace(config, observer=name), task), task, "val", 50)
+        for name in AUTO_OBSERVERS
+    }
+    chosen = report_of(apply(model, replace(config, observer="auto"), task)).values["observer"]
+    assert on_subset[chosen] == max(on_subset.values())
+
+
 def test_auto_observer_without_validation_data_is_a_user_error() -> None:
     from mobiledl.errors import UserError
 

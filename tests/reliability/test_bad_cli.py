@@ -150,6 +150,7 @@ METHOD_OPTIONS = [
     ("quantize-kmeans-bits", f"{QUANTIZE} --method kmeans --bits 0", "kmeans bits must lie"),
     ("quantize-observer", f"{QUANTIZE} --observer psychic", "psychic"),
     ("quantize-calibration", f"{QUANTIZE} --calibration-samples 0", "calibration_samples must be"),
+    ("quantize-auto-samples", f"{QUANTIZE} --auto-samples 0", "auto_samples must be"),
     ("adapt-budget-negative", f"{ADAPT} --method sparse --memory-budget-kb -5", "must be > 0"),
     ("adapt-budget-nan", f"{ADAPT} --method tinytl --memory-budget-kb nan", "memory-budget-kb"),
     ("adapt-method", f"{ADAPT} --method magic", "magic"),

@@ -114,3 +114,20 @@ def test_loss_terms_scale_the_task_loss_and_add_in_order() -> None:
 def test_bad_config_names_the_field(field: str, value: object) -> None:
     with pytest.raises(UserError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_evaluate_on_samples_is_a_fixed_random_subset() -> None:
+    from mobiledl.train.trainer import predict_split
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x, y = torch.randn(90, 1, 4, 4), torch.arange(90) % 3
+    task = Task("t", 3, x[:30], y[:30], x[30:60], y[30:60], x[60:], y[60:])
+    _, first = predict_split(model, task, "val", samples=10)
+    _, again = predict_split(model, task, "val", samples=10)
+    assert len(first) == 10 and torch.equal(first, again)
+    _, ordered = predict_split(model, task, "val")
+    assert not torch.equal(first, ordered[:10])  # drawn at random, not the first ten
+    assert evaluate(model, task, "val", samples=1000) == evaluate(model, task, "val")
+    with pytest.raises(UserError, match="samples must be an integer"):
+        evaluate(model, task, "val", samples=0)

@@ -147,26 +147,39 @@ def predict(model: nn.Module, inputs: Inputs, batch_size: int = EVAL_BATCH_SIZE)
 
 @torch.no_grad()
 def predict_split(
-    model: nn.Module, task: Task, split: str = "test", batch_size: int = EVAL_BATCH_SIZE
+    model: nn.Module,
+    task: Task,
+    split: str = "test",
+    batch_size: int = EVAL_BATCH_SIZE,
+    samples: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` of ``model`` (in eval mode) over one split of any task."""
+    """``(logits, targets)`` of ``model`` (in eval mode) over one split of any task, or over
+    ``samples`` of them drawn at random (seeded, the same ones on every call)."""
     if task.num_samples(split) == 0:
         raise UserError(f"task '{task.name}' has an empty {split} split")
     was_training = model.training
     model.eval()
-    outputs, targets = [], []
-    for inputs, y in task.loader(split, batch_size):
+    outputs, targets, seen = [], [], 0
+    for inputs, y in task.loader(split, batch_size, shuffle=samples is not None, seed=0):
         outputs.append(call_model(model, inputs))
         targets.append(y)
+        seen += len(y)
+        if samples is not None and seen >= samples:
+            break
     model.train(was_training)
-    return torch.cat(outputs), torch.cat(targets)
+    return torch.cat(outputs)[:samples], torch.cat(targets)[:samples]
 
 
-def evaluate(model: nn.Module, task: Task, split: str = "test") -> float:
-    """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split."""
+def evaluate(
+    model: nn.Module, task: Task, split: str = "test", samples: int | None = None
+) -> float:
+    """The task's metric (top-1 accuracy for the built-ins) of ``model`` on one split (or on
+    ``samples`` of it drawn at random, seeded)."""
     expect_module(model, "evaluate")
     expect_task(task, "evaluate")
-    return task.metric(*predict_split(model, task, split))
+    if samples is not None:
+        check_int(samples, "evaluate: samples", low=1)
+    return task.metric(*predict_split(model, task, split, samples=samples))
 
 
 def train(

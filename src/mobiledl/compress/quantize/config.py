@@ -38,6 +38,9 @@ class QuantConfig(MethodConfig):
       ``auto``: one calibration pass collects each activation's min/max and histogram, each
       of ``AUTO_OBSERVERS`` chooses its ranges from them, and the one whose quantized model
       is most accurate on the task's validation split is kept (the report names it).
+    - ``auto_samples``: validation samples (a seeded random subset, the same for every
+      observer) that ``auto`` scores each observer on; scoring costs one forward pass per
+      observer per sample, so this bounds the time ``auto`` adds to calibration.
     - ``weight_observer``: minmax or mse.
     - ``calibration_samples``: training samples used to calibrate.
     - ``equalize``: cross-layer equalization (Nagel et al. 2019) before choosing scales.
@@ -64,6 +67,7 @@ class QuantConfig(MethodConfig):
     observer: str = "minmax"
     weight_observer: str = "minmax"
     calibration_samples: int = 512
+    auto_samples: int = 256
     equalize: bool = False
     bias_correction: bool = False
     adaround: bool = False
@@ -93,6 +97,8 @@ class QuantConfig(MethodConfig):
             )
         if self.calibration_samples < 1:
             raise UserError(f"calibration_samples must be >= 1; got {self.calibration_samples}")
+        if self.auto_samples < 1:
+            raise UserError(f"auto_samples must be >= 1; got {self.auto_samples}")
         if self.adaround_iters < 1:
             raise UserError(f"adaround_iters must be >= 1; got {self.adaround_iters}")
 

@@ -138,7 +138,8 @@ def quantize(
 def _best_observer(
     model: nn.Module, config: QuantConfig, task: TensorTask | None, data: Tensor
 ) -> tuple[fx.GraphModule, QuantConfig]:
-    """Quantize with the one of ``AUTO_OBSERVERS`` whose model is most accurate on validation.
+    """Quantize with the one of ``AUTO_OBSERVERS`` whose model is most accurate on validation
+    (on ``config.auto_samples`` of its samples).
 
     One calibration pass collects each activation's min/max and histogram; every observer's
     range is computed from those (the same range it would choose calibrating alone), scored,
@@ -161,7 +162,7 @@ def _best_observer(
         grids[name] = _grids(quantizers, stats, name)
         values = _use(quantizers, grids[name])
         if values not in scored:  # observers choosing the same ranges score the same
-            scored[values] = evaluate(quantized, task, "val")
+            scored[values] = evaluate(quantized, task, "val", config.auto_samples)
         logger.info("observer %s: validation accuracy %.4f", name, scored[values])
         if scored[values] > best_accuracy:
             best, best_accuracy = name, scored[values]
