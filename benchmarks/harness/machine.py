@@ -16,6 +16,9 @@ import torch
 #: (VNNI) without which ONNX Runtime's u8 x s8 kernels can saturate.
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 VERSIONS = ("numpy", "onnx", "onnxruntime")
+#: Environment variables that cap the instruction set PyTorch's and oneDNN's kernels use
+#: (e.g. to measure AVX2 kernels on an AVX-512 CPU); ONNX Runtime has no such cap.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -58,6 +61,8 @@ def machine_info(packages: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]
         "python": platform.python_version(),
         "torch": torch.__version__,
         **{package: _version(package) for package in (*VERSIONS, *packages)},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {name: os.environ[name] for name in ISA_CAPS if name in os.environ},
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": load_average(),
         **extra,

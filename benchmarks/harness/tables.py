@@ -39,7 +39,10 @@ def machine_line(report: dict[str, Any]) -> str:
     seconds = report["summary"].get("seconds")
     took = "" if seconds is None else f"{seconds:.0f} s in total; "
     threads = plural(machine["torch_threads"], "torch thread")
+    kernels = machine.get("torch_cpu_capability")
+    caps = " ".join(f"{k}={v}" for k, v in machine.get("isa_caps", {}).items())
+    isa = "" if kernels is None else f" ({kernels} kernels{f', {caps}' if caps else ''})"
     return (
-        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}{isa}, "
         f"onnxruntime {machine['onnxruntime']}, {threads}; {took}{report['created']}."
     )
