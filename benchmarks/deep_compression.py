@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -110,22 +111,35 @@ class Budget:
     lowbit: int
 
 
+#: ``Budget`` field -> (its flag, help).
+BUDGET_FLAGS = {
+    "baseline": ("--baseline-epochs", "epochs training the fp32 baseline (40)"),
+    "prune_steps": ("--prune-steps", "pruning rounds (the recipe's)"),
+    "prune_epochs": ("--prune-epochs", "fine-tuning epochs after each round (the recipe's)"),
+    "finetune": ("--finetune-epochs", "epochs fine-tuning the codebooks (the recipe's)"),
+    "lowbit": ("--lowbit-epochs", "epochs training each low-bit model (15)"),
+}
 FULL = Budget(baseline=40, prune_steps=None, prune_epochs=None, finetune=None, lowbit=15)
 SMOKE = Budget(baseline=1, prune_steps=1, prune_epochs=1, finetune=1, lowbit=1)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = harness.benchmark_parser(STEM, __doc__)
-    parser.add_argument("--tasks", default=None, help="comma-separated (default digits,mnist1d)")
+    harness.add_task_arguments(parser, "digits,mnist1d")
     parser.add_argument("--models", default=None, help="comma-separated (default lenet300,lenet5)")
+    budget = parser.add_argument_group("training budget (default: the model's recipe)")
+    for field, (flag, text) in BUDGET_FLAGS.items():
+        budget.add_argument(flag, dest=field, type=harness.positive_int(flag), help=text)
     args = harness.parse(parser, argv)
-    smoke, full = {"tasks": "digits", "models": "lenet300"}, {"tasks": "digits,mnist1d"}
-    harness.resolve(args, smoke, {**full, "models": "lenet300,lenet5"})
-    args.tasks, args.models = harness.names(args.tasks), harness.names(args.models)
+    harness.resolve_tasks(args, "digits", "digits,mnist1d")
+    harness.resolve(args, {"models": "lenet300"}, {"models": "lenet300,lenet5"})
+    args.models = harness.names(args.models)
     unknown = [name for name in args.models if name not in RECIPES]
     if unknown:
         raise UserError(f"no recipe for model(s) {', '.join(unknown)}; have {list(RECIPES)}")
-    args.budget = SMOKE if args.smoke else FULL
+    given = {field: getattr(args, field) for field in BUDGET_FLAGS}
+    chosen = {field: value for field, value in given.items() if value is not None}
+    args.budget = dataclasses.replace(SMOKE if args.smoke else FULL, **chosen)
     return args
 
 
@@ -380,10 +394,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     budget, rows = args.budget, []
-    for task_name in args.tasks:
-        task = build_task(task_name, seed=args.seed)
+    for spec in args.task_specs:
+        task = build_task(spec, seed=args.seed, split=args.split)
         for name in args.models:
-            print(f"{name} on {task_name}", file=sys.stderr)
+            print(f"{name} on {task.name}", file=sys.stderr)
             base = train_baseline(name, task, budget.baseline, args.seed)
             row = deep_compression_row(name, task, copy.deepcopy(base), budget, args.seed)
             print(row["table"], file=sys.stderr)

@@ -287,7 +287,7 @@ def _row(result: dict[str, Any], cells: list[str]) -> str:
 def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.train_threads)
-    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke)
+    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke, args.split)
     rows = []
     for name in args.models:
         print(f"[{STEM}] {name}: train, factorize, fine-tune with KD, time", file=sys.stderr)

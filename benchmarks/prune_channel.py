@@ -312,7 +312,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     if args.train_threads:
         torch.set_num_threads(args.train_threads)
-    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke)
+    task = harness.load_task(args.task, args.image_size, args.seed, args.smoke, args.split)
     summary = {
         "task": harness.task_summary(task),
         "targets": {"speedup": SPEEDUP_TARGET, "accuracy_drop_points": 100 * ACCURACY_TOLERANCE},

@@ -54,13 +54,14 @@ class Recipe:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = harness.benchmark_parser(STEM, __doc__)
     parser.add_argument("--models", default=None, help="default lenet300,lenet5")
-    parser.add_argument("--tasks", default=None, help="default digits,mnist1d")
+    harness.add_task_arguments(parser, "digits,mnist1d")
     parser.add_argument("--schedules", default=None, help="default iterative,agp")
     parser.add_argument("--seeds", default=None, help="comma-separated model seeds (0,1,2)")
     parser.add_argument("--sparsity", type=float, default=0.92, help="target (default 0.92)")
     args = harness.parse(parser, argv)
-    smoke = {"models": "lenet300", "tasks": "digits", "schedules": "agp", "seeds": "0"}
-    full = {"models": "lenet300,lenet5", "tasks": "digits,mnist1d", "schedules": "iterative,agp"}
+    harness.resolve_tasks(args, "digits", "digits,mnist1d")
+    smoke = {"models": "lenet300", "schedules": "agp", "seeds": "0"}
+    full = {"models": "lenet300,lenet5", "schedules": "iterative,agp"}
     harness.resolve(args, smoke, {**full, "seeds": "0,1,2"})
     args.recipe = Recipe(2, 2, 1) if args.smoke else Recipe(60, 5, 12)
     return args
@@ -180,14 +181,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     schedules, seeds = harness.names(args.schedules), [int(s) for s in harness.names(args.seeds)]
     rows = []
-    for task_name in harness.names(args.tasks):
-        task = build_task(task_name, seed=0)
+    for spec in args.task_specs:
+        task = build_task(spec, seed=0, split=args.split)
         for name in harness.names(args.models):
             per_seed = []
             for seed in seeds:
                 per_seed.append(run_seed(name, task, schedules, seed, args))
-                print(f"{name} {task_name} seed {seed}: {per_seed[-1]}", file=sys.stderr)
-            rows += [summarize(name, task_name, s, per_seed) for s in schedules]
+                print(f"{name} {task.name} seed {seed}: {per_seed[-1]}", file=sys.stderr)
+            rows += [summarize(name, task.name, s, per_seed) for s in schedules]
     summary = {"rows_meeting_target": sum(r["meets_target"] for r in rows), "rows": len(rows)}
     constants = {"max_drop": MAX_DROP, "sparse_format": SPARSE_FORMAT,
                  "criterion": "l1 (global magnitude ranking), granularity element"}  # fmt: skip

@@ -62,7 +62,7 @@ EVAL_BATCH = 256
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = harness.benchmark_parser(STEM, __doc__)
-    parser.add_argument("--tasks", default=None, help="default digits,mnist1d")
+    harness.add_task_arguments(parser, ",".join(TASKS))
     parser.add_argument("--models", default=None, help="comma-separated zoo subset")
     parser.add_argument("--w4-models", default=None, help="4-bit comparison")
     parser.add_argument("--epochs", type=int, default=None, help="FP32 training epochs (15)")
@@ -79,8 +79,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     args = harness.parse(parser, argv)
     zoo = ",".join(m.name for m in list_models(inputs="image"))
-    smoke = {"tasks": "digits", "models": "resnet8", "w4_models": "resnet8", "epochs": 2}
-    full = {"tasks": ",".join(TASKS), "models": zoo, "w4_models": ",".join(W4_MODELS)}
+    harness.resolve_tasks(args, "digits", ",".join(TASKS))
+    smoke = {"models": "resnet8", "w4_models": "resnet8", "epochs": 2}
+    full = {"models": zoo, "w4_models": ",".join(W4_MODELS)}
     smoke.update(calibration_samples=64, adaround_iters=10, time_repeats=1)
     full.update(epochs=15, calibration_samples=512, adaround_iters=500, time_repeats=3)
     harness.resolve(args, smoke, full)
@@ -92,7 +93,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def trained_model(task: Task, name: str, args: argparse.Namespace, cache: Path) -> nn.Module:
     """The FP32 model, trained with SGD for ``args.epochs`` (cached by settings)."""
-    path = cache / f"{task.name}_{name}_sgd_e{args.epochs}_s0.pt"
+    path = cache / f"{task.name}_{harness.task_fingerprint(task)}_{name}_sgd_e{args.epochs}_s0.pt"
     if path.is_file():
         return load_model(path).model
     model = create_model(name, task.num_classes, task.in_channels, task.image_size)
@@ -348,13 +349,13 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     cache = args.out / "cache" if args.smoke else cache_dir() / "bench" / STEM
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
-    for task_name in harness.names(args.tasks):
-        task = build_task(task_name)
+    for spec in args.task_specs:
+        task = build_task(spec, split=args.split)
         for name in harness.names(args.models):
             rows.append(measure(task, name, args, cache))
             r = rows[-1]
             print(
-                f"{task_name:8s} {name:20s} fp32 {harness.pct(r['fp32'])} "
+                f"{task.name:8s} {name:20s} fp32 {harness.pct(r['fp32'])} "
                 f"ours {harness.pct(r['ours_w8a8'])} ort {harness.pct(r['ort_w8a8'])} "
                 f"pt2e {harness.pct(r['pt2e_w8a8'])} agree {harness.pct(r['agreement'])} "
                 f"w4 {harness.pct(r.get('ours_w4'))} ({r['seconds']:.0f} s)",

@@ -12,6 +12,7 @@ from benchmarks.harness.cli import (
     benchmark_parser,
     names,
     parse,
+    positive_int,
     positive_ints,
     resolve,
     resolve_compress,
@@ -21,11 +22,18 @@ from benchmarks.harness.peers import ort_quantize_static, quiet
 from benchmarks.harness.results import SCHEMA_KEYS, git_commit, write_results
 from benchmarks.harness.stages import StageStore
 from benchmarks.harness.tables import machine_line, markdown_table, pct, plural, yes
-from benchmarks.harness.tasks import load_task, task_summary
+from benchmarks.harness.tasks import (
+    add_task_arguments,
+    load_task,
+    resolve_tasks,
+    task_fingerprint,
+    task_summary,
+)
 from benchmarks.harness.timing import clock_text, interleaved, onnx_grid, onnx_speedups
 
 __all__ = [
     "add_compress_arguments",
+    "add_task_arguments",
     "SCHEMA_KEYS",
     "StageStore",
     "benchmark_parser",
@@ -43,10 +51,13 @@ __all__ = [
     "parse",
     "pct",
     "plural",
+    "positive_int",
     "positive_ints",
     "quiet",
     "resolve",
     "resolve_compress",
+    "resolve_tasks",
+    "task_fingerprint",
     "task_summary",
     "write_results",
     "yes",

@@ -38,7 +38,9 @@ def positive_ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
+def positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse type: one positive integer given to ``flag``."""
+
     def convert(text: str) -> int:
         values = positive_ints(text, flag)
         if len(values) != 1:
@@ -82,7 +84,7 @@ def benchmark_parser(
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
     parser.add_argument(
-        "--repeats", type=_positive_int("--repeats"), default=None, help="timed calls per candidate"
+        "--repeats", type=positive_int("--repeats"), default=None, help="timed calls per candidate"
     )
     if many_threads and threads is not False:
         parser.add_argument(
@@ -93,7 +95,7 @@ def benchmark_parser(
         )
     elif threads is not False:
         parser.add_argument(
-            "--threads", type=_positive_int("--threads"), default=threads, help=threads_help
+            "--threads", type=positive_int("--threads"), default=threads, help=threads_help
         )
     if clock:
         parser.add_argument(
@@ -136,7 +138,15 @@ def add_compress_arguments(parser: argparse.ArgumentParser, epochs: int, finetun
     """The arguments of a benchmark that trains a baseline, compresses it to a fraction of
     its MACs and fine-tunes the result: ``epochs`` and ``finetune`` are the full-run
     defaults (a smoke run: 1 and 1)."""
-    parser.add_argument("--task", default=None, help="default mnist5k (smoke: digits)")
+    parser.add_argument(
+        "--task",
+        default=None,
+        help="built-in name, user data path or TRAIN,VAL,TEST .npz files (default mnist5k, "
+        "smoke: digits)",
+    )
+    parser.add_argument(
+        "--split", default=None, metavar="TRAIN,VAL,TEST", help="fractions splitting user data"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="resize inputs to S×S")
     parser.add_argument("--epochs", type=int, default=None, help=f"training (default {epochs})")
     parser.add_argument("--finetune-epochs", type=int, default=None, help=f"default {finetune}")

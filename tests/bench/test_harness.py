@@ -99,3 +99,56 @@ def test_markdown_table_and_formatting() -> None:
     lines = harness.markdown_table(["a", "b"], [(1, "x")], align="lr")
     assert lines == ["| a | b |", "|---|---:|", "| 1 | x |"]
     assert (harness.pct(0.5), harness.pct(None), harness.yes(False)) == ("50.00", "—", "NO")
+
+
+def _npz_task(path: Path, seed: int) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(60, 1, 8, 8)).astype("float32")
+    np.savez(path, x=x, y=np.arange(60) % 3)
+    return path
+
+
+def test_deep_compression_takes_user_tasks_and_budgets(tmp_path: Path) -> None:
+    from benchmarks import deep_compression
+
+    data = str(_npz_task(tmp_path / "mine.npz", 0))
+    argv = ["--smoke", "--task", data, "--task", "digits", "--baseline-epochs", "3"]
+    args = deep_compression.parse_args([*argv, "--split", "0.5,0.25,0.25", "--prune-steps", "2"])
+    assert args.task_specs == [data, "digits"] and args.split == "0.5,0.25,0.25"
+    assert (args.budget.baseline, args.budget.prune_steps) == (3, 2)
+    assert args.budget.lowbit == deep_compression.SMOKE.lowbit  # not given: the smoke budget
+    full = deep_compression.parse_args(["--lowbit-epochs", "2"])
+    assert full.task_specs == ["digits", "mnist1d"] and full.budget.baseline == 40
+    assert full.budget.lowbit == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--task", "digits", "--tasks", "digits"], "--task .* or --tasks, not both"),
+        (["--split", "0.5,0.6,0.1"], "split"),
+        (["--baseline-epochs", "0"], "positive integer"),
+        (["--prune-epochs", "two"], "integers"),
+    ],
+)
+def test_bad_task_or_budget_arguments_are_one_line_errors(extra: list[str], match: str) -> None:
+    from benchmarks import deep_compression
+
+    with pytest.raises(UserError, match=match) as caught:
+        deep_compression.parse_args(["--smoke", *extra])
+    assert "\n" not in str(caught.value)
+
+
+def test_task_fingerprint_tells_user_tasks_of_the_same_name_apart(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = harness.load_task(str(_npz_task(tmp_path / "a" / "mine.npz", 0)))
+    again = harness.load_task(str(tmp_path / "a" / "mine.npz"))
+    other = harness.load_task(str(_npz_task(tmp_path / "b" / "mine.npz", 1)))
+    resplit = harness.load_task(str(tmp_path / "a" / "mine.npz"), split="0.5,0.25,0.25")
+    assert first.name == other.name
+    assert harness.task_fingerprint(first) == harness.task_fingerprint(again)
+    assert harness.task_fingerprint(first) != harness.task_fingerprint(other)
+    assert harness.task_fingerprint(first) != harness.task_fingerprint(resplit)
