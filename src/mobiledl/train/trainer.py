@@ -7,15 +7,21 @@ atomically. ``extra_loss`` adds further terms to the loss (knowledge distillatio
 
 Any ``Task`` trains: batches come from ``task.loader`` and reach the model through
 ``call_model``, so inputs may be images, token ids, or tuples and dicts of tensors.
+
+``train(..., checkpoint=path)`` writes an epoch checkpoint after every finished epoch and
+resumes from it, ending bit-identical to an uninterrupted run (``mobiledl.train.resume``).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -28,8 +34,17 @@ from mobiledl.core.config import MethodConfig
 from mobiledl.core.inputs import Inputs, batch_size_of, call_model, check_inputs, slice_batch
 from mobiledl.core.task import Task
 from mobiledl.errors import UserError
+from mobiledl.fileio import check_output_file
 from mobiledl.resources import check_activation_memory, meta_batch
 from mobiledl.train.divergence import check_loss, check_weights
+from mobiledl.train.resume import (
+    TrainingProgress,
+    active_checkpoint_directory,
+    checkpoint_in,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from mobiledl.validate import (
     check_int,
     check_number,
@@ -46,6 +61,8 @@ ExtraLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 ExtraLosses = ExtraLoss | Sequence[ExtraLoss]
 #: Samples per forward pass when predicting or evaluating.
 EVAL_BATCH_SIZE = 256
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,12 +206,22 @@ def train(
     *,
     on_best: Callable[[nn.Module, int, float], None] | None = None,
     extra_loss: ExtraLosses | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place and leave it holding its best-on-val weights.
 
     The loss is ``task.loss`` (see ``TrainConfig.label_smoothing``) and the terms of
     ``extra_loss`` (see ``ExtraLoss``). ``on_best(model, epoch, val_accuracy)`` is called whenever
     validation accuracy improves, e.g. to write a checkpoint atomically.
+
+    ``checkpoint``: a file written atomically after every finished epoch; if it exists when
+    training starts, training resumes after the epoch it holds and ends with exactly the
+    weights and result of an uninterrupted run. A checkpoint of a different run (other config,
+    task data, architecture, initial weights or loss terms) or an unreadable one is a
+    ``CheckpointError`` (a ``UserError``). The finished run's checkpoint is left in place
+    (training again returns at once); delete it once the result is saved. Inside
+    ``mobiledl.train.resume.epoch_checkpoints(directory)`` a checkpoint is kept there without
+    being asked for.
 
     ``config`` is required (``TrainConfig()`` for the defaults, 30 epochs): how long and how
     fast to train is the caller's decision, so ``None`` or a dict is a ``UserError``.
@@ -204,12 +231,15 @@ def train(
     expect_config(config, TrainConfig, "train")
     if on_best is not None and not callable(on_best):
         raise UserError(f"train: on_best must be callable, got {type(on_best).__name__}")
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike):
+        raise UserError(f"train: checkpoint must be a path, got {type(checkpoint).__name__}")
     terms = _terms(extra_loss)
     example = task.example_input(1)
     if isinstance(example, torch.Tensor):  # inputs of other structures are not estimated
         batch = meta_batch(example, min(config.batch_size, task.num_samples("train")))
         what = f"training at batch size {len(batch)}"
         check_activation_memory(model, batch, what, training=True)
+    path, fingerprint = _checkpoint_path(model, task, config, terms, checkpoint)
     seed_everything(config.seed)
     optimizer = _make_optimizer(model, config, terms)
     steps_per_epoch = math.ceil(task.num_samples("train") / config.batch_size)
@@ -217,22 +247,60 @@ def train(
         config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    best_acc, best_epoch, best_state = -1.0, -1, copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    epochs = tqdm(range(config.epochs), desc="train", disable=not config.progress, leave=False)
+    state = TrainingProgress(best_state=copy.deepcopy(model.state_dict()))
+    if path is not None:
+        args = (fingerprint, config.epochs, model, optimizer, scheduler, terms)
+        resumed = load_checkpoint(path, *args)
+        if resumed is not None:
+            state = resumed
+            done = state.epoch + 1
+            logger.info(f"resuming training from {path}: {done} of {config.epochs} epochs done")
+    epochs = tqdm(
+        range(state.epoch + 1, config.epochs),
+        desc="train",
+        disable=not config.progress,
+        leave=False,
+        initial=state.epoch + 1,
+        total=config.epochs,
+    )
     for epoch in epochs:
         loss = _train_one_epoch(model, task, config, optimizer, scheduler, epoch, terms)
         val_acc = evaluate(model, task, "val")
-        history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc})
+        state.history.append({"epoch": epoch, "train_loss": loss, "val_accuracy": val_acc})
         epochs.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.4f}")
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+        state.epoch = epoch
+        if val_acc > state.best_accuracy:
+            state.best_accuracy, state.best_epoch = val_acc, epoch
+            state.best_state = copy.deepcopy(model.state_dict())
             if on_best is not None:
                 on_best(model, epoch, val_acc)
-    model.load_state_dict(best_state)
+        if path is not None:
+            save_checkpoint(
+                path, fingerprint, config.epochs, model, optimizer, scheduler, terms, state
+            )
+    model.load_state_dict(state.best_state)
     model.eval()
-    return TrainResult(best_val_accuracy=best_acc, best_epoch=best_epoch, history=history)
+    return TrainResult(
+        best_val_accuracy=state.best_accuracy, best_epoch=state.best_epoch, history=state.history
+    )
+
+
+def _checkpoint_path(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig,
+    terms: Sequence[ExtraLoss],
+    checkpoint: str | os.PathLike[str] | None,
+) -> tuple[Path | None, dict[str, str]]:
+    """The epoch checkpoint to keep (given, or in the active ``epoch_checkpoints`` directory)
+    and the run's fingerprint; ``(None, {})`` when none is kept."""
+    directory = active_checkpoint_directory()
+    if checkpoint is None and directory is None:
+        return None, {}
+    fingerprint = run_fingerprint(model, task, config, terms)
+    if checkpoint is not None:
+        return check_output_file(checkpoint), fingerprint
+    return checkpoint_in(directory, fingerprint), fingerprint
 
 
 def _train_one_epoch(
