@@ -7,6 +7,7 @@ stderr. Exit codes: 0 success, 2 user error (one line naming the problem), 1 bug
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import sys
@@ -35,7 +36,14 @@ from mobiledl.cli.support import (
 )
 from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
-from mobiledl.fileio import output_dir_arg, output_file_arg, partial_path, removed_on_error
+from mobiledl.fileio import (
+    TEMP_NAME_CHARS,
+    check_output_file,
+    output_dir_arg,
+    output_file_arg,
+    partial_path,
+    removed_on_error,
+)
 from mobiledl.resources import check_activation_memory, check_fits, memory_limit
 from mobiledl.validate import threads_arg
 
@@ -145,7 +153,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=output_file_arg,
         required=True,
         help="output model file (.pt), written when training ends (meanwhile OUT.partial "
-        "holds the best epoch so far)",
+        "holds the best epoch so far and OUT.ckpt the state after the last finished epoch)",
+    )
+    sub.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (killed, Ctrl-C) from OUT.ckpt after its last finished "
+        "epoch, ending with the model an uninterrupted run writes; without a checkpoint, start "
+        "from scratch",
     )
 
 
@@ -154,9 +169,19 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.data import build_task
     from mobiledl.measure import measure_model
     from mobiledl.models import create_model_for_task, load_model, save_model
-    from mobiledl.train import TrainConfig, train
+    from mobiledl.train import TrainConfig, seed_everything, train
+    from mobiledl.train.resume import CheckpointError
 
+    checkpoint = checkpoint_path(args.out)
+    if checkpoint.exists() and not args.resume:
+        raise UserError(
+            f"{checkpoint} holds an interrupted training run; pass --resume to continue it or "
+            "delete it to start over"
+        )
+    if args.resume:
+        _remove_stale_temp_files(args.out)
     task = build_task(args.task, image_size=args.image_size, seed=args.seed, split=args.split)
+    seed_everything(args.seed)  # the initial weights: a resumed run starts from the same ones
     model = create_model_for_task(args.model, task, args.width_mult)
     teacher = load_model(args.teacher).model if args.teacher else None
     config = TrainConfig(
@@ -171,21 +196,43 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     meta = {"task": args.task, "seed": args.seed, "input_shape": input_shape}
     partial = partial_path(args.out)
 
-    def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
+    def on_best(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
         save_model(partial, best, {**meta, "epoch": epoch, "val_accuracy": val_accuracy})
 
     log(f"training {args.model} on {task.name} for {args.epochs} epochs")
-    with removed_on_error(partial):
-        kd = [LogitDistillation(teacher, config.kd_alpha, config.kd_temperature)] if teacher else []
-        result = train(model, task, config, on_best=checkpoint, extra_loss=kd)
+    kd = [LogitDistillation(teacher, config.kd_alpha, config.kd_temperature)] if teacher else []
+    try:
+        with removed_on_error(partial):
+            result = train(
+                model, task, config, on_best=on_best, extra_loss=kd, checkpoint=checkpoint
+            )
+    except (CheckpointError, KeyboardInterrupt):
+        raise  # not this run's checkpoint, or one to resume from
+    except Exception:
+        checkpoint.unlink(missing_ok=True)  # a failed run (e.g. diverged) is not resumed
+        raise
     measurement = measure_model(model, args.model, task, latency=False)
     save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
     measurement.extra.update(
         best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch, out=args.out
     )
     partial.unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     log(f"wrote {args.out}: test accuracy {measurement.accuracy:.4f}")
     return measurement.to_dict() if args.json else None
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where ``mobiledl train --out OUT`` keeps its epoch checkpoint: ``OUT.ckpt``."""
+    return check_output_file(out.with_name(f"{out.name}.ckpt"))
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete the temporary files a killed run left beside ``out`` (its model, ``.partial``
+    and ``.ckpt`` being written: ``.NAME.XXXX.tmp``)."""
+    for name in (out.name, f"{out.name}.partial", f"{out.name}.ckpt"):
+        for stale in out.parent.glob(f".{glob.escape(name[:TEMP_NAME_CHARS])}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- eval

@@ -21,7 +21,10 @@ def add_run_command(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("recipe", type=Path, help="a recipe .yaml (see recipes/)")
     sub.add_argument("--out", type=output_dir_arg, required=True, help="run directory")
     sub.add_argument(
-        "--resume", action="store_true", help="continue a run in --out after its last step"
+        "--resume",
+        action="store_true",
+        help="continue a run in --out: keep its finished steps and resume the step in progress "
+        "after its last finished epoch (the result is that of an uninterrupted run)",
     )
 
 

@@ -5,18 +5,26 @@ Layout of a run directory::
     state.json                 finished steps, their measurements and model files
     checkpoints/00-input.pt    the model before the first step
     checkpoints/NN-<step>.pt   the model after step NN (steps that change it)
+    checkpoints/NN-<step>.epochs/train-<hash>.pt
+                               while step NN runs: an epoch checkpoint of each training in it
     model.onnx                 written by an ``export`` step
     sensitivity.json           cached per-layer sensitivity of the uncompressed model
     report.html                the self-contained report
 
 Every file is written atomically. A step's model file is written before the state lists the
-step, so a run killed at any moment (``kill -9`` included) loses only the step in progress:
-``--resume`` reloads the last finished step's model and continues with the next one.
+step, so a run killed at any moment (``kill -9`` included) loses no finished step:
+``--resume`` reloads the last finished step's model and runs the next one. Each step starts
+from a fixed seed (``step_seed``), and every training inside a step (``train``, the fine-tuning
+of ``prune``, ``distill``, ``qat``...) keeps an epoch checkpoint in the step's ``.epochs``
+folder (``mobiledl.train.resume.epoch_checkpoints``), so the step in progress resumes after its
+last finished epoch and the run ends exactly as an uninterrupted one. The folder is deleted
+once the step is recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -32,6 +40,7 @@ from mobiledl.pipeline.state import RunState, StepRecord
 from mobiledl.pipeline.steps import RunContext, check_outputs, run_step
 from mobiledl.profile import Measurement
 from mobiledl.train import seed_everything
+from mobiledl.train.resume import epoch_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ def run_recipe(
     task = _task(recipe, recipe_path.parent)  # before anything is written: bad data writes nothing
     _remove_stale_temp_files(out_dir)
     state = _start_state(recipe, out_dir, task, recipe_path.parent, resume)
+    _remove_finished_epoch_folders(recipe, state, out_dir)
     ctx = RunContext(recipe, task, out_dir, recipe_path.parent, state, progress)
     model = load_model(out_dir / state.model_before(len(state.steps))).model
     for index in range(len(state.steps), len(recipe.steps)):
@@ -66,7 +76,10 @@ def _run_one(model: nn.Module, ctx: RunContext, index: int) -> nn.Module:
     ctx.state.running = {"index": index, "name": name, "started": time.time()}
     ctx.state.save(ctx.out_dir)
     started = time.perf_counter()
-    result = run_step(model, ctx, index)
+    seed_everything(step_seed(ctx.recipe, index))
+    epochs_dir = ctx.out_dir / epochs_folder(index, name)
+    with epoch_checkpoints(epochs_dir):
+        result = run_step(model, ctx, index)
     model_file = ctx.state.model_before(index)
     if result.changed:
         model_file = f"{CHECKPOINTS}/{index + 1:02d}-{name}.pt"
@@ -86,8 +99,20 @@ def _run_one(model: nn.Module, ctx: RunContext, index: int) -> nn.Module:
     ctx.state.steps.append(record)
     ctx.state.running = None
     ctx.state.save(ctx.out_dir)
+    shutil.rmtree(epochs_dir, ignore_errors=True)  # the step is recorded: no longer needed
     logger.info(f"    {summary(measurement)} ({record.seconds:.1f} s)")
     return result.model
+
+
+def epochs_folder(index: int, name: str) -> str:
+    """The folder (relative to the run) of step ``index``'s epoch checkpoints while it runs."""
+    return f"{CHECKPOINTS}/{index + 1:02d}-{name}.epochs"
+
+
+def step_seed(recipe: Recipe, index: int) -> int:
+    """The seed every step starts from (the recipe model's seed plus the step's index), so a
+    step computes the same whether the run was resumed before it or not."""
+    return (recipe.model.seed + index) % 2**32
 
 
 def summary(m: Measurement) -> str:
@@ -155,3 +180,13 @@ def _remove_stale_temp_files(out_dir: Path) -> None:
     """Delete temp files an interrupted atomic write left behind (``.name.XXXX.tmp``)."""
     for stale in out_dir.rglob(".*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+def _remove_finished_epoch_folders(recipe: Recipe, state: RunState, out_dir: Path) -> None:
+    """Delete the epoch checkpoints of finished steps (a run killed just after recording a
+    step leaves them)."""
+    names = recipe.step_names()
+    for record in state.steps:
+        shutil.rmtree(
+            out_dir / epochs_folder(record.index, names[record.index]), ignore_errors=True
+        )
