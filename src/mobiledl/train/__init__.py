@@ -1,5 +1,8 @@
 """Training: the trainer (with a generic loss-term hook) and on-device training.
 
+``train(..., checkpoint=PATH)`` resumes after the last finished epoch, bit-identical to an
+uninterrupted run (``mobiledl.train.resume``).
+
 On-device training (Cai et al. 2022, Sec. 4): ``adapt`` a pretrained model to a new task with
 the TinyTL baselines (``full``, ``last``, ``bias``), TinyTL (Cai et al. 2020) or sparse update
 under a memory budget (Lin et al. 2022), all trained by the lean engine of ``lean`` / ``step``.
@@ -27,6 +30,7 @@ from mobiledl.train.ondevice.step import (
     training_step,
 )
 from mobiledl.train.ondevice.tinytl import LiteResidual, TinyTLConfig, tinytl
+from mobiledl.train.resume import CheckpointError, epoch_checkpoints
 from mobiledl.train.trainer import (
     ExtraLoss,
     TrainConfig,
@@ -43,6 +47,7 @@ __all__ = [
     "METHODS",
     "AdaptConfig",
     "AdaptResult",
+    "CheckpointError",
     "Contribution",
     "ExtraLoss",
     "FineTuneConfig",
@@ -60,6 +65,7 @@ __all__ = [
     "adapt",
     "apply_plan",
     "classifier_layer",
+    "epoch_checkpoints",
     "evaluate",
     "fine_tune",
     "freeze",
