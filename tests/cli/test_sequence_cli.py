@@ -42,9 +42,12 @@ def test_train_profile_export_eval(
 ) -> None:
     started = time.perf_counter()
     pt, onnx = tmp_path / f"{model}.pt", tmp_path / f"{model}.onnx"
-    train_argv = ["train", "--model", model, "--task", TASK, "--epochs", "1"]
+    # the initial weights come from --seed 0: a quarter-width transformer is still near chance
+    # after one epoch (0.134), clear of it after two (0.22-0.27 over seeds 0-2)
+    epochs = "2" if model == "tiny_transformer" else "1"
+    train_argv = ["train", "--model", model, "--task", TASK, "--epochs", epochs]
     trained = run_json(capsys, *train_argv, "--width-mult", "0.25", "--out", str(pt))
-    assert trained["accuracy"] > 0.15  # above chance (0.1) after one epoch
+    assert trained["accuracy"] > 0.15  # above chance (0.1)
 
     profiled = run_json(capsys, "profile", str(pt), "--repeats", "3")
     assert profiled["extra"]["input_shape"] == [1, 40]
