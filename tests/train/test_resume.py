@@ -170,6 +170,11 @@ def test_a_damaged_checkpoint_is_one_clear_error(
         with pytest.raises(Interrupted):
             run(ckpt)
     data = ckpt.read_bytes()
+    payload = torch.load(ckpt, weights_only=True)
+    for damage in (("best_state", "x"), ("best_accuracy", None), ("rng", {"torch": 1})):
+        torch.save({**payload, damage[0]: damage[1]}, ckpt)
+        with pytest.raises(CheckpointError, match="not a readable training checkpoint"):
+            run(ckpt)
     ckpt.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"m.ckpt is not a readable training checkpoint"):
         run(ckpt)

@@ -265,7 +265,7 @@ def load_checkpoint(
             if isinstance(term, nn.Module):
                 term.load_state_dict(state)
         set_rng_state(payload["rng"])
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise _unreadable(path, exc) from None
     best = payload["best_state"]
     return TrainingProgress(
@@ -311,6 +311,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     for key, kind in expected.items():
         if not isinstance(payload.get(key), kind):
             raise _unreadable(path, ValueError(f"'{key}' is missing or not a {kind.__name__}"))
+    if not isinstance(payload.get("best_accuracy"), int | float):
+        raise _unreadable(path, ValueError("'best_accuracy' is missing or not a number"))
+    if "best_state" not in payload or not isinstance(payload["best_state"], dict | None):
+        raise _unreadable(path, ValueError("'best_state' is not a mapping"))
     if not 0 <= payload["epoch"] < payload["epochs"]:
         raise _unreadable(path, ValueError(f"epoch {payload['epoch']} of {payload['epochs']}"))
     return payload
