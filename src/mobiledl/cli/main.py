@@ -28,6 +28,7 @@ from mobiledl.cli.support import (
     add_command,
     add_engine_arg,
     add_task_args,
+    data_record,
     log,
     logging_to_stderr,
     task_for_model,
@@ -168,7 +169,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
         seed=args.seed,
     )
     input_shape = list(task.input_specs()[0].shape[1:])
-    meta = {"task": args.task, "seed": args.seed, "input_shape": input_shape}
+    meta = {**data_record(args), "input_shape": input_shape}
     partial = partial_path(args.out)
 
     def checkpoint(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
@@ -208,7 +209,9 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
         from mobiledl.models import load_model
 
         loaded = load_model(args.model)
-        task = task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
+        task = task_for_model(
+            args.task, loaded.arch, args.seed, args.model, args.split, loaded.meta
+        )
         measurement = measure_model(
             loaded.model, loaded.name, task, latency=not args.no_latency, unexportable_ok=True
         )

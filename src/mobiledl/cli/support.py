@@ -137,13 +137,51 @@ def task_for_specs(
     return task
 
 
+def data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What a model file records of the data a command used: ``task``, ``seed``, ``split``."""
+    split = getattr(args, "split", None)
+    return {"task": args.task, "seed": args.seed, "split": list(split) if split else None}
+
+
 def task_for_model(
-    spec: str, arch: dict[str, Any], seed: int, model_path: Path, split: Split | None = None
+    spec: str,
+    arch: dict[str, Any],
+    seed: int,
+    model_path: Path,
+    split: Split | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> TensorTask:
-    """The task ``spec`` (split by ``split``) with inputs that fit the model ``arch`` records."""
+    """The task ``spec`` (split by ``split``) with inputs that fit the model ``arch`` records.
+
+    ``meta`` is the model file's record: if it was made on the same task with another split
+    seed or fractions, a warning says so (its test split may hold its training samples)."""
     from mobiledl.models import input_specs
 
+    if meta:
+        _warn_if_other_split(spec, seed, split, meta, model_path)
     return task_for_specs(spec, input_specs(arch), seed, model_path, split)
+
+
+def _warn_if_other_split(
+    spec: str, seed: int, split: Split | None, meta: dict[str, Any], model_path: Path
+) -> None:
+    from mobiledl.data.prepare import DEFAULT_SPLIT
+
+    if meta.get("task") != spec or "seed" not in meta:
+        return
+    recorded = tuple(meta.get("split") or DEFAULT_SPLIT)
+    given = tuple(split or DEFAULT_SPLIT)
+    if meta["seed"] == seed and all(
+        abs(a - b) < 1e-9 for a, b in zip(recorded, given, strict=True)
+    ):
+        return
+    logging.getLogger("mobiledl").warning(
+        "%s was made on %s with --seed %s --split %s, but this run splits it with --seed %s "
+        "--split %s: its test split may hold the model's training samples; pass the same "
+        "--seed and --split",
+        model_path, spec, meta["seed"], ",".join(f"{f:g}" for f in recorded), seed,
+        ",".join(f"{f:g}" for f in given),
+    )  # fmt: skip
 
 
 def _image_size(specs: Sequence[InputSpec]) -> tuple[int, int] | None:
