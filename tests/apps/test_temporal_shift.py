@@ -1,5 +1,6 @@
 """The temporal shift (Lin et al. 2019): which channels move where, zero padding at clip ends,
-no parameters and no MACs (TSN and TSM profile the same), torch.fx and ONNX export."""
+no parameters and no MACs (TSN and TSM profile the same), torch.fx and ONNX export, the
+``temporal_shift`` method (TSN in, TSM out, kept by the model file) and both placements."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiledl.apps.video import TemporalShift, add_temporal_shift, temporal_shift
+from mobiledl import apply, report_of
+from mobiledl.apps.video import (
+    TemporalShift,
+    TemporalShiftConfig,
+    add_temporal_shift,
+    temporal_shift,
+)
+from mobiledl.apps.video.shift import shifts_of
 from mobiledl.deploy import get_engine
 from mobiledl.errors import UserError
-from mobiledl.models import create_model
+from mobiledl.models import create_model, load_model, save_model
 from mobiledl.profile import profile_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -102,3 +110,37 @@ def test_tsm_traces_with_fx_and_exports_to_onnx(tmp_path: Path) -> None:
     engine = get_engine("onnxruntime")
     path = engine.export(model, clips[:1], tmp_path / "tsm.onnx")
     assert engine.parity_check(model, path, clips) < 1e-5
+
+
+def test_the_method_turns_tsn_into_tsm_and_the_file_keeps_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tsn = create_model("tsn_resnet8", 4, 1, 16, n_segments=8).eval()
+    tsm = apply(tsn, TemporalShiftConfig(bidirectional=False))
+    assert not shifts_of(tsn) and len(shifts_of(tsm)) == 3
+    assert report_of(tsm).values == {"shifted_blocks": 3}
+    clips = torch.randn(2, 8, 1, 16, 16)
+    reference = create_model("tsm_uni_resnet8", 4, 1, 16, n_segments=8).eval()
+    reference.load_state_dict(tsm.state_dict())
+    with torch.no_grad():
+        assert torch.equal(tsm.eval()(clips), reference(clips))
+    loaded = load_model(save_model(tmp_path / "tsm.pt", tsm)).model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(clips), reference(clips))
+    with pytest.raises(UserError, match="shifted already"):
+        apply(tsm, TemporalShiftConfig())
+
+
+def test_inplace_placement_shifts_the_block_input() -> None:
+    model = create_model("tsn_resnet8", 4, 1, 16, n_segments=8)
+    assert add_temporal_shift(model, 8, placement="inplace") == 3
+    assert isinstance(model.backbone.features[1][0], TemporalShift)
+    with pytest.raises(UserError, match="unknown shift placement 'middle'"):
+        add_temporal_shift(model, 8, placement="middle")
+
+
+def test_mobilenet_v2_shifts_its_residual_blocks() -> None:
+    clip = torch.randn(1, 8, 1, 16, 16)
+    tsn = profile_model(create_model("tsn_mobilenet_v2", 4, 1, 16, n_segments=8), clip)
+    tsm_model = create_model("tsm_mobilenet_v2", 4, 1, 16, n_segments=8)
+    tsm = profile_model(tsm_model, clip)
+    assert (tsm.params, tsm.macs) == (tsn.params, tsn.macs) and len(shifts_of(tsm_model)) == 10

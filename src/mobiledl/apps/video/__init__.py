@@ -3,7 +3,8 @@
 - ``temporal_shift`` / ``TemporalShift``: move a fraction of the channels one frame along time
   (a memory move: zero parameters, zero MACs).
 - ``add_temporal_shift``: put a shift at the start of every residual branch of a per-frame
-  classifier (the paper's residual shift), bi-directional or uni-directional (past only).
+  classifier (the paper's residual shift; or in place), bi- or uni-directional (past only);
+  ``TemporalShiftConfig`` does it through ``mobiledl.apply`` (TSN in, TSM out).
 - ``VideoClassifier``: a 2D backbone run on every frame, logits averaged over time (TSN, Wang
   et al. 2016, when nothing is shifted); zoo models ``tsn_resnet8``, ``tsm_resnet8``,
   ``tsm_uni_resnet8`` and the 3D-conv baseline ``c3d_small``.
@@ -11,6 +12,7 @@
   channels of the previous frame, exportable to ONNX with the caches as inputs and outputs.
 """
 
+from mobiledl.apps.video.methods import TemporalShiftConfig
 from mobiledl.apps.video.models import C3D, VideoClassifier
 from mobiledl.apps.video.online import OnlineTSM, online_frame_logits
 from mobiledl.apps.video.shift import TemporalShift, add_temporal_shift, temporal_shift
@@ -19,6 +21,7 @@ __all__ = [
     "C3D",
     "OnlineTSM",
     "TemporalShift",
+    "TemporalShiftConfig",
     "VideoClassifier",
     "add_temporal_shift",
     "online_frame_logits",

@@ -4,7 +4,7 @@
   and its logits averaged over the ``T`` frames: TSN's segmental consensus (Wang et al. 2016,
   "Temporal Segment Networks") when nothing is shifted, TSM (Lin et al. 2019) once
   ``add_temporal_shift`` has put shifts into its residual blocks. Both have the same
-  parameters and MACs: the shift only moves memory.
+  parameters and MACs: the shift only moves memory. Backbones: ResNet-8 and MobileNetV2.
 - ``C3D``: the eight 3x3x3 convolutions of C3D (Tran et al. 2015, "Learning Spatiotemporal
   Features with 3D Convolutional Networks") at half the paper's widths: the first pooling is
   spatial only, the later ones halve time too. Deviations, for training from scratch on
@@ -21,6 +21,7 @@ from mobiledl.apps.video.shift import add_temporal_shift
 from mobiledl.core.inputs import CLIP
 from mobiledl.errors import UserError
 from mobiledl.models.blocks import scale_channels
+from mobiledl.models.mobilenet import mobilenet_v2
 from mobiledl.models.registry import register_model
 from mobiledl.models.resnet import CifarResNet
 
@@ -189,3 +190,41 @@ def c3d_small(
     """``C3D`` with the paper's widths halved (global pooling makes any frame size work)."""
     del image_size
     return C3D(num_classes, in_channels, n_segments, width_mult)
+
+
+@register_model(
+    "tsn_mobilenet_v2",
+    description="TSN: MobileNetV2 on every frame, logits averaged over the clip",
+    paper=TSN_PAPER,
+    inputs=CLIP,
+)
+def tsn_mobilenet_v2(
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    n_segments: int,
+    width_mult: float,
+) -> nn.Module:
+    """TSN with a MobileNetV2 backbone."""
+    backbone = mobilenet_v2(num_classes, in_channels, image_size, width_mult)
+    return VideoClassifier(backbone, n_segments)
+
+
+@register_model(
+    "tsm_mobilenet_v2",
+    description="TSM: TSN MobileNetV2 with a bi-directional shift in every residual "
+    "inverted-residual block",
+    paper=TSM_PAPER,
+    inputs=CLIP,
+)
+def tsm_mobilenet_v2(
+    num_classes: int,
+    in_channels: int,
+    image_size: tuple[int, int],
+    n_segments: int,
+    width_mult: float,
+) -> nn.Module:
+    """Offline TSM on MobileNetV2 (the paper's mobile backbone, Table 8 / Sec. 5.3)."""
+    model = tsn_mobilenet_v2(num_classes, in_channels, image_size, n_segments, width_mult)
+    add_temporal_shift(model, n_segments, bidirectional=True)
+    return model

@@ -32,6 +32,8 @@ from mobiledl.models.blocks import BasicBlock, InvertedResidual
 
 #: The paper's shift fraction: 1/8 of the channels each way.
 FOLD_DIV = 8
+#: Where a shift goes in a residual block (Lin et al. 2019, Fig. 3).
+PLACEMENTS = ("residual", "inplace")
 
 
 def check_frames(x: Tensor, n_segments: int) -> None:
@@ -91,26 +93,49 @@ class TemporalShift(nn.Module):
 
 
 def add_temporal_shift(
-    model: nn.Module, n_segments: int, fold_div: int = FOLD_DIV, bidirectional: bool = True
+    model: nn.Module,
+    n_segments: int,
+    fold_div: int = FOLD_DIV,
+    bidirectional: bool = True,
+    placement: str = "residual",
 ) -> int:
-    """Put a ``TemporalShift`` at the start of every residual branch of ``model`` (in place):
-    before ``conv1`` of each ``BasicBlock`` and before the ``body`` of each
-    ``InvertedResidual`` with a residual add. Returns how many were added; a model without
-    residual blocks is a ``UserError``."""
+    """Shift the residual blocks of ``model`` (in place); returns how many were shifted.
+
+    ``placement="residual"`` (the paper's choice, Fig. 3b) puts a ``TemporalShift`` at the
+    start of each residual branch: before ``conv1`` of a ``BasicBlock``, before the ``body`` of
+    an ``InvertedResidual`` with a residual add. ``"inplace"`` (Fig. 3a) shifts the block's
+    input before both the branch and the shortcut. A model without residual blocks is a
+    ``UserError``.
+    """
+    if placement not in PLACEMENTS:
+        raise UserError(f"unknown shift placement '{placement}'; choose {' or '.join(PLACEMENTS)}")
     added = 0
-    for module in model.modules():
-        shift = TemporalShift(n_segments, fold_div, bidirectional)
-        if isinstance(module, BasicBlock):
-            module.conv1 = nn.Sequential(shift, module.conv1)
-            added += 1
-        elif isinstance(module, InvertedResidual) and module.use_residual:
-            module.body = nn.Sequential(
-                OrderedDict(shift=shift, **dict(module.body.named_children()))
-            )
-            added += 1
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if _shiftable(child):
+                shift = TemporalShift(n_segments, fold_div, bidirectional)
+                if placement == "inplace":
+                    setattr(module, name, nn.Sequential(OrderedDict(shift=shift, block=child)))
+                else:
+                    _shift_branch(child, shift)
+                added += 1
     if not added:
         raise UserError(f"{type(model).__name__} has no residual block to shift")
     return added
+
+
+def _shiftable(module: nn.Module) -> bool:
+    """A residual block ``add_temporal_shift`` knows how to shift."""
+    if isinstance(module, InvertedResidual):
+        return module.use_residual
+    return isinstance(module, BasicBlock)
+
+
+def _shift_branch(block: nn.Module, shift: TemporalShift) -> None:
+    if isinstance(block, BasicBlock):
+        block.conv1 = nn.Sequential(shift, block.conv1)
+    else:
+        block.body = nn.Sequential(OrderedDict(shift=shift, **dict(block.body.named_children())))
 
 
 def shifts_of(model: nn.Module) -> list[TemporalShift]:
