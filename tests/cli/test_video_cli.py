@@ -56,3 +56,21 @@ def test_one_line_errors(
     assert main([*argv, "--out", str(tmp_path / "unused.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_video_stream_plays_a_clip_frame_by_frame(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uni, bi = tmp_path / "uni.pt", tmp_path / "bi.pt"
+    for model, out in (("tsm_uni_resnet8", uni), ("tsm_resnet8", bi)):
+        argv = ["train", "--model", model, "--task", TASK, "--image-size", "16", "--epochs", "1"]
+        assert main([*argv, "--width-mult", "0.5", "--out", str(out)]) == 0
+    capsys.readouterr()
+    frames = run_json(capsys, "video", "stream", str(uni), "--task", TASK, "--clip", "2")
+    assert [row["frame"] for row in frames] == list(range(8))
+    assert all(row["latency_ms"] > 0 and 0 <= row["prediction"] < 4 for row in frames)
+    assert main(["video", "stream", str(bi), "--task", TASK]) == 2
+    assert "needs a uni-directional model" in capsys.readouterr().err
+    assert main(["video", "stream", str(uni), "--task", TASK, "--clip", "-1"]) == 2
+    assert "--clip must lie in [0, 359)" in capsys.readouterr().err
