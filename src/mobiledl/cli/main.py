@@ -34,6 +34,7 @@ from mobiledl.cli.support import (
     task_for_model,
     task_for_specs,
 )
+from mobiledl.cli.video import add_video_command
 from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
 from mobiledl.fileio import output_dir_arg, output_file_arg, partial_path, removed_on_error
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_apply_command,
         add_run_command,
         add_nas_command,
+        add_video_command,
         _add_demo,
     ):
         add(commands)

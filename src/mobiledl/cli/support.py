@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mobiledl.core.inputs import IMAGE, InputSpec, describe_specs, specs_match
+from mobiledl.core.inputs import CLIP, IMAGE, InputSpec, describe_specs, specs_match
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.validate import positive_number_arg, seed_arg
@@ -126,7 +126,7 @@ def task_for_specs(
     if specs_match(task.input_specs(), input_specs):
         return task
     size = _image_size(input_specs)
-    if task.input_kind == IMAGE and size and task.in_channels == input_specs[0].shape[1]:
+    if task.input_kind in (IMAGE, CLIP) and size:
         with contextlib.suppress(UserError):
             task = build_task(spec, image_size=size, seed=seed, split=split)
     if not specs_match(task.input_specs(), input_specs):
@@ -185,8 +185,9 @@ def _warn_if_other_split(
 
 
 def _image_size(specs: Sequence[InputSpec]) -> tuple[int, int] | None:
-    """``(H, W)`` if ``specs`` is one real-valued ``(batch, C, H, W)`` input of fixed size."""
-    if len(specs) != 1 or specs[0].is_integer or len(specs[0].shape) != 4:
+    """``(H, W)`` if ``specs`` is one real-valued input of fixed size: images
+    ``(batch, C, H, W)`` or clips ``(batch, T, C, H, W)``."""
+    if len(specs) != 1 or specs[0].is_integer or len(specs[0].shape) not in (4, 5):
         return None
-    height, width = specs[0].shape[2:]
+    height, width = specs[0].shape[-2:]
     return (height, width) if height and width else None
