@@ -22,6 +22,7 @@ field left ``None`` and why (MACs and peak memory are profiled on a PyTorch mode
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from mobiledl.train import evaluate
 from mobiledl.train.trainer import EVAL_BATCH_SIZE
 from mobiledl.validate import expect_module, expect_task
 
+logger = logging.getLogger(__name__)
+
 INT8_BITS = 8
 
 
@@ -54,12 +57,17 @@ def measure_model(
     threads: int | None = None,
     repeats: int = 50,
     artifact: str | Path | None = None,
+    *,
+    unexportable_ok: bool = False,
 ) -> Measurement:
     """The ``Measurement`` of ``model`` (see the module docstring).
 
     ``example_input`` defaults to one real test sample of ``task``. The model is exported to
     ``engine`` (default: the default engine) at ``artifact`` (default: a temporary file) for
-    ``bytes``, and timed there at ``batch_size`` if ``latency``.
+    ``bytes``, and timed there at ``batch_size`` if ``latency``. With ``unexportable_ok`` a
+    model the engine cannot export keeps its PyTorch fields (accuracy, params, MACs): a
+    warning says why, and ``bytes`` and latency stay ``None``, the reason in
+    ``extra["null_fields"]``.
     """
     expect_module(model, "measure_model")
     if task is not None:
@@ -77,13 +85,27 @@ def measure_model(
     backend = get_engine(engine)
     with tempfile.TemporaryDirectory(prefix="mobiledl-") as tmp:
         path = Path(artifact) if artifact else Path(tmp) / f"model{backend.suffix}"
-        export(backend, model, example_input, path)
+        try:
+            export(backend, model, example_input, path)
+        except UserError as error:
+            if not unexportable_ok:
+                raise
+            return _unexported(measurement, backend.name, str(error))
         measurement.bytes = path.stat().st_size
         measurement.engine = backend.name
         if latency:
             measurement = measurement.update(
                 artifact_latency(backend, path, example_input, batch_size, threads, repeats)
             )
+    return measurement
+
+
+def _unexported(measurement: Measurement, engine: str, reason: str) -> Measurement:
+    """``measurement`` without its engine fields, which the failed export leaves unknown."""
+    logger.warning("not measured in %s (bytes, latency): %s", engine, reason)
+    nulls = measurement.extra.setdefault("null_fields", {})
+    for name in ("bytes", "latency_ms_median", "latency_ms_p90"):
+        nulls[name] = f"the {engine} export failed: {reason}"
     return measurement
 
 

@@ -140,6 +140,17 @@ def check_nas_supernet(report: Report, out: Path) -> None:
     assert "| architecture |" in (out / "nas_supernet.md").read_text()
 
 
+def check_video_tsm(report: Report, out: Path) -> None:
+    (row,) = report["rows"]
+    models = row["models"]
+    assert models["tsn_resnet8"]["macs"] == models["tsm_resnet8"]["macs"]
+    assert models["tsn_resnet8"]["params"] == models["tsm_resnet8"]["params"]
+    assert row["online"]["parity_torch"] <= 1e-5 and row["online"]["parity_ort"] <= 1e-5
+    assert 0 < row["compose"]["pruned_macs_ratio"] <= 0.55
+    assert report["summary"]["latency"]["ratio"] > 0
+    assert "| video-motion |" in (out / "video_tsm.md").read_text()
+
+
 slow = pytest.mark.slow
 CASES: list[Any] = [
     pytest.param("prune_finegrained", (), check_prune_finegrained),
@@ -154,6 +165,7 @@ CASES: list[Any] = [
     pytest.param("factorize", ("--threads", "1", "--no-comparison"), check_factorize),
     pytest.param("prune_channel", ("--models", "resnet20"), check_prune_channel, marks=slow),
     pytest.param("nas_supernet", ("--no-ray",), check_nas_supernet, marks=slow),
+    pytest.param("video_tsm", ("--latency",), check_video_tsm, marks=slow),
 ]
 
 

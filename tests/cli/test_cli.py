@@ -117,3 +117,17 @@ def test_console_script_exit_codes(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_eval_warns_when_the_split_differs_from_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "split.pt"
+    args = ["--task", "digits", "--seed", "3", "--split", "0.5,0.25,0.25"]
+    assert main(["train", "--model", "lenet300", "--epochs", "1", *args, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), *args, "--no-latency"]) == 0
+    assert "may hold the model's training samples" not in capsys.readouterr().err
+    assert main(["eval", str(out), "--task", "digits", "--no-latency"]) == 0
+    err = capsys.readouterr().err
+    assert "--seed 3 --split 0.5,0.25,0.25" in err and "--seed 0 --split 0.6,0.2,0.2" in err

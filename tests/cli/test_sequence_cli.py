@@ -104,7 +104,7 @@ def test_apply_train_to_a_token_model(
     [
         (
             ["quantize", "{model}", "--task", TASK, "--method", "ptq", "--bits", "8"],
-            "method 'ptq' handles images; this model takes token ids",
+            "method 'ptq' handles images or video clips; this model takes token ids",
         ),
         (
             ["prune", "{model}", "--task", TASK, "--granularity", "element", "--criterion", "l1"]

@@ -1,5 +1,6 @@
-"""``apply`` on a token model: training methods run; methods written for images refuse with
-one line naming the method and the kind of input; a model and task of different kinds are
+"""``apply`` on a token model: training methods run; methods written for images (channel
+pruning and PTQ also take video clips; the temporal shift only clips) refuse with one line
+naming the method and the kinds of input; a model and task of different kinds are
 caught before any method runs."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from mobiledl import apply, list_methods, report_of
 from mobiledl.compress.distill import DistillConfig
 from mobiledl.compress.quantize.config import KMeansConfig
-from mobiledl.core.inputs import IMAGE
+from mobiledl.core.inputs import CLIP, IMAGE, TOKENS, kind_label
 from mobiledl.core.task import TensorTask
 from mobiledl.data import build_task
 from mobiledl.errors import UserError
@@ -43,13 +44,15 @@ def test_train_and_distill_run_on_token_models(tokens: TensorTask, model: torch.
 
 def test_image_methods_refuse_token_models(tokens: TensorTask, model: torch.nn.Module) -> None:
     image_only = [m for m in list_methods() if m.name not in GENERIC]
-    assert image_only and all(m.inputs == (IMAGE,) for m in image_only)
+    assert image_only and all(m.inputs and TOKENS not in m.inputs for m in image_only)
+    assert {m.inputs for m in image_only} == {(IMAGE,), (IMAGE, CLIP), (CLIP,)}
     assert all(m.inputs is None for m in list_methods() if m.name in GENERIC)
     for method in image_only:
         with pytest.raises(UserError) as info:
             apply(model, method.config_type(), tokens)
+        handled = " or ".join(kind_label(kind) for kind in method.inputs)
         assert str(info.value) == (
-            f"method '{method.name}' handles images; this model takes token ids"
+            f"method '{method.name}' handles {handled}; this model takes token ids"
         ), method.name
 
 

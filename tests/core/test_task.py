@@ -278,6 +278,34 @@ def test_measure_model_on_own_task(bag: BagOfTokensTask, trained: MaskedMean) ->
     assert measurement.params == VOCAB * 16 + 16 * CLASSES + CLASSES
 
 
+class SpectralLogits(nn.Module):
+    """``trained``'s logits through a real FFT and back: same values, but
+    ``aten::fft_rfft`` has no ONNX mapping, so the model cannot be exported."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(tokens, mask)
+        return torch.fft.irfft(torch.fft.rfft(logits), n=logits.shape[-1])
+
+
+def test_measure_model_keeps_pytorch_fields_when_export_fails(
+    bag: BagOfTokensTask, trained: MaskedMean, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = SpectralLogits(trained)
+    with pytest.raises(UserError, match="cannot export"):
+        measure_model(model, "spectral", bag, repeats=3)
+    with caplog.at_level("WARNING", logger="mobiledl"):
+        measurement = measure_model(model, "spectral", bag, repeats=3, unexportable_ok=True)
+    assert measurement.accuracy == pytest.approx(evaluate(trained, bag), abs=1e-6)
+    assert measurement.params == VOCAB * 16 + 16 * CLASSES + CLASSES
+    assert measurement.bytes is None and measurement.latency_ms_median is None
+    assert "export failed" in measurement.extra["null_fields"]["bytes"]
+    assert "not measured in onnxruntime" in caplog.text
+
+
 def test_own_task_trains_through_apply(bag: BagOfTokensTask) -> None:
     torch.manual_seed(0)
     model = MaskedMean()

@@ -51,7 +51,15 @@ def check_stratified(task: Task, val: float, test: float | None) -> None:
 
 
 def test_list_tasks() -> None:
-    assert list_tasks() == ["digits", "mnist1d", "mnist1d-tokens", "mnist5k"]
+    assert list_tasks() == [
+        "digits",
+        "mnist1d",
+        "mnist1d-tokens",
+        "mnist5k",
+        "video-motion",
+        "video-rotation",
+        "video-digit",
+    ]
 
 
 def test_digits(digits: Task) -> None:

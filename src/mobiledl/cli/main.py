@@ -29,11 +29,13 @@ from mobiledl.cli.support import (
     add_command,
     add_engine_arg,
     add_task_args,
+    data_record,
     log,
     logging_to_stderr,
     task_for_model,
     task_for_specs,
 )
+from mobiledl.cli.video import add_video_command
 from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
 from mobiledl.errors import UserError
 from mobiledl.fileio import (
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_apply_command,
         add_run_command,
         add_nas_command,
+        add_video_command,
         _add_demo,
     ):
         add(commands)
@@ -193,7 +196,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
         seed=args.seed,
     )
     input_shape = list(task.input_specs()[0].shape[1:])
-    meta = {"task": args.task, "seed": args.seed, "input_shape": input_shape}
+    meta = {**data_record(args), "input_shape": input_shape}
     partial = partial_path(args.out)
 
     def on_best(best: torch.nn.Module, epoch: int, val_accuracy: float) -> None:
@@ -255,8 +258,12 @@ def _cmd_eval(args: argparse.Namespace) -> dict[str, Any] | None:
         from mobiledl.models import load_model
 
         loaded = load_model(args.model)
-        task = task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
-        measurement = measure_model(loaded.model, loaded.name, task, latency=not args.no_latency)
+        task = task_for_model(
+            args.task, loaded.arch, args.seed, args.model, args.split, loaded.meta
+        )
+        measurement = measure_model(
+            loaded.model, loaded.name, task, latency=not args.no_latency, unexportable_ok=True
+        )
     measurement.extra["task"] = args.task
     if args.json:
         return measurement.to_dict()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mobiledl.cli.args import add_config_arguments, config_from_args
-from mobiledl.cli.support import add_command, add_task_args, task_for_model
+from mobiledl.cli.support import add_command, add_task_args, data_record, task_for_model
 from mobiledl.core.config import MethodConfig
 from mobiledl.core.methods import Method, apply, list_methods, report_of
 from mobiledl.errors import UserError
@@ -112,7 +112,7 @@ def run_method_command(
         out=str(args.out),
         artifact=str(args.artifact) if args.artifact else None,
     )
-    record = {"task": args.task, "seed": args.seed, "source": str(args.model), **(meta or {})}
+    record = {**data_record(args), "source": str(args.model), **(meta or {})}
     save_model(args.out, result, {**record, "test_accuracy": measurement.accuracy})
     return measurement
 
@@ -120,7 +120,7 @@ def run_method_command(
 def _task(args: argparse.Namespace, loaded: Any) -> Any:
     if args.task is None:
         return None
-    return task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
+    return task_for_model(args.task, loaded.arch, args.seed, args.model, args.split, loaded.meta)
 
 
 def _x(task: Any, loaded: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mobiledl.cli.support import add_command, add_task_args, log
+from mobiledl.cli.support import add_command, add_task_args, data_record, log
 from mobiledl.errors import UserError
 from mobiledl.fileio import output_dir_arg, output_file_arg
 
@@ -197,9 +197,7 @@ def _cmd_extract(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     measurement = measure_model(subnet, label, task, example_input=example, latency=False)
     measurement.extra.update(report_of(subnet).values, out=str(args.out))
-    save_model(
-        args.out, subnet, {"task": args.task, "seed": args.seed, "supernet": str(args.supernet)}
-    )
+    save_model(args.out, subnet, {**data_record(args), "supernet": str(args.supernet)})
     log(f"wrote {args.out}: {label}")
     return measurement.to_dict() if args.json else None
 
@@ -347,7 +345,7 @@ def _finish(
         strategy=args.strategy,
         files=files,
     )
-    meta = {"task": args.task, "seed": args.seed, "test_accuracy": measurement.accuracy}
+    meta = {**data_record(args), "test_accuracy": measurement.accuracy}
     save_model(files["model"], model, meta)
     engine.export(model, example, files["onnx"])
     chosen = {k: v for k, v in measurement.to_dict().items() if not isinstance(v, dict)}

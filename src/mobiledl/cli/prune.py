@@ -115,7 +115,9 @@ def _cmd_prune(args: argparse.Namespace) -> dict[str, Any] | None:
         from mobiledl.models import load_model
 
         loaded = load_model(args.model)
-        task = task_for_model(args.task, loaded.arch, args.seed, args.model, args.split)
+        task = task_for_model(
+            args.task, loaded.arch, args.seed, args.model, args.split, loaded.meta
+        )
         check_input_kind(config, loaded.model, task)
         config = _sensitivity(loaded.model, task, config, args)
     measurement = run_method_command(args, config, {"pruning": config.fields_dict()})

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mobiledl.core.inputs import IMAGE, InputSpec, describe_specs, specs_match
+from mobiledl.core.inputs import CLIP, IMAGE, InputSpec, describe_specs, specs_match
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.validate import positive_number_arg, seed_arg
@@ -126,7 +126,7 @@ def task_for_specs(
     if specs_match(task.input_specs(), input_specs):
         return task
     size = _image_size(input_specs)
-    if task.input_kind == IMAGE and size and task.in_channels == input_specs[0].shape[1]:
+    if task.input_kind in (IMAGE, CLIP) and size:
         with contextlib.suppress(UserError):
             task = build_task(spec, image_size=size, seed=seed, split=split)
     if not specs_match(task.input_specs(), input_specs):
@@ -137,18 +137,57 @@ def task_for_specs(
     return task
 
 
+def data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What a model file records of the data a command used: ``task``, ``seed``, ``split``."""
+    split = getattr(args, "split", None)
+    return {"task": args.task, "seed": args.seed, "split": list(split) if split else None}
+
+
 def task_for_model(
-    spec: str, arch: dict[str, Any], seed: int, model_path: Path, split: Split | None = None
+    spec: str,
+    arch: dict[str, Any],
+    seed: int,
+    model_path: Path,
+    split: Split | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> TensorTask:
-    """The task ``spec`` (split by ``split``) with inputs that fit the model ``arch`` records."""
+    """The task ``spec`` (split by ``split``) with inputs that fit the model ``arch`` records.
+
+    ``meta`` is the model file's record: if it was made on the same task with another split
+    seed or fractions, a warning says so (its test split may hold its training samples)."""
     from mobiledl.models import input_specs
 
+    if meta:
+        _warn_if_other_split(spec, seed, split, meta, model_path)
     return task_for_specs(spec, input_specs(arch), seed, model_path, split)
 
 
+def _warn_if_other_split(
+    spec: str, seed: int, split: Split | None, meta: dict[str, Any], model_path: Path
+) -> None:
+    from mobiledl.data.prepare import DEFAULT_SPLIT
+
+    if meta.get("task") != spec or "seed" not in meta:
+        return
+    recorded = tuple(meta.get("split") or DEFAULT_SPLIT)
+    given = tuple(split or DEFAULT_SPLIT)
+    if meta["seed"] == seed and all(
+        abs(a - b) < 1e-9 for a, b in zip(recorded, given, strict=True)
+    ):
+        return
+    logging.getLogger("mobiledl").warning(
+        "%s was made on %s with --seed %s --split %s, but this run splits it with --seed %s "
+        "--split %s: its test split may hold the model's training samples; pass the same "
+        "--seed and --split",
+        model_path, spec, meta["seed"], ",".join(f"{f:g}" for f in recorded), seed,
+        ",".join(f"{f:g}" for f in given),
+    )  # fmt: skip
+
+
 def _image_size(specs: Sequence[InputSpec]) -> tuple[int, int] | None:
-    """``(H, W)`` if ``specs`` is one real-valued ``(batch, C, H, W)`` input of fixed size."""
-    if len(specs) != 1 or specs[0].is_integer or len(specs[0].shape) != 4:
+    """``(H, W)`` if ``specs`` is one real-valued input of fixed size: images
+    ``(batch, C, H, W)`` or clips ``(batch, T, C, H, W)``."""
+    if len(specs) != 1 or specs[0].is_integer or len(specs[0].shape) not in (4, 5):
         return None
-    height, width = specs[0].shape[2:]
+    height, width = specs[0].shape[-2:]
     return (height, width) if height and width else None

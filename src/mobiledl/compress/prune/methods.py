@@ -12,7 +12,7 @@ from mobiledl.compress.prune.config import ChannelPruneConfig, PruneConfig
 from mobiledl.compress.prune.criteria import train_slimming
 from mobiledl.compress.prune.masks import layer_sparsity, prunable_layers, remove_masks, sparsity_of
 from mobiledl.compress.prune.schedules import SCHEDULES, example_input
-from mobiledl.core.inputs import IMAGE
+from mobiledl.core.inputs import CLIP, IMAGE
 from mobiledl.core.methods import register_method
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
@@ -51,7 +51,7 @@ def prune_masks(
     }
 
 
-@register_method(ChannelPruneConfig, needs_task=False, inputs=(IMAGE,))
+@register_method(ChannelPruneConfig, needs_task=False, inputs=(IMAGE, CLIP))
 def prune_channels_method(
     model: nn.Module, config: ChannelPruneConfig, task: TensorTask | None
 ) -> tuple[nn.Module, dict[str, Any]]:

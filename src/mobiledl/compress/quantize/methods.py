@@ -20,14 +20,14 @@ from mobiledl.compress.quantize.kmeans import config_bits, kmeans_model
 from mobiledl.compress.quantize.mixed import config_precisions, mixed_model
 from mobiledl.compress.quantize.ptq import ptq, quantization_summary
 from mobiledl.compress.quantize.qat import qat_model
-from mobiledl.core.inputs import IMAGE
+from mobiledl.core.inputs import CLIP, IMAGE
 from mobiledl.core.methods import register_method
 from mobiledl.core.task import TensorTask
 
 Result = tuple[nn.Module, dict[str, Any]]
 
 
-@register_method(QuantConfig, inputs=(IMAGE,))
+@register_method(QuantConfig, inputs=(IMAGE, CLIP))
 def ptq_method(model: nn.Module, config: QuantConfig, task: TensorTask) -> Result:
     """Post-training quantization (Krishnamoorthi 2018; Nagel et al. 2021)."""
     quantized, used = ptq(model, config, task)
