@@ -4,12 +4,12 @@ or separate split files), split as ``--split`` says; a smoke run keeps a few hun
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 from benchmarks.harness.cli import names
 from mobiledl.data import Task, build_task
 from mobiledl.data.prepare import parse_split
 from mobiledl.errors import UserError
+from mobiledl.train import resume as train_resume
 
 SMOKE_SIZES = {"train": 256, "val": 128, "test": 128}
 
@@ -70,10 +70,6 @@ def task_summary(task: Task) -> dict[str, object]:
 
 
 def task_fingerprint(task: Task) -> str:
-    """12 hex digits of a hash of every split's inputs and labels: a cache key that tells two
+    """12 hex digits of ``mobiledl.train.resume.task_fingerprint``: a cache key that tells two
     user tasks of the same name (or the same data split differently) apart."""
-    digest = hashlib.sha256()
-    for split in SMOKE_SIZES:
-        for tensor in task.split(split):
-            digest.update(tensor.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
+    return train_resume.task_fingerprint(task)[:12]

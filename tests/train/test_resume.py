@@ -4,6 +4,7 @@ damaged one, is refused with one line."""
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,16 @@ def interrupt_at_step(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     monkeypatch.setattr(trainer, "check_loss", count)
 
 
+def interrupted_run(
+    ckpt: Path, monkeypatch: pytest.MonkeyPatch, stop: Callable[[pytest.MonkeyPatch], None]
+) -> None:
+    """``run(ckpt)`` stopped by ``stop`` (one of the interrupt helpers above)."""
+    with monkeypatch.context() as patch:
+        stop(patch)
+        with pytest.raises(Interrupted):
+            run(ckpt)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted():
     return run()
@@ -111,10 +122,7 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(
     epoch: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted, caplog
 ) -> None:
     ckpt = tmp_path / "m.ckpt"
-    with monkeypatch.context() as patch:
-        interrupt_after_epoch(patch, epoch)
-        with pytest.raises(Interrupted):
-            run(ckpt)
+    interrupted_run(ckpt, monkeypatch, lambda patch: interrupt_after_epoch(patch, epoch))
     assert checkpoint_epoch(ckpt) == epoch
     caplog.set_level(logging.INFO, logger="mobiledl")
     model, term, result = run(ckpt)
@@ -131,10 +139,8 @@ def test_resume_inside_an_epoch_redoes_only_that_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted
 ) -> None:
     ckpt = tmp_path / "m.ckpt"
-    with monkeypatch.context() as patch:
-        interrupt_at_step(patch, 3 * 4 + 2)  # 4 steps per epoch: stops inside epoch 3
-        with pytest.raises(Interrupted):
-            run(ckpt)
+    # 4 steps per epoch: stops inside epoch 3
+    interrupted_run(ckpt, monkeypatch, lambda patch: interrupt_at_step(patch, 3 * 4 + 2))
     assert checkpoint_epoch(ckpt) == 2
     model, term, result = run(ckpt)
     assert same_weights(model, uninterrupted[0]) and result == uninterrupted[2]
@@ -144,10 +150,7 @@ def test_a_checkpoint_of_another_run_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = tmp_path / "m.ckpt"
-    with monkeypatch.context() as patch:
-        interrupt_after_epoch(patch, 1)
-        with pytest.raises(Interrupted):
-            run(ckpt)
+    interrupted_run(ckpt, monkeypatch, lambda patch: interrupt_after_epoch(patch, 1))
     before = ckpt.read_bytes()
     other = TrainConfig(epochs=5, batch_size=16, optimizer="adamw", lr=1e-2, progress=False)
     with pytest.raises(CheckpointError, match=r"different training run \(its training config"):
@@ -165,10 +168,7 @@ def test_a_damaged_checkpoint_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = tmp_path / "m.ckpt"
-    with monkeypatch.context() as patch:
-        interrupt_after_epoch(patch, 1)
-        with pytest.raises(Interrupted):
-            run(ckpt)
+    interrupted_run(ckpt, monkeypatch, lambda patch: interrupt_after_epoch(patch, 1))
     data = ckpt.read_bytes()
     payload = torch.load(ckpt, weights_only=True)
     for damage in (("best_state", "x"), ("best_accuracy", None), ("rng", {"torch": 1})):

@@ -83,6 +83,19 @@ class TrainingProgress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """What a checkpoint belongs to and restores into: the run's ``fingerprint`` and length, and
+    the live model, optimizer, schedule and loss terms."""
+
+    fingerprint: Mapping[str, str]
+    epochs: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    terms: Sequence[Any]
+
+
 # ---------------------------------------------------------------- fingerprint
 
 
@@ -199,28 +212,19 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------- files
 
 
-def save_checkpoint(
-    path: Path,
-    fingerprint: Mapping[str, str],
-    epochs: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    terms: Sequence[Any],
-    progress: TrainingProgress,
-) -> None:
-    """Write the state after epoch ``progress.epoch`` to ``path`` atomically."""
+def save_checkpoint(path: Path, run: TrainingRun, progress: TrainingProgress) -> None:
+    """Write ``run``'s state after epoch ``progress.epoch`` to ``path`` atomically."""
     same_as_model = progress.best_epoch == progress.epoch
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "fingerprint": dict(fingerprint),
+        "fingerprint": dict(run.fingerprint),
         "epoch": progress.epoch,
-        "epochs": epochs,
-        "model": _cpu(model.state_dict()),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "terms": [_cpu(t.state_dict()) if isinstance(t, nn.Module) else None for t in terms],
+        "epochs": run.epochs,
+        "model": _cpu(run.model.state_dict()),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "terms": [_cpu(t.state_dict()) if isinstance(t, nn.Module) else None for t in run.terms],
         "best_accuracy": progress.best_accuracy,
         "best_epoch": progress.best_epoch,
         "best_state": None if same_as_model else _cpu(progress.best_state),
@@ -231,34 +235,26 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
-def load_checkpoint(
-    path: Path,
-    fingerprint: Mapping[str, str],
-    epochs: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    terms: Sequence[Any],
-) -> TrainingProgress | None:
-    """Restore the state saved at ``path`` into the model, optimizer, schedule, terms and the
-    random generators; ``None`` if there is no checkpoint. ``CheckpointError`` (one line) if it
+def load_checkpoint(path: Path, run: TrainingRun) -> TrainingProgress | None:
+    """Restore the state saved at ``path`` into ``run``'s model, optimizer, schedule, terms and
+    the random generators; ``None`` if there is no checkpoint. ``CheckpointError`` (one line) if it
     cannot be read or was written by a different run."""
     path = expect_path(path, "checkpoint")
     if not path.exists():
         return None
     payload = read_checkpoint(path)
-    saved = payload["fingerprint"]
+    saved, fingerprint, terms = payload["fingerprint"], run.fingerprint, run.terms
     differ = [part for part in fingerprint if saved.get(part) != fingerprint[part]]
-    if differ or payload["epochs"] != epochs:
+    if differ or payload["epochs"] != run.epochs:
         what = ", ".join(differ) if differ else "number of epochs"
         raise CheckpointError(
             f"{path} is a checkpoint of a different training run (its {what} differ); delete "
             "it to train from the start"
         )
     try:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
+        run.model.load_state_dict(payload["model"])
+        run.optimizer.load_state_dict(payload["optimizer"])
+        run.scheduler.load_state_dict(payload["scheduler"])
         if len(payload["terms"]) != len(terms):
             raise ValueError(f"{len(payload['terms'])} loss terms saved, {len(terms)} given")
         for term, state in zip(terms, payload["terms"], strict=True):
@@ -371,6 +367,7 @@ def checkpoint_epoch(path: str | Path) -> int | None:
 __all__ = [
     "CheckpointError",
     "TrainingProgress",
+    "TrainingRun",
     "active_checkpoint_directory",
     "checkpoint_epoch",
     "checkpoint_in",

@@ -39,6 +39,7 @@ from mobiledl.resources import check_activation_memory, meta_batch
 from mobiledl.train.divergence import check_loss, check_weights
 from mobiledl.train.resume import (
     TrainingProgress,
+    TrainingRun,
     active_checkpoint_directory,
     checkpoint_in,
     load_checkpoint,
@@ -248,9 +249,9 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     state = TrainingProgress(best_state=copy.deepcopy(model.state_dict()))
+    run = TrainingRun(fingerprint, config.epochs, model, optimizer, scheduler, terms)
     if path is not None:
-        args = (fingerprint, config.epochs, model, optimizer, scheduler, terms)
-        resumed = load_checkpoint(path, *args)
+        resumed = load_checkpoint(path, run)
         if resumed is not None:
             state = resumed
             done = state.epoch + 1
@@ -275,9 +276,7 @@ def train(
             if on_best is not None:
                 on_best(model, epoch, val_acc)
         if path is not None:
-            save_checkpoint(
-                path, fingerprint, config.epochs, model, optimizer, scheduler, terms, state
-            )
+            save_checkpoint(path, run, state)
     model.load_state_dict(state.best_state)
     model.eval()
     return TrainResult(
