@@ -106,7 +106,7 @@ def _show(value: Any) -> str:
 # ---------------------------------------------------------------- command-line types
 
 
-def _arg_type(check: Callable[[Any], Any], parse: Callable[[str], Any], what: str) -> Any:
+def arg_type(check: Callable[[Any], Any], parse: Callable[[str], Any], what: str) -> Any:
     """An argparse ``type=`` that parses, then checks (one-line errors, exit code 2)."""
 
     def convert(text: str) -> Any:
@@ -123,11 +123,11 @@ def _arg_type(check: Callable[[Any], Any], parse: Callable[[str], Any], what: st
     return convert
 
 
-seed_arg = _arg_type(lambda v: check_seed(v, "the seed"), int, "an integer seed")
-threads_arg = _arg_type(
+seed_arg = arg_type(lambda v: check_seed(v, "the seed"), int, "an integer seed")
+threads_arg = arg_type(
     lambda v: check_int(v, "threads", 1, MAX_THREADS), int, "a number of threads"
 )
-positive_number_arg = _arg_type(
+positive_number_arg = arg_type(
     lambda v: check_number(v, "the value", 0, low_open=True), float, "a positive number"
 )
 

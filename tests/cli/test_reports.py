@@ -61,7 +61,9 @@ def test_channel_prune_json_reports_ratios_and_file_sizes(
     out = str(tmp_path / "pruned.pt")
     result = run(capsys, *argv, "--macs-ratio", "0.5", "--out", out, "--no-latency")
     extra = result["extra"]
-    assert "sparsity" not in extra and "compression" not in extra and "dense_bytes" not in extra
+    assert "sparsity" not in extra and "dense_bytes" not in extra
+    assert extra["model_bytes"] == Path(out).stat().st_size < extra["fp32_model_bytes"]
+    assert extra["compression"] == pytest.approx(extra["fp32_model_bytes"] / extra["model_bytes"])
     assert extra["macs_ratio"] == pytest.approx(result["macs"] / extra["dense_macs"])
     assert extra["params_ratio"] == pytest.approx(result["params"] / extra["dense_params"])
     assert result["bytes"] < extra["before"]["bytes"]

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from mobiledl.errors import UserError
-from mobiledl.models import create_model, load_model, save_model
+from mobiledl.models import create_model, load_model, read_model_record, save_model
 from mobiledl.models.checkpoint import resize_to_state_dict
+from mobiledl.models.packed import MAGIC
 
 
 def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
@@ -23,7 +24,8 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
 
 def test_file_holds_no_code(tmp_path: Path) -> None:
     path = save_model(tmp_path / "m.pt", create_model("lenet300", 10, 1, 8))
-    payload = torch.load(path, weights_only=True)  # would refuse arbitrary objects
+    assert path.read_bytes().startswith(MAGIC)  # JSON header and tensor bytes, no pickle
+    payload = read_model_record(path)
     assert set(payload) == {"format", "version", "arch", "state_dict", "meta"}
 
 

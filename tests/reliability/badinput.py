@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mobiledl.deploy import get_engine
-from mobiledl.models import create_model, save_model
+from mobiledl.models import create_model, read_model_record, save_model
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def make_inputs(root: Path) -> Inputs:
     onnx = get_engine().export(lenet, torch.randn(1, 1, 8, 8), root / "model.onnx")
     x, y = _digits_like()
     npz = _write_npz(root / "good.npz", x=x, y=y)
-    _crafted_models(root, torch.load(model, weights_only=True))
+    _crafted_models(root, read_model_record(model))
     _crafted_data(root, x, y)
     (root / "a_file").write_text("not a folder\n")
     (root / "corrupt.onnx").write_bytes(b"\x08\x01garbage")

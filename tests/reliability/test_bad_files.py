@@ -13,7 +13,7 @@ from badinput import Inputs, Refused
 from onnx import TensorProto, helper, numpy_helper
 
 from mobiledl.errors import UserError
-from mobiledl.models import load_model
+from mobiledl.models import load_model, read_model_record
 
 # (file in the inputs, regex of the error line)
 MODEL_FILES = [
@@ -172,7 +172,7 @@ def test_weights_only_loading_refuses_code(inputs: Inputs) -> None:
     with pytest.raises(UserError, match="exploit.pt"):
         load_model(inputs.path("exploit.pt"))
     assert not inputs.path("exploit.pwned").exists()
-    assert torch.load(inputs.model, weights_only=True)["format"] == "mobiledl-model"
+    assert read_model_record(inputs.model)["format"] == "mobiledl-model"
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import pytest
 import torch
 import yaml
 
+from mobiledl.models import read_model_record
 from mobiledl.train.resume import checkpoint_epoch
 
 pytestmark = [
@@ -238,7 +239,7 @@ def final_run(argv: list[str], log: Path) -> str:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return read_model_record(path)["state_dict"]
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mobiledl.cli.adapt import add_adapt_command
+from mobiledl.cli.deep_compress import add_deep_compress_command
 from mobiledl.cli.methods import add_apply_command
 from mobiledl.cli.nas import add_nas_command
 from mobiledl.cli.prune import add_prune_command
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         add_prune_command,
         add_quantize_command,
+        add_deep_compress_command,
         add_adapt_command,
         add_apply_command,
         add_run_command,

@@ -55,6 +55,12 @@ def add_method_io(
         help="also write the engine's artifact here (e.g. an .onnx file)",
     )
     sub.add_argument("--no-latency", action="store_true", help="skip the engine benchmark")
+    sub.add_argument(
+        "--keep-float",
+        action="store_true",
+        help="store binary/ternary latent weights and k-means codebooks as trainable floats "
+        "(a file to train further) instead of the packed low-bit weights",
+    )
 
 
 def _cmd_apply(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -75,22 +81,57 @@ def seed_values(config_type: type, args: argparse.Namespace) -> dict[str, Any]:
 def run_method_command(
     args: argparse.Namespace, config: MethodConfig, meta: dict[str, Any] | None = None
 ) -> Measurement:
-    """Load ``args.model``, apply ``config`` on ``args.task``, measure, save ``args.out``.
+    """Load ``args.model``, apply ``config`` on ``args.task``, measure, save ``args.out``
+    (see :func:`measure_and_save`)."""
+    start = load_and_measure(args)
+    result = apply(start.loaded.model, config, start.task)
+    report = report_of(result)
+    return measure_and_save(
+        args, start, result, config.method, report.values if report else {}, meta
+    )
 
-    The measurement's ``extra`` holds the method's report (its keys), the input model's
-    numbers (``before``, with its file size as ``bytes``) and the after/before ratios of
-    MACs, parameters and artifact bytes. A report's ``storage_bytes`` (the weights' size in a
-    method's own format, e.g. sparse) fills the measurement's when the model has no other.
-    """
+
+@dataclasses.dataclass
+class Start:
+    """The input of a method command: the loaded model, its task and its measurement."""
+
+    loaded: Any
+    task: Any
+    before: Measurement
+
+
+def load_and_measure(args: argparse.Namespace) -> Start:
+    """Load ``args.model`` and its task; measure the model (no latency)."""
     from mobiledl.measure import measure_model
-    from mobiledl.models import load_model, save_model
+    from mobiledl.models import load_model
 
     loaded = load_model(args.model)
     task = _task(args, loaded)
     before = measure_model(
         loaded.model, loaded.name, task, latency=False, example_input=_x(task, loaded)
     )
-    result = apply(loaded.model, config, task)
+    return Start(loaded, task, before)
+
+
+def measure_and_save(
+    args: argparse.Namespace,
+    start: Start,
+    result: Any,
+    method: str,
+    values: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> Measurement:
+    """Measure ``result``, save it at ``args.out`` (frozen unless ``--keep-float``).
+
+    The measurement's ``extra`` holds the method's report ``values``, the input model's
+    numbers (``before``), the after/before ratios of MACs, parameters and artifact bytes,
+    and the file sizes (:func:`file_sizes`). A report's ``storage_bytes`` (the weights' size
+    in a method's own format, e.g. sparse) fills the measurement's when it has no other.
+    """
+    from mobiledl.measure import measure_model
+    from mobiledl.models import save_model
+
+    loaded, task = start.loaded, start.task
     measurement = measure_model(
         result,
         loaded.name,
@@ -99,22 +140,31 @@ def run_method_command(
         latency=not args.no_latency,
         artifact=args.artifact,
     )
-    report = report_of(result)
-    values = report.values if report else {}
     measurement.extra.update(values)
     if measurement.storage_bytes is None and values.get("storage_bytes") is not None:
         measurement.storage_bytes = values["storage_bytes"]
         measurement.extra.pop("null_fields", None)  # storage_bytes was its only entry
     measurement.extra.update(
-        method=config.method,
-        before=_summary(before),
-        ratios=_ratios(measurement, before),
+        method=method,
+        before=_summary(start.before),
+        ratios=_ratios(measurement, start.before),
         out=str(args.out),
         artifact=str(args.artifact) if args.artifact else None,
     )
     record = {**data_record(args), "source": str(args.model), **(meta or {})}
-    save_model(args.out, result, {**record, "test_accuracy": measurement.accuracy})
+    record["test_accuracy"] = measurement.accuracy
+    written = save_model(args.out, result, record, frozen=not args.keep_float)
+    measurement.extra.update(file_sizes(written, loaded.model, record))
     return measurement
+
+
+def file_sizes(written: Path, source: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """``model_bytes`` (the model file written), ``fp32_model_bytes`` (the input model's file
+    in the same format and metadata) and ``compression``, their ratio."""
+    from mobiledl.models.checkpoint import model_file_bytes
+
+    size, reference = written.stat().st_size, len(model_file_bytes(source, meta))
+    return {"model_bytes": size, "fp32_model_bytes": reference, "compression": reference / size}
 
 
 def _task(args: argparse.Namespace, loaded: Any) -> Any:
@@ -151,10 +201,17 @@ def _finish(args: argparse.Namespace, measurement: Measurement) -> dict[str, Any
     accuracy = "-" if measurement.accuracy is None else f"{measurement.accuracy:.4f}"
     print(
         f"wrote {args.out}: test accuracy {accuracy}, MACs x{_fmt(ratios['macs'])}, "
-        f"params x{_fmt(ratios['params'])}, file x{_fmt(ratios['bytes'])} "
-        f"({measurement.bytes:,} B)"
+        f"params x{_fmt(ratios['params'])}, {_artifact_size(measurement)}model file "
+        f"{measurement.extra['model_bytes']:,} B ({measurement.extra['compression']:.1f}x "
+        "smaller than the input's)"
     )
     return None
+
+
+def _artifact_size(measurement: Measurement) -> str:
+    if measurement.bytes is None:
+        return ""
+    return f"artifact x{_fmt(measurement.extra['ratios']['bytes'])} ({measurement.bytes:,} B), "
 
 
 def _fmt(value: float | None) -> str:

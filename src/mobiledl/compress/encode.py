@@ -12,8 +12,6 @@ uses 8-bit gaps for convolutions and 5-bit gaps for fully connected layers.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,25 +21,11 @@ import torch
 from torch import nn
 
 from mobiledl.errors import UserError
+from mobiledl.models.entropy import code_lengths, relative_index_encoding
 
 Symbols = Sequence[int] | np.ndarray | torch.Tensor
 CONV_INDEX_BITS = 8
 FC_INDEX_BITS = 5
-
-
-def relative_index_encoding(weight: torch.Tensor, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stored index symbols (``gap - 1``) and the flat positions of the stored entries,
-    fillers included (their value is zero)."""
-    if index_bits < 1:
-        raise UserError(f"index_bits must be >= 1; got {index_bits}")
-    positions = np.flatnonzero(weight.detach().cpu().numpy())
-    max_gap = 1 << index_bits
-    previous = np.concatenate([[-1], positions[:-1]])[: len(positions)]
-    fillers = (positions - previous - 1) // max_gap
-    starts = np.repeat(previous, fillers)
-    within = np.arange(fillers.sum()) - np.repeat(np.cumsum(fillers) - fillers, fillers) + 1
-    stored = np.sort(np.concatenate([positions, starts + max_gap * within]))
-    return np.diff(stored, prepend=-1) - 1, stored
 
 
 def sparse_relative_index_bytes(weight: torch.Tensor, index_bits: int, value_bits: int) -> int:
@@ -117,25 +101,7 @@ def huffman_code_lengths(symbols: Symbols) -> dict[int, int]:
     """Code length in bits of each distinct symbol in an optimal prefix code (Huffman 1952)
     for the symbols' empirical frequencies. A lone distinct symbol gets 1 bit."""
     values, counts = np.unique(_as_array(symbols), return_counts=True)
-    return _code_lengths(values, counts)
-
-
-def _code_lengths(values: np.ndarray, counts: np.ndarray) -> dict[int, int]:
-    """Huffman's construction: repeatedly merge the two least frequent groups; every merge
-    adds one bit to the code of each symbol in them. Ties go to the earlier-made group."""
-    if len(values) == 1:
-        return {int(values[0]): 1}
-    order = itertools.count()
-    heap = [(int(c), next(order), [int(v)]) for v, c in zip(values, counts, strict=True)]
-    heapq.heapify(heap)
-    lengths = dict.fromkeys((int(v) for v in values), 0)
-    while len(heap) > 1:
-        count_a, _, group_a = heapq.heappop(heap)
-        count_b, _, group_b = heapq.heappop(heap)
-        for value in group_a + group_b:
-            lengths[value] += 1
-        heapq.heappush(heap, (count_a + count_b, next(order), group_a + group_b))
-    return lengths
+    return code_lengths(values, counts)
 
 
 def huffman_bytes(symbols: Symbols) -> int:
@@ -143,6 +109,6 @@ def huffman_bytes(symbols: Symbols) -> int:
     values, counts = np.unique(_as_array(symbols), return_counts=True)
     if not len(values):
         return 0
-    lengths = _code_lengths(values, counts)
+    lengths = code_lengths(values, counts)
     bits = sum(int(c) * lengths[int(v)] for v, c in zip(values, counts, strict=True))
     return math.ceil(bits / 8)

@@ -8,6 +8,7 @@ picks the right arguments for a task; ``input_specs`` reads a model's inputs fro
 from mobiledl.models.checkpoint import (
     LoadedModel,
     load_model,
+    read_model_record,
     record_transform,
     register_transform,
     save_model,
@@ -36,6 +37,7 @@ __all__ = [
     "model_info",
     "model_input_kind",
     "model_input_specs",
+    "read_model_record",
     "record_transform",
     "register_transform",
     "save_model",

@@ -19,20 +19,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobiledl.core.clone import clone_module
 from mobiledl.core.methods import config_from_dict, load_plugins
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
+from mobiledl.models.packed import is_packed_file, read_packed, write_packed
 from mobiledl.models.record import check_archive, check_payload, check_rebuild_size
 from mobiledl.models.registry import create_model
 from mobiledl.validate import expect_path
 
 FORMAT = "mobiledl-model"
-VERSION = 1
+#: 2: the packed format (models/packed.py); version-1 files (``torch.save`` archives) still load.
+VERSION = 2
 #: Record keys that are not constructor arguments of the zoo model.
 RECORD_KEYS = ("transforms", "display_name", "history")
 
 Transform = Callable[[nn.Module, dict[str, Any]], nn.Module]
 _TRANSFORMS: dict[str, Transform] = {}
+_FREEZERS: dict[str, Transform] = {}
 
 
 def register_transform(kind: str) -> Callable[[Transform], Transform]:
@@ -48,6 +52,37 @@ def register_transform(kind: str) -> Callable[[Transform], Transform]:
         return fn
 
     return add
+
+
+def register_freeze(kind: str) -> Callable[[Transform], Transform]:
+    """Register ``fn(model, config) -> model`` that bakes transform ``kind`` into plain layers
+    for a frozen file (``save_model(..., frozen=True)``): e.g. binary weights become the
+    ``±alpha`` values their parametrization computes, which the packed format then stores
+    at one bit each. The frozen model computes the same outputs but trains no further as
+    the method would (its latent weights, or its codebook, are gone)."""
+
+    def add(fn: Transform) -> Transform:
+        _FREEZERS[kind] = fn
+        return fn
+
+    return add
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` (a copy when anything changes) with its trailing freezable transforms baked
+    in and dropped from its record; ``model`` itself when it has none."""
+    arch = getattr(model, "mobiledl_arch", None) or {}
+    transforms = list(arch.get("transforms", []))
+    cut = len(transforms)
+    while cut and transforms[cut - 1].get("kind") in _FREEZERS:
+        cut -= 1
+    if cut == len(transforms):
+        return model
+    frozen = clone_module(model)
+    for transform in transforms[cut:]:
+        frozen = _FREEZERS[transform["kind"]](frozen, transform.get("config", {}))
+    frozen.mobiledl_arch = {**arch, "transforms": transforms[:cut]}
+    return frozen
 
 
 def record_transform(model: nn.Module, kind: str, config: dict[str, Any]) -> None:
@@ -75,24 +110,34 @@ class LoadedModel:
         return str(self.arch.get("display_name", self.arch["name"]))
 
 
-def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (built by ``create_model``) and JSON-like ``meta`` to ``path``."""
-    arch = getattr(model, "mobiledl_arch", None)
-    if arch is None:
+def save_model(
+    path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None, frozen: bool = False
+) -> Path:
+    """Write ``model`` (built by ``create_model``) and JSON-like ``meta`` to ``path``.
+
+    Every tensor is stored in the smallest exact form (``mobiledl.models.packed``). With
+    ``frozen``, low-bit transforms are first baked in (:func:`freeze`), so binary, ternary
+    and k-means weights are stored at their bit width instead of as latent fp32 weights.
+    """
+    data = model_file_bytes(model, meta, frozen)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def model_file_bytes(
+    model: nn.Module, meta: dict[str, Any] | None = None, frozen: bool = False
+) -> bytes:
+    """The bytes :func:`save_model` writes for ``model`` (e.g. to compare file sizes)."""
+    if getattr(model, "mobiledl_arch", None) is None:
         raise UserError(
             f"cannot save {type(model).__name__}: it was not built by mobiledl.create_model, "
             "so the file could not rebuild it"
         )
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arch": arch,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "meta": meta or {},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    if frozen:
+        model = freeze(model)
+    record = {"format": FORMAT, "version": VERSION, "arch": model.mobiledl_arch, "meta": meta or {}}
+    return write_packed(record, {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -146,16 +191,21 @@ def _apply_transforms(model: nn.Module, transforms: list[dict[str, Any]], path: 
     return model
 
 
+def read_model_record(path: str | Path) -> dict[str, Any]:
+    """The checked record of a model file, either format: ``format``, ``version``, ``arch``,
+    ``meta`` and ``state_dict`` (the stored tensors, decoded)."""
+    return _read_payload(expect_path(path, "model file"))
+
+
 def _read_payload(path: Path) -> dict[str, Any]:
     """The checked dict inside a model file; a ``UserError`` naming the file otherwise."""
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
-    check_archive(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt bytes surface as many exception types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable mobiledl model file ({reason[:120]})") from exc
+    if is_packed_file(path):
+        record, state = read_packed(path)
+        payload: Any = {**record, "state_dict": state}
+    else:
+        payload = _read_archive(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a mobiledl model file (no '{FORMAT}' header)")
     version = payload.get("version", 0)
@@ -165,6 +215,16 @@ def _read_payload(path: Path) -> dict[str, Any]:
         if key not in payload:
             raise UserError(f"{path}: model file lacks '{key}'")
     return payload
+
+
+def _read_archive(path: Path) -> Any:
+    """The payload of a version-1 file (a ``torch.save`` archive)."""
+    check_archive(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt bytes surface as many exception types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable mobiledl model file ({reason[:120]})") from exc
 
 
 def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -275,8 +275,14 @@ def load_checkpoint(path: Path, run: TrainingRun) -> TrainingProgress | None:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checked dict inside a checkpoint file; ``CheckpointError`` naming it otherwise."""
+    from mobiledl.models.packed import is_packed_file
     from mobiledl.models.record import check_archive
 
+    if path.is_file() and is_packed_file(path):
+        raise CheckpointError(
+            f"{path} is not a mobiledl training checkpoint (it is a model file); delete it "
+            "or choose another output"
+        )
     try:
         check_archive(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)

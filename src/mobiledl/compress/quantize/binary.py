@@ -39,7 +39,7 @@ from mobiledl.compress.quantize.config import BinaryConfig, TernaryConfig
 from mobiledl.core.clone import clone_module
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
-from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.checkpoint import record_transform, register_freeze, register_transform
 from mobiledl.profile.storage import packed_storage_bytes
 from mobiledl.train.trainer import TrainConfig, train
 
@@ -240,6 +240,14 @@ def _apply(model: nn.Module, config: dict[str, Any]) -> nn.Module:
 def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     """Re-apply binarization / ternarization when ``load_model`` rebuilds a model."""
     return _apply(model, config)
+
+
+@register_freeze("lowbit")
+def _freeze(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """Replace each latent weight by the low-bit weight it computes (for a frozen file)."""
+    for name in config["layers"]:
+        parametrize.remove_parametrizations(model.get_submodule(name), "weight")
+    return model
 
 
 def _lowbit_model(

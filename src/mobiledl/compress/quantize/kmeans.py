@@ -46,15 +46,13 @@ from mobiledl.core.config import LayerRule
 from mobiledl.core.methods import apply
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
-from mobiledl.models.checkpoint import record_transform, register_transform
+from mobiledl.models.checkpoint import record_transform, register_freeze, register_transform
+from mobiledl.models.entropy import CODE_LENGTH_BITS
 from mobiledl.train.trainer import TrainConfig, train
 
 MIN_BITS, MAX_BITS = 1, 8
 KMEANS_ITERATIONS = 50
 FINETUNE_LR = 0.01
-# A canonical Huffman code is described by one code length per alphabet symbol; lengths stay
-# below 32 for any stream of fewer than ~2 million symbols, so 5 bits hold each.
-CODE_LENGTH_BITS = 5
 WEIGHTED_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -208,6 +206,16 @@ def _wrap(model: nn.Module, layer_bits: Mapping[str, int], fit: bool) -> nn.Modu
 def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     """Re-wrap the layers when ``load_model`` rebuilds a k-means quantized model."""
     return _wrap(model, config["layers"], fit=False)
+
+
+@register_freeze("kmeans")
+def _freeze(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    """Replace each k-means layer by the plain layer holding its shared-value weight."""
+    for name in config["layers"]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, getattr(parent, child).lower())
+    return model
 
 
 def config_bits(model: nn.Module, config: KMeansConfig) -> dict[str, int]:
