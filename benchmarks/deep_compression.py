@@ -273,7 +273,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| task | model | test n | fp32 acc % | compressed acc % | drop (pts) | val drop (pts) "
         "| dense B | pruned B | +k-means B | +Huffman B | ratio | fp32 file B | file B "
         "| file ratio | same predictions | weights kept | bits conv/fc | targets |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|",
+        "|---|---|" + "---:|" * 13 + "---|---:|---|---|",
     ]
     for row in tables["deep_compression"]:
         met = "yes" if row["meets_ratio"] and row["meets_accuracy"] else _missed(row)

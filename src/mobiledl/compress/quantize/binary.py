@@ -17,10 +17,11 @@ a quantized layer stays an ``nn.Conv2d`` / ``nn.Linear`` (profilers and ONNX exp
 the optimizer updates the latent full-precision weight. As in the papers, the first and the last
 weighted layer stay full precision by default.
 
-**Storage is simulated.** ONNX Runtime has no 1- or 2-bit kernel, so an exported binary or
-ternary model still carries fp32 weights (with values ``±alpha`` or ``{-W_n, 0, W_p}``) and runs
-no faster. :func:`lowbit_storage_bytes` reports what the weights would take packed at 1 or 2
-bits per weight plus fp32 scales, biases and full-precision layers.
+**Storage.** A frozen model file (``save_model(..., frozen=True)``, the default of the
+method commands) stores the weights at 1 or 2 bits each plus fp32 scales
+(``mobiledl.models.packed``). ONNX Runtime has no 1- or 2-bit kernel, so an exported binary
+or ternary model still carries fp32 weights (with values ``±alpha`` or ``{-W_n, 0, W_p}``)
+and runs no faster. :func:`lowbit_storage_bytes` counts what the packed weights take.
 """
 
 from __future__ import annotations
