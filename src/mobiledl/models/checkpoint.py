@@ -1,7 +1,10 @@
 """Model files: everything needed to rebuild a (possibly pruned) zoo model, no code inside.
 
-A file is a plain dict of tensors and primitives written with ``torch.save`` and read
-with ``torch.load(weights_only=True)``, so loading never executes code from the file.
+A file (format 2, ``mobiledl.models.packed``) is a JSON header and the tensors' bytes, each
+tensor in its smallest exact encoding, so loading never executes code from the file;
+version-1 files (a plain dict written with ``torch.save``) are read with
+``torch.load(weights_only=True)``. A frozen file (:func:`freeze`) holds low-bit layers baked
+into plain ones, whose few distinct values the packed format stores at their bit width.
 The architecture is rebuilt from the registry (``model.mobiledl_arch``); layers whose
 stored weights have other shapes than the fresh build (channel-pruned layers) are
 replaced by layers of the stored shapes; then the structural transforms listed in
