@@ -42,7 +42,6 @@ from mobiledl.compress.quantize import (
     mixed,
 )
 from mobiledl.compress.quantize.binary import lowbit_storage_bytes
-from mobiledl.compress.quantize.kmeans import deep_compression
 from mobiledl.core.config import LayerRule
 from mobiledl.data import Task, build_task
 from mobiledl.errors import UserError
@@ -116,19 +115,17 @@ def deep_compression_row(
     name: str, task: Task, base: nn.Module, budget: Budget, seed: int
 ) -> dict[str, Any]:
     """Compress ``base`` with its recipe; accuracy and storage after every stage."""
-    recipe = deep.recipe_for(name, task.name, base)
-    start = time.perf_counter()
-    compressed, report = deep_compression(
-        base,
-        task,
-        recipe.sparsity,
-        conv_bits=recipe.conv_bits,
-        fc_bits=recipe.fc_bits,
-        prune_steps=budget.prune_steps or recipe.prune_steps,
-        prune_epochs=budget.prune_epochs or recipe.prune_epochs,
-        finetune_epochs=budget.finetune or recipe.finetune_epochs,
-        train_config=TrainConfig(lr=0.01, seed=seed, progress=False),
+    overrides = {
+        "prune_steps": budget.prune_steps,
+        "prune_epochs": budget.prune_epochs,
+        "finetune_epochs": budget.finetune,
+    }
+    recipe = dataclasses.replace(
+        deep.recipe_for(name, task.name, base), **{k: v for k, v in overrides.items() if v}
     )
+    start = time.perf_counter()
+    training = TrainConfig(lr=0.01, seed=seed, progress=False)
+    compressed, report = deep.compress(base, task, recipe, training)
     base_acc, acc = evaluate(base, task), evaluate(compressed, task)
     files = file_row(base, compressed, task)
     weights = sum(row.weights for row in report.layers)

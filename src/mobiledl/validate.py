@@ -130,6 +130,8 @@ threads_arg = arg_type(
 positive_number_arg = arg_type(
     lambda v: check_number(v, "the value", 0, low_open=True), float, "a positive number"
 )
+positive_int_arg = arg_type(lambda v: check_int(v, "the value", 1), int, "an integer >= 1")
+non_negative_int_arg = arg_type(lambda v: check_int(v, "the value", 0), int, "an integer >= 0")
 
 
 # ---------------------------------------------------------------- API arguments

@@ -17,7 +17,14 @@ from typing import Any
 
 from mobiledl.cli.methods import _finish, add_method_io, load_and_measure, measure_and_save
 from mobiledl.cli.support import add_command, log
-from mobiledl.validate import arg_type, check_int, check_number, positive_number_arg
+from mobiledl.validate import (
+    arg_type,
+    check_int,
+    check_number,
+    non_negative_int_arg,
+    positive_int_arg,
+    positive_number_arg,
+)
 
 
 def add_deep_compress_command(commands: argparse._SubParsersAction) -> None:
@@ -47,8 +54,6 @@ _fraction = arg_type(
     lambda v: check_number(v, "sparsity", 0, 1, high_open=True), float, "a sparsity in [0, 1)"
 )
 _bits = arg_type(lambda v: check_int(v, "codebook bits", 1, 8), int, "bits in 1..8")
-positive_int_arg = arg_type(lambda v: check_int(v, "the value", 1), int, "an integer >= 1")
-non_negative_int_arg = arg_type(lambda v: check_int(v, "the value", 0), int, "an integer >= 0")
 
 
 def recipe_from_args(args: argparse.Namespace, name: str, model: Any) -> Any:
@@ -68,7 +73,7 @@ def recipe_from_args(args: argparse.Namespace, name: str, model: Any) -> Any:
 
 
 def _cmd_deep_compress(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.compress.quantize.kmeans import deep_compression
+    from mobiledl.compress.quantize.deep import compress
     from mobiledl.train import TrainConfig
 
     start = load_and_measure(args)
@@ -80,17 +85,7 @@ def _cmd_deep_compress(args: argparse.Namespace) -> dict[str, Any] | None:
         f"codebooks, {recipe.finetune_epochs} centroid epochs"
     )
     training = TrainConfig(lr=args.lr, seed=args.seed, progress=not args.json)
-    compressed, report = deep_compression(
-        model,
-        start.task,
-        recipe.sparsity,
-        conv_bits=recipe.conv_bits,
-        fc_bits=recipe.fc_bits,
-        prune_steps=recipe.prune_steps,
-        prune_epochs=recipe.prune_epochs,
-        finetune_epochs=recipe.finetune_epochs,
-        train_config=training,
-    )
+    compressed, report = compress(model, start.task, recipe, training)
     values = {
         "recipe": dataclasses.asdict(recipe),
         "storage": report.to_dict(),

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from mobiledl.compress.quantize.kmeans import quantizable_layers
+from mobiledl.compress.quantize.kmeans import StorageReport, deep_compression, quantizable_layers
+from mobiledl.core.task import TensorTask
+from mobiledl.train.trainer import TrainConfig
 
 #: Sparsity of the first and last weighted layer, and of the others, in the default recipe.
 EDGE_SPARSITY = 0.5
@@ -85,3 +87,21 @@ def default_recipe(model: nn.Module) -> DeepCompressionRecipe:
         for name, layer in layers.items()
     }
     return DeepCompressionRecipe(sparsity=sparsity)
+
+
+def compress(
+    model: nn.Module, task: TensorTask, recipe: DeepCompressionRecipe, training: TrainConfig
+) -> tuple[nn.Module, StorageReport]:
+    """:func:`~mobiledl.compress.quantize.kmeans.deep_compression` with ``recipe``'s
+    sparsities, bits and epochs (``training`` gives the rest); ``model`` is not changed."""
+    return deep_compression(
+        model,
+        task,
+        recipe.sparsity,
+        conv_bits=recipe.conv_bits,
+        fc_bits=recipe.fc_bits,
+        prune_steps=recipe.prune_steps,
+        prune_epochs=recipe.prune_epochs,
+        finetune_epochs=recipe.finetune_epochs,
+        train_config=training,
+    )

@@ -48,6 +48,7 @@ from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.checkpoint import record_transform, register_freeze, register_transform
 from mobiledl.models.entropy import CODE_LENGTH_BITS
+from mobiledl.models.quantized import set_submodule
 from mobiledl.train.trainer import TrainConfig, train
 
 MIN_BITS, MAX_BITS = 1, 8
@@ -212,9 +213,7 @@ def _rebuild(model: nn.Module, config: dict[str, Any]) -> nn.Module:
 def _freeze(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     """Replace each k-means layer by the plain layer holding its shared-value weight."""
     for name in config["layers"]:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, getattr(parent, child).lower())
+        set_submodule(model, name, model.get_submodule(name).lower())
     return model
 
 
