@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,13 @@ import torch
 
 from mobiledl import apply
 from mobiledl.cli.main import main
-from mobiledl.compress.quantize import BinaryConfig, KMeansConfig, TernaryConfig
+from mobiledl.compress.quantize import BinaryConfig, KMeansConfig, QuantConfig, TernaryConfig
+from mobiledl.compress.quantize.ptq import quantize
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.models.entropy import decode_stream, encode_stream
-from mobiledl.models.packed import decode_tensor, encode_tensor
+from mobiledl.models.packed import HEADER_DICTIONARY, Grid, decode_tensor, encode_tensor
+from mobiledl.models.quantized import quant_layers
 from mobiledl.train import TrainConfig
 
 NO_TRAINING = TrainConfig(epochs=0, progress=False)
@@ -129,3 +134,46 @@ def test_deep_compress_command_writes_a_small_file_it_reports(
     assert extra["compression"] == pytest.approx(extra["fp32_model_bytes"] / out.stat().st_size)
     assert extra["compression"] > 10
     assert load_model(out).meta["deep_compression"]["fc_bits"] == 4
+
+
+@pytest.mark.parametrize(("bits", "min_ratio"), [(8, 3.5), (4, 6.0)])
+def test_linear_quantized_file_stores_grid_codes(
+    tmp_path: Path, bits: int, min_ratio: float
+) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet8", 10, 1, 16).eval()
+    fp32 = save_model(tmp_path / "fp32.pt", model).stat().st_size
+    quantized = quantize(model, QuantConfig(weight_bits=bits), data=torch.randn(64, 1, 16, 16))
+    latent = save_model(tmp_path / "latent.pt", quantized).stat().st_size
+    packed = save_model(tmp_path / "q.pt", quantized, frozen=True)
+    assert fp32 >= min_ratio * packed.stat().st_size
+    assert latent > 0.9 * fp32  # without freezing, the latent float weights are kept
+    codecs = [entry["codec"] for entry in _entries(packed)]
+    assert codecs.count("grid") == len(quant_layers(quantized))
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(quantized(x), load_model(packed).model(x))
+
+
+def test_grid_codec_is_exact_and_refused_off_the_grid() -> None:
+    scale = torch.rand(6) + 0.01
+    codes = torch.randint(-7, 8, (6, 20))
+    weight = codes.float() * scale[:, None]
+    grid = Grid(scale.numpy(), np.zeros(6, np.int64), -7, 7)
+    entry, data = encode_tensor(weight, grid)
+    assert entry["codec"] == "grid" and len(data) < weight.numel()
+    back = decode_tensor(entry, np.frombuffer(data, dtype=np.uint8), "t")
+    assert torch.equal(back, weight)
+    entry, _ = encode_tensor(weight + 1e-3, grid)
+    assert entry["codec"] != "grid"
+    with pytest.raises(UserError, match="grid of 5 rows does not fit"):
+        decode_tensor(
+            {**encode_tensor(weight, grid)[0], "rows": 5}, np.frombuffer(data, np.uint8), "t"
+        )
+
+
+def _entries(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    (length,) = struct.unpack("<I", data[8:12])
+    inflater = zlib.decompressobj(zdict=HEADER_DICTIONARY)
+    return json.loads(inflater.decompress(data[12 : 12 + length]))["tensors"]

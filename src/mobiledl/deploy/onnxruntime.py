@@ -38,6 +38,7 @@ from mobiledl.deploy.engine import (
 )
 from mobiledl.deploy.lowering import composite_attention, lower_model
 from mobiledl.deploy.onnx_files import check_external_data
+from mobiledl.deploy.onnx_packing import pack_weights, packed_weight_elements
 from mobiledl.deploy.qdq import tidy_qdq_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
@@ -151,16 +152,18 @@ class OnnxRuntimeEngine(Engine):
         module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
         with atomic_path(target) as tmp:
             _export_file(module, args, specs, tmp)
-            if lowered.quantized:
-                _tidy_int8(tmp)
+            _rewrite(tmp, lowered.quantized)
             _check_file(tmp)
         return target
 
     def artifact_params(self, path: PathLike) -> int | None:
         """Elements of the graph's weight initializers (tensors of rank >= 1, so scalar
-        quantization scales and zero points are not counted)."""
-        graph = onnx.load(str(path), load_external_data=False).graph
-        return sum(math.prod(t.dims) for t in graph.initializer if len(t.dims) >= 1)
+        quantization scales and zero points are not counted); a packed weight counts the
+        elements it unpacks to, not its codes and codebook."""
+        model = onnx.load(str(path), load_external_data=False)
+        unpacked, prefix = packed_weight_elements(model)
+        stored = (t for t in model.graph.initializer if not prefix or not t.name.startswith(prefix))
+        return unpacked + sum(math.prod(t.dims) for t in stored if len(t.dims) >= 1)
 
     def load(self, path: PathLike, threads: int | None = None) -> OrtRunner:
         """An ``OrtRunner`` with ``threads`` intra-op threads (``None``: ORT's default)."""
@@ -258,11 +261,14 @@ def _dynamic_axes(spec: InputSpec) -> dict[int, str]:
     }
 
 
-def _tidy_int8(path: Path) -> None:
-    """Rewrite an exported QDQ graph for ONNX Runtime's integer kernels, in place."""
+def _rewrite(path: Path, quantized: bool) -> None:
+    """Rewrite an exported graph in place: a QDQ graph for ONNX Runtime's integer kernels,
+    and low-bit float weights as packed codes (``mobiledl.deploy.onnx_packing``)."""
     model = onnx.load(str(path))
-    tidy_qdq_graph(model.graph)
-    onnx.save(model, str(path))
+    if quantized:
+        tidy_qdq_graph(model.graph)
+    if pack_weights(model) or quantized:
+        onnx.save(model, str(path))
 
 
 def _check_file(path: Path) -> None:

@@ -26,7 +26,8 @@ from mobiledl.core.clone import clone_module
 from mobiledl.core.methods import config_from_dict, load_plugins
 from mobiledl.errors import UserError
 from mobiledl.fileio import atomic_path
-from mobiledl.models.packed import is_packed_file, read_packed, write_packed
+from mobiledl.models.packed import Grid, is_packed_file, read_packed, write_packed
+from mobiledl.models.quantized import quant_layers
 from mobiledl.models.record import check_archive, check_payload, check_rebuild_size
 from mobiledl.models.registry import create_model
 from mobiledl.validate import expect_path
@@ -73,19 +74,37 @@ def register_freeze(kind: str) -> Callable[[Transform], Transform]:
 
 def freeze(model: nn.Module) -> nn.Module:
     """``model`` (a copy when anything changes) with its trailing freezable transforms baked
-    in and dropped from its record; ``model`` itself when it has none."""
+    in and dropped from its record, and the latent weights of linearly quantized layers
+    replaced by the grid values they round to; ``model`` itself when it has neither."""
     arch = getattr(model, "mobiledl_arch", None) or {}
     transforms = list(arch.get("transforms", []))
     cut = len(transforms)
     while cut and transforms[cut - 1].get("kind") in _FREEZERS:
         cut -= 1
-    if cut == len(transforms):
+    gridded = any(layer.weight_grid() is not None for layer in quant_layers(model).values())
+    if cut == len(transforms) and not gridded:
         return model
     frozen = clone_module(model)
     for transform in transforms[cut:]:
         frozen = _FREEZERS[transform["kind"]](frozen, transform.get("config", {}))
+    for layer in quant_layers(frozen).values():
+        layer.snap_weight()
     frozen.mobiledl_arch = {**arch, "transforms": transforms[:cut]}
     return frozen
+
+
+def weight_grids(model: nn.Module) -> dict[str, Grid]:
+    """The grid each linearly quantized weight of ``model`` is rounded onto, by state-dict key
+    (what the packed format's ``grid`` encoding stores a frozen weight on)."""
+    grids = {}
+    for name, layer in quant_layers(model).items():
+        grid = layer.weight_grid()
+        if grid is not None:
+            scale, zero_point, qmin, qmax = grid
+            grids[f"{name}.weight"] = Grid(
+                scale.float().cpu().numpy(), zero_point.cpu().numpy(), qmin, qmax
+            )
+    return grids
 
 
 def record_transform(model: nn.Module, kind: str, config: dict[str, Any]) -> None:
@@ -140,7 +159,8 @@ def model_file_bytes(
     if frozen:
         model = freeze(model)
     record = {"format": FORMAT, "version": VERSION, "arch": model.mobiledl_arch, "meta": meta or {}}
-    return write_packed(record, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return write_packed(record, state, weight_grids(model) if frozen else None)
 
 
 def load_model(path: str | Path) -> LoadedModel:

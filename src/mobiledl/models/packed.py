@@ -12,7 +12,12 @@ before; this format stores each tensor in the smallest of these exact encodings:
   channel) as a float32 codebook plus one code per weight, bit-packed or Huffman-coded;
 - ``sparse``: a palette tensor that is mostly zeros in Deep Compression's relative-index
   format (``mobiledl.compress.encode``): the gaps between nonzeros and their codes as two
-  streams, each bit-packed or Huffman-coded (``mobiledl.models.entropy``).
+  streams, each bit-packed or Huffman-coded (``mobiledl.models.entropy``);
+- ``grid``: a weight on a linear ``b``-bit grid ``w = (q - z) * s`` (PTQ, QAT, mixed
+  precision; Jacob et al. 2018) as its float32 scales and int32 zero points (one per output
+  channel, or one) and one code ``q - qmin`` per weight, bit-packed at ``b`` bits or
+  Huffman-coded. The writer is told the grid (``Grid``); it is used only where it gives
+  back every value exactly.
 
 Every encoding is lossless: loading gives back the identical tensors. The file is
 ``MAGIC``, a 4-byte little-endian header length, the zlib-compressed JSON header (record,
@@ -28,6 +33,7 @@ import json
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +86,33 @@ _NUMPY = {
 _PALETTE_DTYPES = ("float32", "float64", "float16")
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The linear grid a weight sits on: ``w = (q - zero_point) * scale`` with integer codes
+    ``q`` in ``[qmin, qmax]``; ``scale`` (float32) and ``zero_point`` (int) hold one entry per
+    output channel (the weight's first dimension) or one for the whole tensor."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+
+
 def is_packed_file(path: Path) -> bool:
     """Whether ``path`` starts with the packed format's magic bytes."""
     with path.open("rb") as handle:
         return handle.read(len(MAGIC)) == MAGIC
 
 
-def write_packed(record: dict[str, Any], state: dict[str, torch.Tensor]) -> bytes:
-    """The bytes of a packed file holding the JSON-like ``record`` and the tensors."""
+def write_packed(
+    record: dict[str, Any], state: dict[str, torch.Tensor], grids: dict[str, Grid] | None = None
+) -> bytes:
+    """The bytes of a packed file holding the JSON-like ``record`` and the tensors; ``grids``
+    names the linear grids some tensors sit on (tried as the ``grid`` encoding)."""
     entries, chunks = [], []
+    grids = grids or {}
     for name, tensor in state.items():
-        entry, data = encode_tensor(tensor.detach().cpu())
+        entry, data = encode_tensor(tensor.detach().cpu(), grids.get(name))
         entries.append({"name": name, **entry, "z": len(data)})
         chunks.append(data)
     try:
@@ -169,8 +191,9 @@ def _shape(entry: dict[str, Any], path: Path) -> list[int]:
 # ---------------------------------------------------------------- encoding one tensor
 
 
-def encode_tensor(tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
-    """The smallest exact encoding of ``tensor``: its header entry and its bytes."""
+def encode_tensor(tensor: torch.Tensor, grid: Grid | None = None) -> tuple[dict[str, Any], bytes]:
+    """The smallest exact encoding of ``tensor``: its header entry and its bytes; ``grid``, the
+    linear grid it is said to sit on, is tried too."""
     dtype = str(tensor.dtype).removeprefix("torch.")
     if dtype not in _NUMPY:
         raise UserError(f"cannot save a {tensor.dtype} tensor in a model file")
@@ -184,6 +207,8 @@ def encode_tensor(tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
         candidates.append(_bits(flat, base))
     elif dtype in _PALETTE_DTYPES and flat.numel() and bool(torch.isfinite(flat).all()):
         candidates.extend(_palettes(tensor, base))
+        if grid is not None and dtype == "float32":
+            candidates.extend(_on_grid(tensor, grid, base))
     return min(candidates, key=lambda candidate: len(candidate[1]))
 
 
@@ -224,16 +249,56 @@ def _palettes(tensor: torch.Tensor, base: dict[str, Any]) -> list[tuple[dict[str
     return found
 
 
-def _row_palette(rows: np.ndarray, base: dict[str, Any]) -> list[tuple[dict[str, Any], bytes]]:
-    """One palette per output channel (binary weights: two values per channel)."""
+def row_palettes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """One palette per row of a 2-D array (per output channel of a weight): the ``(rows,
+    width)`` table, each row padded with its last value, and the codes into each row's
+    palette, flat in row order; ``None`` when some row has more than ``MAX_PALETTE`` values
+    or the table would be as large as the array."""
     uniques = [np.unique(row, return_inverse=True) for row in rows]
     width = max(palette.size for palette, _ in uniques)
     if width > MAX_PALETTE or width * len(rows) >= rows.size:
-        return []
+        return None
     table = np.stack([np.pad(p, (0, width - p.size), mode="edge") for p, _ in uniques])
-    codes = np.concatenate([inverse for _, inverse in uniques])
-    header, data = encode_stream(codes, width)
-    return [({**base, "codec": "rows", "k": width, "codes": header}, _f32(table) + data)]
+    return table, np.concatenate([inverse for _, inverse in uniques])
+
+
+def _row_palette(rows: np.ndarray, base: dict[str, Any]) -> list[tuple[dict[str, Any], bytes]]:
+    """One palette per output channel (binary weights: two values per channel)."""
+    found = row_palettes(rows)
+    if found is None:
+        return []
+    table, codes = found
+    header, data = encode_stream(codes, table.shape[1])
+    return [({**base, "codec": "rows", "k": table.shape[1], "codes": header}, _f32(table) + data)]
+
+
+def _on_grid(
+    tensor: torch.Tensor, grid: Grid, base: dict[str, Any]
+) -> list[tuple[dict[str, Any], bytes]]:
+    """The ``grid`` encoding, if ``grid`` gives back every value of ``tensor`` exactly."""
+    rows = grid.scale.size
+    levels = grid.qmax - grid.qmin + 1
+    if grid.zero_point.size != rows or not 1 < levels <= MAX_PALETTE or tensor.dim() < 1:
+        return []
+    if rows > 1 and rows != tensor.shape[0]:
+        return []
+    values = tensor.numpy().reshape(rows, -1)
+    scale = grid.scale.astype("<f4").reshape(rows, 1)
+    zero_point = grid.zero_point.astype(np.int64).reshape(rows, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.clip(np.rint(values / scale) + zero_point, grid.qmin, grid.qmax)
+    codes = np.nan_to_num(codes).astype(np.int64)
+    if not np.array_equal(_grid_values(codes, scale, zero_point), values):
+        return []
+    header, data = encode_stream(codes.reshape(-1) - grid.qmin, levels)
+    entry = {**base, "codec": "grid", "rows": rows, "qmin": grid.qmin, "k": levels}
+    tables = scale.tobytes() + zero_point.astype("<i4").tobytes()
+    return [({**entry, "codes": header}, tables + data)]
+
+
+def _grid_values(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """``(q - z) * s`` in float32, as the fake quantizers compute it."""
+    return (codes - zero_point).astype(np.float32) * scale
 
 
 def _sparse(
@@ -284,6 +349,8 @@ def decode_tensor(entry: dict[str, Any], data: np.ndarray, where: str) -> torch.
             raise UserError(f"{where} holds values other than 0/1 for a bool tensor")
     elif codec in ("palette", "rows", "sparse"):
         values = _decode_palette(entry, codec, data, count, shape, where)
+    elif codec == "grid":
+        values = _decode_grid(entry, data, count, shape, where)
     else:
         raise UserError(f"{where} has an unknown codec {codec!r:.20}")
     if values.size != count:
@@ -322,6 +389,26 @@ def _decode_palette(
     if codec == "rows":
         return np.take_along_axis(table, codes.reshape(rows, -1), axis=1).reshape(-1)
     return table[0][codes]
+
+
+def _decode_grid(
+    entry: dict[str, Any], data: np.ndarray, count: int, shape: list[int], where: str
+) -> np.ndarray:
+    rows, qmin, levels = entry.get("rows"), entry.get("qmin"), entry.get("k")
+    fields = (rows, qmin, levels)
+    if not all(isinstance(f, int) and not isinstance(f, bool) for f in fields):
+        raise UserError(f"{where} has an invalid grid")
+    if not (1 < levels <= MAX_PALETTE and abs(qmin) <= MAX_PALETTE and rows >= 1):
+        raise UserError(f"{where} has an invalid grid")
+    if rows > 1 and (not shape or shape[0] != rows) or count % rows or data.size < 8 * rows:
+        raise UserError(f"{where}: its grid of {rows} rows does not fit its shape")
+    scale = data[: 4 * rows].view("<f4").reshape(rows, 1)
+    zero_point = data[4 * rows : 8 * rows].view("<i4").astype(np.int64).reshape(rows, 1)
+    codes = _stream(entry.get("codes"), data[8 * rows :], where, alphabet=levels)
+    if codes.size != count:
+        raise UserError(f"{where} stores {codes.size} codes; its shape needs {count}")
+    shifted = codes.astype(np.int64).reshape(rows, -1) + qmin
+    return _grid_values(shifted, scale, zero_point).reshape(-1)
 
 
 def _decode_sparse(

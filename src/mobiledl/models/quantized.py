@@ -46,6 +46,10 @@ class GridQuantizer(nn.Module, metaclass=abc.ABCMeta):
     def widened(self) -> nn.Module:
         """The same grid in its 8-bit container, without observer (what an engine exports)."""
 
+    @abc.abstractmethod
+    def code_range(self) -> tuple[int, int]:
+        """The smallest and largest integer code of the grid (``qmin``, ``qmax``)."""
+
 
 def int8_codes(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-output-channel int8 codes of ``weight`` and their float scales.
@@ -112,6 +116,23 @@ class QuantizedLayer(metaclass=abc.ABCMeta):
         lowered.weight.copy_(quantizer(self.weight))
         lowered.weight_quantizer = quantizer.widened()
         return lowered
+
+    def weight_grid(self) -> tuple[Tensor, Tensor, int, int] | None:
+        """``(scale, zero_point, qmin, qmax)`` of the grid the weight is rounded onto (one
+        scale per output channel or one in all), ``None`` when it is not rounded now (or is
+        held as codes already, as sparse update's layers hold it)."""
+        quantizer = getattr(self, "weight_quantizer", None)
+        if not isinstance(quantizer, GridQuantizer) or not quantizer.quantizing:
+            return None
+        scale, zero_point = (p.detach().reshape(-1) for p in quantizer.qparams())
+        return (scale, zero_point, *quantizer.code_range())
+
+    @torch.no_grad()
+    def snap_weight(self) -> None:
+        """Replace the latent float weight by the grid values it rounds to (the layer's output
+        stays the same; rounding a grid value gives it back)."""
+        if self.weight_grid() is not None:
+            self.weight.copy_(self.quantized_weight())
 
     @abc.abstractmethod
     def apply_weight(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -234,6 +234,10 @@ class FakeQuantize(GridQuantizer):
             raise UserError("FakeQuantize.update_qparams needs an observer")
         self.set_qparams(*self.observer.qparams(self.spec))
 
+    def code_range(self) -> tuple[int, int]:
+        """``(qmin, qmax)`` of the spec."""
+        return self.spec.qmin, self.spec.qmax
+
     def widened(self) -> FakeQuantize:
         """The same grid in its 8-bit container (a ``b``-bit grid is a subset of it), fixed."""
         scale, zero_point = self.qparams()
