@@ -69,6 +69,14 @@ def check_deep_compression(report: Report, out: Path) -> None:
     assert "## Mixed precision" in (out / "deep_compression.md").read_text()
 
 
+def check_quantize_storage(report: Report, out: Path) -> None:
+    rows = report["rows"]
+    assert {row["method"] for row in rows} >= {"ptq-w8a8", "kmeans-4", "binary", "ternary-ttq"}
+    assert all(row["round_trip_identical"] for row in rows)
+    assert report["summary"]["exports_not_larger"] == len(rows)
+    assert "| file ratio |" in (out / "quantize_storage.md").read_text()
+
+
 def check_engine_overhead(report: Report, out: Path) -> None:
     rows = report["rows"]
     assert len(rows) == 4 and {row["batch_size"] for row in rows} == {1, 2}
@@ -162,6 +170,7 @@ CASES: list[Any] = [
     pytest.param("ondevice_transfer", (), check_ondevice_transfer, marks=slow),
     pytest.param("quantize_speed", (), check_quantize_speed, marks=slow),
     pytest.param("quantize_ptq", (), check_quantize_ptq, marks=slow),
+    pytest.param("quantize_storage", (), check_quantize_storage, marks=slow),
     pytest.param("factorize", ("--threads", "1", "--no-comparison"), check_factorize),
     pytest.param("prune_channel", ("--models", "resnet20"), check_prune_channel, marks=slow),
     pytest.param("nas_supernet", ("--no-ray",), check_nas_supernet, marks=slow),
