@@ -102,10 +102,11 @@ def train_baseline(name: str, task: Task, epochs: int, seed: int) -> nn.Module:
 
 
 class Files:
-    """The fp32 model's file and export, written once per (task, model)."""
+    """The fp32 model's accuracy, file and export, written once per (task, model)."""
 
     def __init__(self, base: nn.Module, task: Task, folder: Path) -> None:
         self.folder, self.task = folder, task
+        self.accuracy = task.metric(*predict_split(base, task))
         self.model_bytes = save_model(folder / "fp32.pt", base).stat().st_size
         self.onnx_bytes = self.export(base, "fp32").stat().st_size
 
@@ -133,6 +134,7 @@ def method_row(
         "task": task.name,
         "model": base.mobiledl_arch["name"],
         "method": method,
+        "fp32_accuracy": files.accuracy,
         "accuracy": task.metric(outputs, targets),
         "onnx_accuracy": task.metric(onnx_outputs, targets),
         "onnx_agreement": float((onnx_outputs.argmax(1) == predictions).float().mean()),
@@ -161,9 +163,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"Baselines trained {config['baseline_epochs']} epochs; QAT, binary, ternary and "
         f"k-means fine-tuning {config['method_epochs']}. {harness.machine_line(report)}",
         "",
-        "| task | model | method | acc % | ONNX acc % | ONNX = PyTorch | fp32 file B | file B "
-        "| file ratio | target | loads identical | fp32 ONNX B | ONNX B | ONNX ratio |",
-        "|---|---|---|" + "---:|" * 11,
+        "| task | model | method | fp32 acc % | acc % | ONNX acc % | ONNX = PyTorch "
+        "| fp32 file B | file B | file ratio | target | loads identical | fp32 ONNX B | ONNX B "
+        "| ONNX ratio |",
+        "|---|---|---|" + "---:|" * 12,
     ]
     for row in report["rows"]:
         target = row["min_file_ratio"]
@@ -173,7 +176,8 @@ def markdown(report: dict[str, Any]) -> str:
             else f">= {target:.0f}x: {harness.yes(row['file_ratio'] >= target)}"
         )
         lines.append(
-            f"| {row['task']} | {row['model']} | {row['method']} | {pct(row['accuracy'])} "
+            f"| {row['task']} | {row['model']} | {row['method']} | {pct(row['fp32_accuracy'])} "
+            f"| {pct(row['accuracy'])} "
             f"| {pct(row['onnx_accuracy'])} | {pct(row['onnx_agreement'])} "
             f"| {row['fp32_model_bytes']:,} | {row['model_bytes']:,} | {row['file_ratio']:.1f}x "
             f"| {met} | {harness.yes(row['round_trip_identical'])} "
