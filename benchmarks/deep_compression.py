@@ -367,7 +367,8 @@ NOTES = [
     "- Binary/ternary: first and last layers stay fp32 (as in the papers), which for "
     "LeNet-300-100 keeps most of the weights (its first layer) at fp32; 'counted' is 1 or 2 "
     "bits per weight plus fp32 scales and layers, 'file' the frozen model file on disk "
-    "(no ONNX Runtime 1- or 2-bit kernel: an exported graph keeps fp32 weights). "
+    "(no ONNX Runtime 1- or 2-bit kernel: an export stores the weights bit-packed and ONNX "
+    "Runtime unpacks them to fp32 at load; `python -m benchmarks quantize_storage`). "
     "Trained 15 epochs from the fp32 model with AdamW (lr 1e-3).",
     "- Mixed precision: per-layer sensitivity = validation-loss increase with that layer "
     "alone quantized (measured, not a Hessian proxy); greedy allocation on loss per byte.",

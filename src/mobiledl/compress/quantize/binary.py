@@ -19,9 +19,10 @@ weighted layer stay full precision by default.
 
 **Storage.** A frozen model file (``save_model(..., frozen=True)``, the default of the
 method commands) stores the weights at 1 or 2 bits each plus fp32 scales
-(``mobiledl.models.packed``). ONNX Runtime has no 1- or 2-bit kernel, so an exported binary
-or ternary model still carries fp32 weights (with values ``±alpha`` or ``{-W_n, 0, W_p}``)
-and runs no faster. :func:`lowbit_storage_bytes` counts what the packed weights take.
+(``mobiledl.models.packed``); an ONNX export stores them bit-packed too
+(``mobiledl.deploy.onnx_packing``). ONNX Runtime has no 1- or 2-bit kernel, so it unpacks them
+to fp32 weights (values ``±alpha`` or ``{-W_n, 0, W_p}``) at load and runs no faster.
+:func:`lowbit_storage_bytes` counts what the packed weights take.
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def _lowbit_model(
 
 def binary_model(model: nn.Module, config: BinaryConfig, task: TensorTask | None) -> nn.Module:
     """``model`` (changed in place) with binary weights ``±alpha`` (BinaryConnect + XNOR-Net
-    scaling); storage at 1 bit per weight is simulated (see :func:`lowbit_storage_bytes`)."""
+    scaling), stored at 1 bit per weight in a frozen file (see :func:`lowbit_storage_bytes`)."""
     record = {
         "method": "binary",
         "layers": select_layers(model, config.layers, "binarize"),
@@ -277,8 +278,8 @@ def binary_model(model: nn.Module, config: BinaryConfig, task: TensorTask | None
 
 
 def ternary_model(model: nn.Module, config: TernaryConfig, task: TensorTask | None) -> nn.Module:
-    """``model`` (changed in place) with ternary weights, TWN or TTQ; storage at 2 bits per
-    weight is simulated."""
+    """``model`` (changed in place) with ternary weights, TWN or TTQ, stored at 2 bits per weight
+    in a frozen file."""
     default = TWN_THRESHOLD if config.algorithm == "twn" else TTQ_THRESHOLD
     threshold = default if config.threshold is None else float(config.threshold)
     upper = 1.0 if config.algorithm == "ttq" else math.inf  # TTQ: a fraction of max|W|
