@@ -9,9 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobiledl.errors import UserError
 from mobiledl.models import create_model
 from mobiledl.profile import Measurement, profile_model
-from mobiledl.report.run import RunReport, Sensitivity, StepRow, write_run_report
+from mobiledl.report.run import (
+    RunReport,
+    Sensitivity,
+    StepRow,
+    load_report_data,
+    pareto_indices,
+    save_report_data,
+    write_run_report,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -59,13 +68,17 @@ def sample_report() -> RunReport:
         layers_before=profile_model(before, example).layers,
         layers_after=profile_model(after, example).layers,
         sensitivity=sensitivity,
+        layer_times={
+            "train": {"features.0.conv": 0.02, "features.3.conv2.conv": 0.03, "Quantize": 0.0},
+            "quantize": {"features.0.conv": 0.01, "features.3.conv2.conv": 0.01, "Quantize": 0.004},
+        },
     )
 
 
 def test_report_is_self_contained(tmp_path: Path) -> None:
     path = write_run_report(tmp_path / "report.html", sample_report())
     html = path.read_text(encoding="utf-8")
-    assert html.count("<svg") == 5  # latency, size, blocks, layers, sensitivity
+    assert html.count("<svg") == 6  # latency, size, blocks, layers, engine time, sensitivity
     assert "run &lt;test&gt; &amp; report" in html
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", html)  # nothing to fetch
     assert "<script" not in html
@@ -101,7 +114,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     result = chromium("--dump-dom", page.as_uri(), user_dir=tmp_path / "profile")
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
-    assert dom.count("<svg") == 5
+    assert dom.count("<svg") == 6
     assert len(re.findall(r"<path", dom)) > 50  # the plots' lines, bars and markers
     assert dom.count("<tr>") >= 1 + 4  # the step table at least
     assert not console_errors(result.stderr), console_errors(result.stderr)
@@ -111,3 +124,29 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri(), user_dir=tmp_path / "p2"
     )
     assert shot.is_file() and shot.stat().st_size > 20_000  # a real picture, not a blank page
+
+
+def test_pareto_front_keeps_only_undominated_steps() -> None:
+    costs = [4.0, 2.0, 2.0, 1.0, 3.0, 0.5]
+    accuracy = [0.99, 0.97, 0.95, 0.90, 0.96, float("nan")]
+    assert pareto_indices(costs, accuracy) == [3, 1, 0]
+
+
+def test_report_data_round_trips_to_the_same_page(tmp_path: Path) -> None:
+    report = sample_report()
+    data = save_report_data(tmp_path / "report.json", report)
+    first = write_run_report(tmp_path / "a.html", report).read_text(encoding="utf-8")
+    again = write_run_report(tmp_path / "b.html", load_report_data(data))
+    assert again.read_text(encoding="utf-8") == first
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("{", "not a JSON report"), ('{"version": 7}', "not a mobiledl report"),
+     ('{"version": 1, "title": "t"}', "incomplete")],
+)  # fmt: skip
+def test_bad_report_data_is_one_clear_error(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_report_data(path)

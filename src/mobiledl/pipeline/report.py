@@ -1,4 +1,5 @@
-"""Build a run's HTML report from its directory: state, first and final models, sensitivity.
+"""Build a run's HTML report from its directory: state, first and final models, sensitivity;
+the report's data is saved beside it (``report.json``) for ``mobiledl report RUN_DIR``.
 
 The per-layer sensitivity of the uncompressed model (``prune.sensitivity_analysis``, each
 layer alone pruned by weight magnitude) is cached in ``sensitivity.json`` so a resumed run
@@ -16,9 +17,13 @@ from mobiledl.fileio import write_json_atomic
 from mobiledl.models import load_model
 from mobiledl.pipeline.steps import RunContext
 from mobiledl.profile import profile_model
-from mobiledl.report.run import RunReport, Sensitivity, StepRow, write_run_report
+from mobiledl.report.run import (
+    RunReport,
+    Sensitivity,
+    StepRow,
+    write_run_folder_report,
+)
 
-REPORT_FILE = "report.html"
 SENSITIVITY_FILE = "sensitivity.json"
 
 
@@ -44,7 +49,7 @@ def write_report(ctx: RunContext) -> Path:
             f"Latency: batch {spec.measure.batch_size}, {spec.measure.repeats} timed runs."
         ],
     )
-    return write_run_report(ctx.out_dir / REPORT_FILE, report)
+    return write_run_folder_report(ctx.out_dir, report)
 
 
 def _inputs(task: Task) -> str:

@@ -10,6 +10,7 @@ Layout of a run directory::
     model.onnx                 written by an ``export`` step
     sensitivity.json           cached per-layer sensitivity of the uncompressed model
     report.html                the self-contained report
+    report.json                its data (``mobiledl report DIR`` renders it again)
 
 Every file is written atomically. A step's model file is written before the state lists the
 step, so a run killed at any moment (``kill -9`` included) loses no finished step:

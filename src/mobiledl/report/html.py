@@ -81,7 +81,8 @@ class HtmlReport:
 
     def add_figure(self, figure: Figure, caption: str) -> None:
         buffer = io.StringIO()
-        figure.savefig(buffer, format="svg", bbox_inches="tight")
+        with matplotlib.rc_context({"svg.hashsalt": "mobiledl"}):  # same ids every time
+            figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
         svg = buffer.getvalue()
         svg = svg[svg.index("<svg") :]
         self._parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>")

@@ -1,22 +1,38 @@
 """The HTML report of a recipe run: step table, trade-off plots, per-layer profile, sensitivity.
 
 One self-contained file (inline SVG, no scripts or external assets) built from plain data, so
-it can be written by the pipeline runner or by anyone holding the same numbers.
+it can be written by the pipeline runner, the demo, or anyone holding the same numbers. The
+data is saved beside the page as JSON (``save_report_data``), from which ``mobiledl report
+RUN_DIR`` renders the page again without re-running anything.
+
+The trade-off plots mark the Pareto front (steps no other step beats on both accuracy and
+cost); the per-layer section compares MACs and, where the engine profiled the step's artifact
+(``mobiledl.deploy.profiling``), engine time per layer between the first and the last step.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from mobiledl.errors import UserError
+from mobiledl.fileio import write_json_atomic
 from mobiledl.profile import LayerProfile, Measurement
 from mobiledl.report.html import HtmlReport, format_cell, measurement_rows
 
 MAX_LABELLED_LAYERS = 60
+#: Layers shown in the engine-time bars (the slowest in any profiled step).
+MAX_TIMED_LAYERS = 30
+#: Version of the JSON ``save_report_data`` writes.
+DATA_VERSION = 1
+#: The page and its data in a run folder (``mobiledl run``, ``mobiledl demo``).
+REPORT_PAGE = "report.html"
+REPORT_DATA = "report.json"
 
 
 @dataclass
@@ -41,7 +57,11 @@ class Sensitivity:
 
 @dataclass
 class RunReport:
-    """Everything the report shows."""
+    """Everything the report shows.
+
+    ``layer_times`` maps a step's name to the engine time of each layer of its artifact (ms
+    per run, ``mobiledl inspect``'s rows), for the steps that were profiled.
+    """
 
     title: str
     description: str
@@ -50,6 +70,98 @@ class RunReport:
     layers_after: list[LayerProfile]
     sensitivity: Sensitivity | None = None
     notes: list[str] = field(default_factory=list)
+    layer_times: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``from_dict`` reads it back)."""
+        return {
+            "version": DATA_VERSION,
+            "title": self.title,
+            "description": self.description,
+            "steps": [
+                {
+                    "kind": s.kind,
+                    "seconds": s.seconds,
+                    "measurement": s.measurement.to_dict(),
+                    "info": s.info,
+                }
+                for s in self.steps
+            ],  # fmt: skip
+            "layers_before": [layer.to_dict() for layer in self.layers_before],
+            "layers_after": [layer.to_dict() for layer in self.layers_after],
+            "sensitivity": None if self.sensitivity is None else asdict(self.sensitivity),
+            "notes": self.notes,
+            "layer_times": self.layer_times,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
+        """The report a ``to_dict`` describes; ``KeyError`` / ``TypeError`` if it does not."""
+        sensitivity = data.get("sensitivity")
+        return cls(
+            title=str(data["title"]),
+            description=str(data.get("description", "")),
+            steps=[
+                StepRow(
+                    s["kind"],
+                    float(s["seconds"]),
+                    Measurement(**s["measurement"]),
+                    dict(s.get("info", {})),
+                )
+                for s in data["steps"]
+            ],  # fmt: skip
+            layers_before=[_layer(layer) for layer in data["layers_before"]],
+            layers_after=[_layer(layer) for layer in data["layers_after"]],
+            sensitivity=None if sensitivity is None else Sensitivity(**sensitivity),
+            notes=[str(note) for note in data.get("notes", [])],
+            layer_times={
+                str(step): {str(k): float(v) for k, v in times.items()}
+                for step, times in data.get("layer_times", {}).items()
+            },
+        )
+
+
+def _layer(data: Mapping[str, Any]) -> LayerProfile:
+    shape = data.get("output_shape")
+    return LayerProfile(
+        name=str(data["name"]),
+        type=str(data["type"]),
+        output_shape=None if shape is None else tuple(int(d) for d in shape),
+        params=int(data.get("params", 0)),
+        macs=int(data.get("macs", 0)),
+        pool_ops=int(data.get("pool_ops", 0)),
+    )
+
+
+def save_report_data(path: str | Path, report: RunReport) -> Path:
+    """Write the report's data as JSON (atomically); ``load_report_data`` reads it."""
+    return write_json_atomic(path, report.to_dict())
+
+
+def load_report_data(path: str | Path) -> RunReport:
+    """The report saved at ``path``; a one-line ``UserError`` naming the file otherwise."""
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(f"{source}: no such report data file")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{source}: not a JSON report data file ({str(exc)[:80]})") from None
+    if not isinstance(data, dict) or data.get("version") != DATA_VERSION:
+        raise UserError(f"{source}: not a mobiledl report data file (version {DATA_VERSION})")
+    try:
+        return RunReport.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"{source}: report data is incomplete ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def write_run_folder_report(folder: Path, report: RunReport) -> Path:
+    """Save ``report``'s data (``REPORT_DATA``) and render it (``REPORT_PAGE``) in ``folder``;
+    returns the page."""
+    save_report_data(folder / REPORT_DATA, report)
+    return write_run_report(folder / REPORT_PAGE, report)
 
 
 def write_run_report(path: str | Path, report: RunReport) -> Path:
@@ -104,21 +216,49 @@ def _tradeoff_section(html: HtmlReport, steps: Sequence[StepRow]) -> None:
 def tradeoff_figure(
     measurements: Sequence[Measurement], key: str, label: str, log_x: bool = False
 ) -> Figure:
-    """Accuracy against ``key`` for each measurement, in step order, labelled by name."""
+    """Accuracy against ``key`` for each measurement, in step order, labelled by name; the
+    Pareto front (no other step as accurate at a lower ``key``) drawn in colour."""
     figure = Figure(figsize=(6.4, 3.6))
     axes = figure.subplots()
     xs = [getattr(m, key) for m in measurements]
     ys = [m.accuracy if m.accuracy is not None else float("nan") for m in measurements]
-    axes.plot(xs, ys, color="#bbb", linewidth=1, zorder=1)
-    axes.scatter(xs, ys, zorder=2)
+    axes.plot(xs, ys, color="#bbb", linewidth=1, zorder=1, label="steps in order")
+    front = pareto_indices(xs, ys)
+    rest = [i for i in range(len(xs)) if i not in front]
+    axes.scatter([xs[i] for i in rest], [ys[i] for i in rest], color="#999", zorder=2)
+    axes.step(
+        [xs[i] for i in front], [ys[i] for i in front], where="post", color="#d62728",
+        linewidth=1.2, zorder=3,
+    )  # fmt: skip
+    axes.scatter(
+        [xs[i] for i in front], [ys[i] for i in front], color="#d62728", zorder=4,
+        label="Pareto front",
+    )  # fmt: skip
     for m, x, y in zip(measurements, xs, ys, strict=True):
         axes.annotate(m.name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if log_x:
         axes.set_xscale("log")
     axes.set_xlabel(label)
     axes.set_ylabel("test accuracy")
+    axes.legend(fontsize=7, loc="lower right")
     axes.grid(alpha=0.3)
     return figure
+
+
+def pareto_indices(costs: Sequence[float], accuracies: Sequence[float]) -> list[int]:
+    """Indices of the points no other point dominates (cost no higher and accuracy no lower,
+    one of them strictly), ordered by cost; points without an accuracy are never on it."""
+    points = [
+        (cost, accuracy, i)
+        for i, (cost, accuracy) in enumerate(zip(costs, accuracies, strict=True))
+        if accuracy == accuracy  # not NaN
+    ]
+    front = [
+        i
+        for cost, accuracy, i in points
+        if not any(c <= cost and a >= accuracy and (c < cost or a > accuracy) for c, a, _ in points)
+    ]
+    return sorted(front, key=lambda i: (costs[i], -accuracies[i]))
 
 
 def _layers_section(html: HtmlReport, report: RunReport) -> None:
@@ -128,6 +268,16 @@ def _layers_section(html: HtmlReport, report: RunReport) -> None:
         "MACs per block: the model before the first step and the final model",
     )
     html.add_figure(layer_macs_figure(report.layers_after), "MACs per layer of the final model")
+    if report.layer_times:
+        steps = ", ".join(report.layer_times)
+        html.add_figure(
+            layer_time_figure(
+                report.layer_times,
+                [layer.name for layer in [*report.layers_before, *report.layers_after]],
+            ),
+            f"engine time per layer (ms per run; {steps}); layers that map to no module "
+            "(quantize/dequantize steps, reformats) are shown under their operator",
+        )
     html.add_table(
         ["layer", "type", "output shape", "params", "MACs"],
         [
@@ -177,6 +327,31 @@ def layer_macs_figure(layers: Sequence[LayerProfile]) -> Figure:
         names = [layer.name for layer in counted]
         axes.set_xticks(range(len(counted)), names, rotation=90, fontsize=6)
     axes.set_ylabel("MACs")
+    return figure
+
+
+def layer_time_figure(
+    layer_times: Mapping[str, Mapping[str, float]], order: Sequence[str] = ()
+) -> Figure:
+    """Grouped bars: each profiled step's engine time per layer, for the ``MAX_TIMED_LAYERS``
+    slowest layers of any step, in ``order`` (the model's layer order; others after)."""
+    steps = list(layer_times)
+    peak: dict[str, float] = {}
+    for times in layer_times.values():
+        for name, ms in times.items():
+            peak[name] = max(peak.get(name, 0.0), ms)
+    chosen = set(sorted(peak, key=lambda name: -peak[name])[:MAX_TIMED_LAYERS])
+    rank = {name: i for i, name in enumerate(dict.fromkeys(order))}
+    shown = sorted(chosen, key=lambda name: (rank.get(name, len(rank)), name))
+    figure = Figure(figsize=(8, 3.4))
+    axes = figure.subplots()
+    width = 0.8 / max(len(steps), 1)
+    for k, step in enumerate(steps):
+        offsets = [i - 0.4 + width * (k + 0.5) for i in range(len(shown))]
+        axes.bar(offsets, [layer_times[step].get(n, 0.0) for n in shown], width, label=step)
+    axes.set_xticks(range(len(shown)), shown, rotation=90, fontsize=6)
+    axes.set_ylabel("engine time (ms per run)")
+    axes.legend(fontsize=7)
     return figure
 
 
