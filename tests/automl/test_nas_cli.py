@@ -121,7 +121,11 @@ def test_search_writes_model_report_and_one_json(supernet_file, tmp_path, capsys
     assert result["macs"] <= 200000 and result["latency_ms_median"] > 0
     for name in ("subnet.pt", "subnet.onnx", "report.html", "search.json", "latency_model.json"):
         assert (out / name).is_file(), name
-    assert "<svg" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "<h2>Search history</h2>" in page
+    history = json.loads((out / "search.json").read_text())["history"]
+    scored = [best for best in history if best is not None]
+    assert scored and scored == sorted(scored)  # the best so far never drops
     loaded = load_model(out / "subnet.pt")
     from mobiledl.data import build_task
 

@@ -313,7 +313,7 @@ def _finish(
     from mobiledl.automl.nas.efficiency import TimingConfig, measure_latency
     from mobiledl.automl.nas.evaluate import EvalSpec
     from mobiledl.automl.nas.extract import calibration_indices, extract_subnet, recalibrate_bn
-    from mobiledl.automl.nas.report import write_search_report
+    from mobiledl.automl.nas.report import search_history, write_search_report
     from mobiledl.deploy import get_engine
     from mobiledl.fileio import write_json_atomic
     from mobiledl.models import save_model
@@ -351,6 +351,9 @@ def _finish(
     chosen = {k: v for k, v in measurement.to_dict().items() if not isinstance(v, dict)}
     write_search_report(files["report"], result, constraints, chosen)
     data = measurement.to_dict()
-    write_json_atomic(files["search"], {"chosen": data, "search": result.to_dict()})
+    history = search_history(result, constraints)
+    write_json_atomic(
+        files["search"], {"chosen": data, "search": result.to_dict(), "history": history}
+    )
     log(f"wrote {args.out}: {arch.label()}")
     return data

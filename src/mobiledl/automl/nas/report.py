@@ -1,4 +1,5 @@
-"""The HTML report of a search: the accuracy-latency Pareto plot and the chosen sub-network."""
+"""The HTML report of a search: the accuracy-latency Pareto plot, the search history and the
+chosen sub-network."""
 
 from __future__ import annotations
 
@@ -58,6 +59,31 @@ def pareto_figure(result: SearchResult, constraints: Constraints) -> Figure:
     return figure
 
 
+def search_history(result: SearchResult, constraints: Constraints) -> list[float | None]:
+    """After each candidate scored (in scoring order), the best predicted accuracy of the
+    candidates so far that meet ``constraints`` (``None`` until one does)."""
+    best: float | None = None
+    history: list[float | None] = []
+    for candidate in result.seen:
+        if candidate.meets(constraints) and (best is None or candidate.accuracy > best):
+            best = candidate.accuracy
+        history.append(best)
+    return history
+
+
+def history_figure(result: SearchResult, constraints: Constraints) -> Figure:
+    """Best feasible predicted accuracy against the number of candidates scored."""
+    history = search_history(result, constraints)
+    figure = Figure(figsize=(6.5, 3.0))
+    axes = figure.add_subplot()
+    steps = [i + 1 for i, best in enumerate(history) if best is not None]
+    axes.step(steps, [100 * best for best in history if best is not None], where="post")
+    axes.set_xlabel("candidates scored (search order)")
+    axes.set_ylabel("best feasible accuracy (%, predicted)")
+    axes.grid(alpha=0.3)
+    return figure
+
+
 def write_search_report(
     path: str | Path, result: SearchResult, constraints: Constraints, chosen: dict[str, Any]
 ) -> Path:
@@ -73,6 +99,12 @@ def write_search_report(
         "Grey: every candidate the search scored (predicted accuracy and latency); blue: "
         "the Pareto front of those within the budget; red: finalists at their measured "
         "validation accuracy; green star: the chosen sub-network.",
+    )
+    report.add_heading("Search history")
+    report.add_figure(
+        history_figure(result, constraints),
+        "The best predicted accuracy among the candidates within the budget, after each "
+        "candidate the search scored.",
     )
     report.add_heading("Pareto front")
     report.add_table(
