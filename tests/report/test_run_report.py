@@ -2,8 +2,6 @@
 without console errors."""
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,21 +19,6 @@ from mobiledl.report.run import (
     save_report_data,
     write_run_report,
 )
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-logging=stderr",
-    "--v=0",
-]
-
 
 FACTORIZE_INFO = {"layers": {"features.1.conv1.conv": {"method": "tucker2", "ranks": [8, 8]}}}
 
@@ -86,43 +69,23 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
         assert f"<h2>{heading}</h2>" in html
 
 
-def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={user_dir}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def console_errors(stderr: str) -> list[str]:
-    return [
-        line
-        for line in stderr.splitlines()
-        if "CONSOLE" in line or "Uncaught" in line or "Failed to load resource" in line
-    ]
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(tmp_path: Path, chromium) -> None:
     page = write_run_report(tmp_path / "report.html", sample_report())
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>console.error('boom')</script></body></html>")
-    check = chromium("--dump-dom", broken.as_uri(), user_dir=tmp_path / "profile-check")
-    assert console_errors(check.stderr), "the console check must see a deliberate error"
+    check = chromium.run("--dump-dom", broken.as_uri())
+    assert chromium.console_errors(check.stderr), "the console check must see a deliberate error"
 
-    result = chromium("--dump-dom", page.as_uri(), user_dir=tmp_path / "profile")
+    result = chromium.run("--dump-dom", page.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert dom.count("<svg") == 6
     assert len(re.findall(r"<path", dom)) > 50  # the plots' lines, bars and markers
     assert dom.count("<tr>") >= 1 + 4  # the step table at least
-    assert not console_errors(result.stderr), console_errors(result.stderr)
+    assert not chromium.console_errors(result.stderr), chromium.console_errors(result.stderr)
 
     shot = tmp_path / "report.png"
-    chromium(
-        f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri(), user_dir=tmp_path / "p2"
-    )
+    chromium.run(f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri())
     assert shot.is_file() and shot.stat().st_size > 20_000  # a real picture, not a blank page
 
 

@@ -60,7 +60,8 @@ class RunReport:
     """Everything the report shows.
 
     ``layer_times`` maps a step's name to the engine time of each layer of its artifact (ms
-    per run, ``mobiledl inspect``'s rows), for the steps that were profiled.
+    per run, ``mobiledl inspect``'s rows), for the steps that were profiled; ``training``
+    maps a step's name to its validation accuracy after each epoch.
     """
 
     title: str
@@ -71,6 +72,7 @@ class RunReport:
     sensitivity: Sensitivity | None = None
     notes: list[str] = field(default_factory=list)
     layer_times: dict[str, dict[str, float]] = field(default_factory=dict)
+    training: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_dict`` reads it back)."""
@@ -92,6 +94,7 @@ class RunReport:
             "sensitivity": None if self.sensitivity is None else asdict(self.sensitivity),
             "notes": self.notes,
             "layer_times": self.layer_times,
+            "training": self.training,
         }
 
     @classmethod
@@ -117,6 +120,10 @@ class RunReport:
             layer_times={
                 str(step): {str(k): float(v) for k, v in times.items()}
                 for step, times in data.get("layer_times", {}).items()
+            },
+            training={
+                str(step): [float(v) for v in curve]
+                for step, curve in data.get("training", {}).items()
             },
         )
 
@@ -173,6 +180,9 @@ def write_run_report(path: str | Path, report: RunReport) -> Path:
         html.add_text(note)
     _steps_section(html, report.steps)
     _tradeoff_section(html, report.steps)
+    if report.training:
+        html.add_heading("Training")
+        html.add_figure(training_figure(report.training), "validation accuracy per epoch")
     _layers_section(html, report)
     _method_sections(html, report.steps)
     if report.sensitivity is not None:
@@ -259,6 +269,19 @@ def pareto_indices(costs: Sequence[float], accuracies: Sequence[float]) -> list[
         if not any(c <= cost and a >= accuracy and (c < cost or a > accuracy) for c, a, _ in points)
     ]
     return sorted(front, key=lambda i: (costs[i], -accuracies[i]))
+
+
+def training_figure(curves: Mapping[str, Sequence[float]]) -> Figure:
+    """Validation accuracy per epoch, one line per training step."""
+    figure = Figure(figsize=(6, 3))
+    axes = figure.subplots()
+    for step, curve in curves.items():
+        axes.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=step)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    return figure
 
 
 def _layers_section(html: HtmlReport, report: RunReport) -> None:
