@@ -20,6 +20,7 @@ import torch
 
 from mobiledl.cli.adapt import add_adapt_command
 from mobiledl.cli.deep_compress import add_deep_compress_command
+from mobiledl.cli.inspect import add_inspect_command
 from mobiledl.cli.methods import add_apply_command
 from mobiledl.cli.nas import add_nas_command
 from mobiledl.cli.prune import add_prune_command
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_profile,
         _add_export,
         _add_bench,
+        add_inspect_command,
         add_prune_command,
         add_quantize_command,
         add_deep_compress_command,

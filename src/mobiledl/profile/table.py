@@ -1,10 +1,11 @@
-"""Plain-text per-layer table of a ``ModelProfile``."""
+"""Plain-text per-layer tables of a ``ModelProfile`` and of an ``EngineProfile``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mobiledl.profile.engine_profile import EngineProfile, LayerTime
     from mobiledl.profile.profiler import LayerProfile, ModelProfile
 
 
@@ -55,3 +56,46 @@ def _align(rows: list[list[str]], numeric_from: int) -> list[str]:
         ]
         lines.append("  ".join(cells).rstrip())
     return lines
+
+
+def format_engine_table(profile: EngineProfile, top: int) -> str:
+    """The ``top`` slowest rows of an engine profile (layer, ops, time, share, MACs, achieved
+    GMAC/s, bytes), the rest summed in one line, then the totals and end-to-end latencies."""
+    header = ["layer", "ops", "ms", "share %", "MACs", "GMAC/s", "bytes"]
+    shown, rest = profile.layers[:top], profile.layers[top:]
+    rows = [_engine_row(layer) for layer in shown]
+    lines = _align([header, *rows], numeric_from=2)
+    rule = "-" * len(lines[0])
+    out = [lines[0], rule, *lines[1:]]
+    if rest:
+        rest_ms = sum(layer.time_ms for layer in rest)
+        out.append(f"... {len(rest)} more rows: {rest_ms:.3f} ms (--json lists every row)")
+    totals = profile.totals()
+    out += [
+        rule,
+        f"layers total {profile.layers_ms:.3f} ms; mapped to named modules "
+        f"{100 * profile.coverage:.1f}%",
+        f"end-to-end {profile.latency_ms_median:.3f} ms unprofiled (median, p90 "
+        f"{profile.latency_ms_p90:.3f}); layers / end-to-end {_fraction(totals, 'latency')}",
+        f"{profile.engine}'s own time of the profiled runs {profile.engine_run_ms:.3f} ms; "
+        f"layers / that {_fraction(totals, 'engine_run')}",
+    ]
+    return "\n".join(out)
+
+
+def _engine_row(layer: LayerTime) -> list[str]:
+    rate = layer.macs_per_s
+    return [
+        layer.name,
+        ",".join(layer.ops),
+        f"{layer.time_ms:.3f}",
+        f"{100 * layer.share:.1f}",
+        f"{layer.macs:,}" if layer.macs else "-",
+        f"{rate / 1e9:.2f}" if rate else "-",
+        f"{layer.bytes:,}",
+    ]
+
+
+def _fraction(totals: dict[str, float | None], key: str) -> str:
+    value = totals[f"layers_over_{key}"]
+    return "-" if value is None else f"{value:.3f}"
