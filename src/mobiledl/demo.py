@@ -3,7 +3,9 @@
 Train a compact model, profile it, export it to ONNX, check parity, measure accuracy
 and latency inside ONNX Runtime; then remove half its MACs by channel pruning (fine-tuned
 with distillation from the trained model), quantize the pruned model to int8 and run it as
-an int8 QDQ graph in ONNX Runtime; write a table, JSON and an HTML report.
+an int8 QDQ graph in ONNX Runtime; write a table, JSON and an HTML report (the run report of
+``mobiledl.report.run``: Pareto plots, per-layer MACs and ONNX Runtime time of each artifact,
+saved as ``report.json`` too, so ``mobiledl report DIR`` renders it again).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
@@ -24,11 +25,13 @@ from mobiledl.core.methods import apply
 from mobiledl.core.task import TensorTask
 from mobiledl.data import build_task
 from mobiledl.deploy import get_engine
+from mobiledl.deploy.profiling import profile_artifact
 from mobiledl.fileio import write_json_atomic
 from mobiledl.measure import artifact_outputs, measure_model
 from mobiledl.models import create_model, save_model
 from mobiledl.profile import Measurement, profile_model
-from mobiledl.report import HtmlReport, measurement_rows
+from mobiledl.report import measurement_rows
+from mobiledl.report.run import RunReport, StepRow, write_run_folder_report
 from mobiledl.train import TrainConfig, TrainResult, predict_split, train
 
 DEMO_MODEL = "resnet8"
@@ -43,6 +46,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     started = time.perf_counter()
+    clock = _StageClock()
     task = build_task("digits", image_size=DEMO_IMAGE_SIZE, seed=0)
     model = create_model(DEMO_MODEL, task.num_classes, task.in_channels, task.image_size)
     console.print(f"[1/5] training {DEMO_MODEL} on digits {task.image_size} ...")
@@ -52,6 +56,7 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
 
     console.print("[2/5] exporting to ONNX, checking parity, measuring in ONNX Runtime ...")
     fp32 = deployed_measurement(model, task, out_dir / "model.onnx", f"{DEMO_MODEL} fp32")
+    seconds = [clock.lap()]
 
     console.print(f"[3/5] channel pruning to {DEMO_MACS_RATIO:.0%} of the MACs, KD fine-tuning ...")
     pruned = _pruned(model, task, epochs, progress)
@@ -59,26 +64,47 @@ def run_demo(out_dir: Path, epochs: int | None = None, progress: bool = True) ->
     pruned_row = deployed_measurement(
         pruned, task, out_dir / "pruned.onnx", f"{DEMO_MODEL} pruned fp32"
     )
+    seconds.append(clock.lap())
 
     console.print("[4/5] int8 post-training quantization, running the int8 graph ...")
     int8 = apply(pruned, QuantConfig(), task)
     int8_row = deployed_measurement(
         int8, task, out_dir / "pruned_int8.onnx", f"{DEMO_MODEL} pruned int8"
     )
+    seconds.append(clock.lap())
     measurements = [fp32, pruned_row, int8_row]
 
-    console.print("[5/5] writing reports ...")
+    console.print("[5/5] profiling each artifact per layer, writing reports ...")
     elapsed = time.perf_counter() - started
     summary = {"elapsed_seconds": elapsed, "measurements": [m.to_dict() for m in measurements]}
     write_json_atomic(out_dir / "demo.json", summary)
-    _write_report(out_dir / "report.html", model, task, measurements, history)
+    steps = [
+        StepRow(kind, took, row, {})
+        for kind, took, row in zip(
+            ("train", "prune", "quantize"), seconds, measurements, strict=True
+        )
+    ]
+    report = _run_report(task, steps, [model, pruned, int8], history)
+    write_run_folder_report(out_dir, report)
     if progress:
         _print_table(measurements)
     console.print(
         f"done in {elapsed:.0f} s; wrote {out_dir}/model.pt, model.onnx, pruned.pt, "
-        "pruned.onnx, pruned_int8.onnx, demo.json, report.html"
+        "pruned.onnx, pruned_int8.onnx, demo.json, report.html, report.json"
     )
     return measurements
+
+
+class _StageClock:
+    """Seconds since the previous lap (the wall time of each demo stage)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        took, self.last = now - self.last, now
+        return took
 
 
 def _pruned(
@@ -128,52 +154,30 @@ def _print_table(measurements: list[Measurement]) -> None:
     Console(file=sys.stdout, width=140).print(table)
 
 
-def _write_report(
-    path: Path,
-    model: torch.nn.Module,
-    task: TensorTask,
-    measurements: list[Measurement],
-    history: TrainResult,
-) -> None:
-    report = HtmlReport("mobiledl demo")
-    report.add_text(
-        f"{DEMO_MODEL} trained on scikit-learn digits resized to {task.image_size}, then "
-        f"channel-pruned to {DEMO_MACS_RATIO:.0%} of its MACs (L1 criterion, physical "
-        "removal, fine-tuned with distillation from the trained model) and quantized to int8 "
-        "(static, per-channel weights, QDQ graph). Accuracy of each exported model in ONNX "
-        "Runtime on the held-out test split; latency in ONNX Runtime at batch 1 (median of "
-        "100 runs); bytes = ONNX file size."
+def _run_report(
+    task: TensorTask, steps: list[StepRow], models: list[torch.nn.Module], history: TrainResult
+) -> RunReport:
+    """The demo as a run report: its three steps, per-layer MACs of the first and the last
+    model, and each artifact's ONNX Runtime time per layer (``mobiledl inspect``)."""
+    example = task.example_input(1)
+    layer_times = {}
+    for step, model in zip(steps, models, strict=True):
+        path = Path(step.measurement.extra["artifact"])
+        profile = profile_artifact(path, model=model, name=step.measurement.name)
+        layer_times[step.measurement.name] = {row.name: row.time_ms for row in profile.layers}
+    return RunReport(
+        title="mobiledl demo",
+        description=(
+            f"{DEMO_MODEL} trained on scikit-learn digits resized to {task.image_size}, then "
+            f"channel-pruned to {DEMO_MACS_RATIO:.0%} of its MACs (L1 criterion, physical "
+            "removal, fine-tuned with distillation from the trained model) and quantized to "
+            "int8 (static, per-channel weights, QDQ graph). Accuracy of each exported model in "
+            "ONNX Runtime on the held-out test split; latency in ONNX Runtime at batch 1 "
+            "(median of 100 runs); bytes = ONNX file size."
+        ),
+        steps=steps,
+        layers_before=profile_model(models[0], example).layers,
+        layers_after=profile_model(models[-1], example).layers,
+        layer_times=layer_times,
+        training={steps[0].measurement.name: [h["val_accuracy"] for h in history.history]},
     )
-    report.add_heading("Measurements")
-    report.add_table(*measurement_rows(measurements))
-    report.add_heading("Training")
-    report.add_figure(_training_figure(history), "validation accuracy per epoch")
-    profile = profile_model(model, task.example_input(1))
-    report.add_heading("Per-layer profile")
-    report.add_figure(_macs_figure(profile.layers), "MACs per layer")
-    report.add_table(
-        ["layer", "type", "output shape", "params", "MACs"],
-        [[lp.name, lp.type, str(lp.output_shape), lp.params, lp.macs] for lp in profile.layers],
-    )
-    report.write(path)
-
-
-def _training_figure(history: TrainResult) -> Figure:
-    figure = Figure(figsize=(6, 3))
-    axes = figure.subplots()
-    epochs = [h["epoch"] for h in history.history]
-    axes.plot(epochs, [h["val_accuracy"] for h in history.history], marker="o")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("validation accuracy")
-    axes.grid(alpha=0.3)
-    return figure
-
-
-def _macs_figure(layers: list) -> Figure:
-    figure = Figure(figsize=(8, 3))
-    axes = figure.subplots()
-    counted = [layer for layer in layers if layer.macs]
-    axes.bar(range(len(counted)), [layer.macs for layer in counted])
-    axes.set_xticks(range(len(counted)), [layer.name for layer in counted], rotation=90, fontsize=6)
-    axes.set_ylabel("MACs")
-    return figure

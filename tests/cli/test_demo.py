@@ -10,7 +10,7 @@ from mobiledl.deploy.qdq import integer_ops
 
 
 def test_demo_writes_model_onnx_json_and_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], chromium
 ) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--epochs", "1", "--json"]) == 0
@@ -30,5 +30,25 @@ def test_demo_writes_model_onnx_json_and_report(
     summary = json.loads((out / "demo.json").read_text())
     assert summary["measurements"][0]["name"] == fp32["name"]
     html = (out / "report.html").read_text()
-    assert "<svg" in html and "<table>" in html
+    assert "<table>" in html and "Pareto front" in html and "engine time per layer" in html
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["layer_times"]) == [fp32["name"], pruned["name"], int8["name"]]
+    assert all(sum(times.values()) > 0 for times in data["layer_times"].values())
+
+    # `mobiledl report` renders the same page from report.json alone
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert (out / "report.html").read_text() == html
+
+    page = chromium.run("--dump-dom", (out / "report.html").as_uri())
+    assert page.returncode == 0 and not chromium.console_errors(page.stderr)
+    assert page.stdout.count("<svg") == 6  # latency, size, training, blocks, layers, engine
+
+
+def test_report_command_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path / "none")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no report.json" in capsys.readouterr().err

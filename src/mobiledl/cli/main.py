@@ -25,6 +25,7 @@ from mobiledl.cli.methods import add_apply_command
 from mobiledl.cli.nas import add_nas_command
 from mobiledl.cli.prune import add_prune_command
 from mobiledl.cli.quantize import add_quantize_command
+from mobiledl.cli.report import add_report_command
 from mobiledl.cli.run import add_run_command
 from mobiledl.cli.support import (
     OneLineParser,
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_adapt_command,
         add_apply_command,
         add_run_command,
+        add_report_command,
         add_nas_command,
         add_video_command,
         _add_demo,
