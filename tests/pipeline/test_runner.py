@@ -65,6 +65,7 @@ def test_resume_skips_finished_steps(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert measurements[:2] == first
     assert {p.name: fingerprint(p) for p in (out / "checkpoints").glob("0[0-2]-*.pt")} == files
     assert (out / "report.html").is_file()
+    assert json.loads((out / "report.json").read_text())["layer_times"] == {}  # latency off
 
     changed = write_recipe(tmp_path / "c.yaml", [TWO_STEPS[0], {**TWO_STEPS[1], "energy": 0.7}])
     with pytest.raises(UserError, match="ran more steps than the recipe has"):
@@ -147,3 +148,14 @@ def test_a_token_task_recipe_trains_and_exports(tmp_path: Path) -> None:
     assert trained.accuracy > 0.15 and exported.extra["accuracy_of"] == "seq.onnx"
     assert exported.accuracy == pytest.approx(exported.extra["pytorch_accuracy"], abs=2e-3)
     assert "inputs [40]" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_times_the_input_and_final_model_per_layer(tmp_path: Path) -> None:
+    recipe = tmp_path / "timed.yaml"
+    timed = {**HEADER, "measure": {"latency": True, "repeats": 3}}
+    recipe.write_text(yaml.safe_dump({**timed, "steps": [TWO_STEPS[0]]}), encoding="utf-8")
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    layer_times = json.loads((tmp_path / "run" / "report.json").read_text())["layer_times"]
+    assert list(layer_times) == ["input", "train"]  # before the first step, the final model
+    assert all(sum(times.values()) > 0 for times in layer_times.values())
+    assert "engine time per layer" in (tmp_path / "run" / "report.html").read_text()

@@ -12,6 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from torch import nn
+
 from mobiledl.core.task import Task
 from mobiledl.fileio import write_json_atomic
 from mobiledl.models import load_model
@@ -33,13 +35,14 @@ def write_report(ctx: RunContext) -> Path:
     first = load_model(ctx.out_dir / state.input_model).model
     last = load_model(ctx.out_dir / state.model_before(len(state.steps))).model
     spec = ctx.recipe
+    steps = [
+        StepRow(record.kind, record.seconds, record.to_measurement(), record.info)
+        for record in state.steps
+    ]
     report = RunReport(
         title=f"mobiledl run: {spec.name}",
         description=spec.description,
-        steps=[
-            StepRow(record.kind, record.seconds, record.to_measurement(), record.info)
-            for record in state.steps
-        ],
+        steps=steps,
         layers_before=profile_model(first, example).layers,
         layers_after=profile_model(last, example).layers,
         sensitivity=_sensitivity(ctx),
@@ -48,8 +51,27 @@ def write_report(ctx: RunContext) -> Path:
             f"{spec.model.arch or spec.model.file}; recipe fingerprint {state.fingerprint}. "
             f"Latency: batch {spec.measure.batch_size}, {spec.measure.repeats} timed runs."
         ],
+        layer_times=_layer_times(ctx, steps, first, last) if spec.measure.latency else {},
     )
     return write_run_folder_report(ctx.out_dir, report)
+
+
+def _layer_times(
+    ctx: RunContext, steps: list[StepRow], first: nn.Module, last: nn.Module
+) -> dict[str, dict[str, float]]:
+    """ONNX Runtime time per layer (``mobiledl inspect``) of the model before the first step
+    and of the final model, at the recipe's batch size and threads."""
+    from mobiledl.deploy.profiling import inspect_model
+
+    measure, example = ctx.recipe.measure, ctx.task.example_input(1)
+    names = ["input", steps[-1].measurement.name if steps else "final"]
+    times = {}
+    for name, model in zip(names, (first, last), strict=True):
+        profile = inspect_model(
+            model, example, batch_size=measure.batch_size, threads=measure.threads, name=name
+        )
+        times[name] = {row.name: row.time_ms for row in profile.layers}
+    return times
 
 
 def _inputs(task: Task) -> str:
