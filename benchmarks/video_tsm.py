@@ -13,10 +13,16 @@ channel-prunes TSM to half its MACs, quantizes it to int8 (``mobiledl.apply``) a
 the int8 graph in ONNX Runtime.
 
 ``--latency`` also times one frame of the online model against one frame of the plain 2D
-ResNet-8 in ONNX Runtime (interleaved medians, batch 1).
+ResNet-8 in ONNX Runtime (interleaved medians, batch 1), each through the same two calling
+paths: ``FrameStream.step`` (I/O binding, the caches kept in bound buffers: what ``mobiledl
+video stream`` runs; the headline ratio) and ``OrtRunner.run_all`` with a numpy feed.
+``--latency-only`` times only that (untrained models: latency does not depend on the
+weights), trains nothing and writes a report without accuracy rows: give it another
+``--out`` than the full results.
 
     python -m benchmarks video_tsm                       # 3 seeds, 3 tasks
     python -m benchmarks video_tsm --latency --threads 1 --clock thread
+    python -m benchmarks video_tsm --latency-only --threads 1 --clock thread --out DIR
     python -m benchmarks video_tsm --smoke               # seconds, into a temporary directory
 """
 
@@ -26,21 +32,26 @@ import argparse
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from benchmarks import harness
+from benchmarks.harness.cli import RESULTS
 from mobiledl import apply
-from mobiledl.apps.video import OnlineTSM, VideoClassifier, online_frame_logits
+from mobiledl.apps.video import FrameStream, OnlineTSM, VideoClassifier, online_frame_logits
 from mobiledl.compress.prune import ChannelPruneConfig
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.core.task import TensorTask
 from mobiledl.deploy import get_engine
+from mobiledl.errors import UserError
 from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model, create_model_for_task
 from mobiledl.profile import profile_model
@@ -82,7 +93,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--latency", action="store_true", help="time online TSM vs the 2D backbone per frame"
     )
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the latency part: no training, no accuracy rows (use another --out)",
+    )
     args = harness.parse(parser, argv)
+    args.latency = args.latency or args.latency_only
+    if args.latency_only and Path(args.out).resolve() == RESULTS.resolve():
+        raise UserError(
+            "--latency-only writes a report without the accuracy rows: give it another --out "
+            "than benchmarks/results (which holds the full run)"
+        )
     smoke = {"tasks": "video-motion", "seeds": 1, "epochs": 1, "finetune_epochs": 1, "repeats": 5}
     full = {
         "tasks": ",".join(TEMPORAL + CONTROL),
@@ -200,7 +222,9 @@ def seed_row(spec: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def latency(args: argparse.Namespace, task: TensorTask) -> dict[str, Any]:
-    """Per-frame ONNX Runtime latency of online TSM and of the plain 2D ResNet-8 (batch 1)."""
+    """Per-frame ONNX Runtime latency of online TSM and of the plain 2D ResNet-8 (batch 1),
+    both through ``FrameStream`` (``cells``, ``ratio``) and both through ``OrtRunner.run_all``
+    with a numpy feed (``session_run``); each pair timed interleaved on its own."""
     frame_shape = tuple(task.input_shape[1:])
     uni = create_model_for_task("tsm_uni_resnet8", task).eval()
     online = OnlineTSM(uni, frame_shape).eval()
@@ -215,18 +239,37 @@ def latency(args: argparse.Namespace, task: TensorTask) -> dict[str, Any]:
         )
         plain_runner = engine.load(plain_path, threads=args.threads)
         online_runner = engine.load(online_path, threads=args.threads)
-        feed = (frame.numpy(), *(c.numpy() for c in caches))
-        cells = harness.interleaved(
-            {
-                "resnet8_frame": lambda: plain_runner.run(frame.numpy()),
+        x = frame.numpy()
+        feed = (x, *(c.numpy() for c in caches))
+        plain_stream, online_stream = FrameStream(plain_runner), FrameStream(online_runner)
+        paths = {
+            "stream": {
+                "resnet8_frame": lambda: plain_stream.step(x),
+                "online_tsm_frame": lambda: online_stream.step(x),
+            },
+            "session_run": {
+                "resnet8_frame": lambda: plain_runner.run(x),
                 "online_tsm_frame": lambda: online_runner.run_all(feed),
             },
-            repeats=args.repeats,
-            warmup=min(20, args.repeats),
-            clock=args.clock,
-            reference="resnet8_frame",
-        )
-    ratio = cells["online_tsm_frame"]["median_ms"] / cells["resnet8_frame"]["median_ms"]
+        }
+        timed = {
+            path: harness.interleaved(
+                calls,
+                repeats=args.repeats,
+                warmup=min(20, args.repeats),
+                clock=args.clock,
+                reference="resnet8_frame",
+            )
+            for path, calls in paths.items()
+        }
+        kernels = {
+            "resnet8": _kernels(plain_path, args.threads),
+            "online_tsm": _kernels(online_path, args.threads),
+        }
+    ratios = {
+        path: cells["online_tsm_frame"]["median_ms"] / cells["resnet8_frame"]["median_ms"]
+        for path, cells in timed.items()
+    }
     per_frame = {
         "online_tsm": profile_model(online, (frame, *caches)),
         "resnet8": profile_model(plain, frame),
@@ -234,7 +277,26 @@ def latency(args: argparse.Namespace, task: TensorTask) -> dict[str, Any]:
     costs = {
         k: {"macs": p.macs, "peak_memory_bytes": p.peak_memory_bytes} for k, p in per_frame.items()
     }
-    return {"cells": cells, "ratio": ratio, "per_frame": costs}
+    return {
+        "path": "FrameStream.step (ONNX Runtime I/O binding, caches kept in bound buffers)",
+        "cells": timed["stream"],
+        "ratio": ratios["stream"],
+        "session_run": {"cells": timed["session_run"], "ratio": ratios["session_run"]},
+        "kernels": kernels,
+        "per_frame": costs,
+    }
+
+
+def _kernels(path: Path, threads: int) -> dict[str, int]:
+    """Node count per operator of the graph ONNX Runtime runs (after its optimizations)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+    options.log_severity_level = 3  # not the warning that NCHWc graphs are machine-specific
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return dict(sorted(ops.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -295,7 +357,88 @@ def task_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The accuracy table, the online and composition rows and every check."""
+    """The accuracy table, the online and composition rows, the latency and every check
+    (``--latency-only``: the latency alone)."""
+    summary = report["summary"]
+    if report["rows"]:
+        lines = _accuracy_markdown(report)
+    else:
+        lines = [
+            "# Online TSM: per-frame latency (--latency-only: nothing trained, no accuracy rows)"
+        ]
+    if "latency" in summary:
+        lines += _latency_markdown(report)
+    lines += ["", "Checks:", ""]
+    for task in summary["tasks"]:
+        verdicts = ", ".join(f"{k} {harness.yes(v)}" for k, v in task["checks"].items())
+        lines.append(f"- {task['task']}: {verdicts}")
+    if "latency" in summary:
+        lines.append(
+            f"- latency: online_latency_ratio {harness.yes(summary['latency']['meets_target'])}"
+        )
+    lines += ["", harness.machine_line(report), ""]
+    return "\n".join(lines)
+
+
+def _latency_markdown(report: dict[str, Any]) -> list[str]:
+    """Both calling paths' per-frame medians and ratios, and the kernels each graph runs (a
+    report from before the two paths were timed: its one line)."""
+    lat = report["summary"]["latency"]
+    if "session_run" not in lat:
+        return [
+            "",
+            f"Per-frame ONNX Runtime latency ({harness.clock_text(report['config']['clock'])}, "
+            f"batch 1, interleaved medians): online TSM "
+            f"{lat['cells']['online_tsm_frame']['median_ms']:.3f} ms, ResNet-8 "
+            f"{lat['cells']['resnet8_frame']['median_ms']:.3f} ms: ratio {lat['ratio']:.3f} "
+            f"(target <= {TARGETS['online_latency_ratio']}).",
+        ]
+    flags = report["machine"].get("cpu_flags", {})
+    isa = "with AVX-512" if flags.get("avx512f") else "without AVX-512"
+    lines = [
+        "",
+        f"Per-frame ONNX Runtime latency ({harness.clock_text(report['config']['clock'])}, "
+        f"batch 1, {harness.plural(report['config']['threads'], 'thread')}, interleaved "
+        f"medians of {report['config']['repeats']}, a CPU {isa}), both models through the "
+        "same path:",
+        "",
+    ]
+    paths = {
+        "FrameStream.step (I/O binding)": lat,
+        "OrtRunner.run_all (numpy feed)": lat["session_run"],
+    }
+    rows = [
+        [
+            name,
+            f"{1000 * entry['cells']['resnet8_frame']['median_ms']:.1f}",
+            f"{1000 * entry['cells']['online_tsm_frame']['median_ms']:.1f}",
+            f"{entry['ratio']:.3f}",
+        ]
+        for name, entry in paths.items()
+    ]
+    lines += harness.markdown_table(
+        ["path", "ResNet-8 (us)", "online TSM (us)", "ratio"], rows, "lrrr"
+    )
+    lines.append("")
+    lines.append(
+        f"Headline: ratio {lat['ratio']:.3f} (target <= {TARGETS['online_latency_ratio']})."
+    )
+    if "kernels" in lat:
+        kernels = {k: sum(v.values()) for k, v in lat["kernels"].items()}
+        extra = ", ".join(
+            f"{op} {n - lat['kernels']['resnet8'].get(op, 0)}"
+            for op, n in lat["kernels"]["online_tsm"].items()
+            if n > lat["kernels"]["resnet8"].get(op, 0)
+        )
+        lines.append(
+            f"Kernels ONNX Runtime runs per frame: ResNet-8 {kernels['resnet8']}, online TSM "
+            f"{kernels['online_tsm']} (extra: {extra})."
+        )
+    return lines
+
+
+def _accuracy_markdown(report: dict[str, Any]) -> list[str]:
+    """The accuracy and cost tables, the online parity and the composition rows."""
     summary = report["summary"]
     lines = [
         "# Temporal shift module: TSM vs TSN vs C3D, online TSM, pruned + int8 TSM",
@@ -375,22 +518,7 @@ def markdown(report: dict[str, Any]) -> str:
             ],
             "lrrrr",
         )
-    if "latency" in summary:
-        lat = summary["latency"]
-        lines += [
-            "",
-            f"Per-frame ONNX Runtime latency ({harness.clock_text(report['config']['clock'])}, "
-            f"batch 1, interleaved medians): online TSM "
-            f"{lat['cells']['online_tsm_frame']['median_ms']:.3f} ms, ResNet-8 "
-            f"{lat['cells']['resnet8_frame']['median_ms']:.3f} ms: ratio {lat['ratio']:.3f} "
-            f"(target <= {TARGETS['online_latency_ratio']}).",
-        ]
-    lines += ["", "Checks:", ""]
-    for task in summary["tasks"]:
-        verdicts = ", ".join(f"{k} {harness.yes(v)}" for k, v in task["checks"].items())
-        lines.append(f"- {task['task']}: {verdicts}")
-    lines += ["", harness.machine_line(report), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -400,7 +528,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     store = harness.StageStore(Path(args.out) / f"{STEM}_stages")
     key = {k: getattr(args, k) for k in ("epochs", "finetune_epochs", "image_size", "smoke")}
     rows = []
-    for spec in args.tasks:
+    for spec in [] if args.latency_only else args.tasks:
         for seed in range(args.seed, args.seed + args.seeds):
             name = f"{spec}-seed{seed}"
             rows.append(
@@ -412,7 +540,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             )
     summary: dict[str, Any] = {
         "targets": TARGETS,
-        "tasks": [task_summary([r for r in rows if r["task"] == spec]) for spec in args.tasks],
+        "tasks": [
+            task_summary([r for r in rows if r["task"] == spec])
+            for spec in ([] if args.latency_only else args.tasks)
+        ],
     }
     if args.latency:
         task = harness.load_task(args.tasks[0], args.image_size, args.seed, smoke=True)

@@ -3,8 +3,9 @@ clip frame by frame through the engine as online TSM (Lin et al. 2019, Sec. 3.3)
 
 MODEL is a uni-directional TSM model file (``tsm_uni_resnet8``, or any clip model shifted
 with ``temporal_shift --no-bidirectional``). It is exported as ``OnlineTSM`` (the caches of the
-shifted channels are explicit inputs and outputs) and each frame's prediction and latency are
-printed; ``--json`` gives the list.
+shifted channels are explicit inputs and outputs), streamed through ONNX Runtime by
+``FrameStream`` (the caches stay in bound buffers from frame to frame) and each frame's
+prediction and latency are printed; ``--json`` gives the list.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def add_video_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_stream(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    from mobiledl.apps.video import OnlineTSM
+    from mobiledl.apps.video import FrameStream, OnlineTSM
     from mobiledl.deploy import get_engine
     from mobiledl.models import load_model
 
@@ -48,11 +49,12 @@ def _cmd_stream(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         raise UserError(f"--clip must lie in [0, {len(x)}); got {args.clip}")
     clip = x[args.clip]
     online = OnlineTSM(loaded.model, tuple(clip.shape[1:])).eval()
-    engine = get_engine()
+    engine = get_engine("onnxruntime")
     with tempfile.TemporaryDirectory(prefix="mobiledl-stream-") as tmp:
-        example = (clip[:1], *online.initial_caches(1))
-        path = engine.export(online, example, Path(tmp) / "online.onnx", online.input_specs())
-        frames = _stream(engine.load(path, threads=args.threads), online, clip)
+        path = engine.export(
+            online, online.example_inputs(1), Path(tmp) / "online.onnx", online.input_specs()
+        )
+        frames = _stream(FrameStream(engine.load(path, threads=args.threads)), clip.numpy())
     names = getattr(task, "class_names", None) or [str(i) for i in range(task.num_classes)]
     label = int(y[args.clip])
     rows = [
@@ -69,13 +71,14 @@ def _cmd_stream(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     return None
 
 
-def _stream(runner: Any, online: Any, clip: Any) -> list[dict[str, Any]]:
-    """Each frame's arg-max class and wall latency (ms), carrying the caches along."""
-    caches = [cache.numpy() for cache in online.initial_caches(1)]
+def _stream(stream: Any, clip: Any) -> list[dict[str, Any]]:
+    """Each frame's arg-max class and wall latency (ms) of ``stream.step``, which carries the
+    caches along."""
     rows = []
     for t in range(len(clip)):
+        frame = clip[t : t + 1]
         started = time.perf_counter()
-        logits, *caches = runner.run_all((clip[t : t + 1].numpy(), *caches))
+        logits = stream.step(frame)
         elapsed = 1000 * (time.perf_counter() - started)
         rows.append({"frame": t, "prediction": int(logits[0].argmax()), "latency_ms": elapsed})
     return rows

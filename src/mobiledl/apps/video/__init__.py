@@ -9,16 +9,19 @@
   et al. 2016, when nothing is shifted); zoo models ``tsn_resnet8``, ``tsm_resnet8``,
   ``tsm_uni_resnet8`` and the 3D-conv baseline ``c3d_small``.
 - ``OnlineTSM``: frame-by-frame inference of a uni-directional TSM that caches the shifted
-  channels of the previous frame, exportable to ONNX with the caches as inputs and outputs.
+  channels of the previous frame, exportable to ONNX with the caches as inputs and outputs;
+  ``FrameStream`` streams the exported graph through ONNX Runtime with the caches kept in
+  bound buffers between frames.
 """
 
 from mobiledl.apps.video.methods import TemporalShiftConfig
 from mobiledl.apps.video.models import C3D, VideoClassifier
-from mobiledl.apps.video.online import OnlineTSM, online_frame_logits
+from mobiledl.apps.video.online import FrameStream, OnlineTSM, online_frame_logits
 from mobiledl.apps.video.shift import TemporalShift, add_temporal_shift, temporal_shift
 
 __all__ = [
     "C3D",
+    "FrameStream",
     "OnlineTSM",
     "TemporalShift",
     "TemporalShiftConfig",
