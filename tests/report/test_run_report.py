@@ -65,6 +65,8 @@ def test_report_is_self_contained(tmp_path: Path) -> None:
     assert "run &lt;test&gt; &amp; report" in html
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", html)  # nothing to fetch
     assert "<script" not in html
+    assert "<td>features.0.conv</td><td>Conv2d</td><td>16 -&gt; 8</td>" in html
+    assert "<th>quantize (ms)</th>" in html
     for heading in ("Steps", "Trade-offs", "Per-layer profile", "Factorization (factorize)"):
         assert f"<h2>{heading}</h2>" in html
 

@@ -301,14 +301,39 @@ def _layers_section(html: HtmlReport, report: RunReport) -> None:
             f"engine time per layer (ms per run; {steps}); layers that map to no module "
             "(quantize/dequantize steps, reformats) are shown under their operator",
         )
-    html.add_table(
-        ["layer", "type", "output shape", "params", "MACs"],
-        [
-            [lp.name, lp.type, str(list(lp.output_shape or ())), lp.params, lp.macs]
-            for lp in report.layers_after
-            if lp.params or lp.macs
-        ],
+    header, rows = layer_comparison(report)
+    html.add_text(
+        "Each layer before the first step and after the last: output channels, parameters, "
+        "MACs and, for each profiled step, its engine time (ms per run)."
     )
+    html.add_table(header, rows)
+
+
+def layer_comparison(report: RunReport) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the before/after table: per layer (of either model) its output
+    channels, parameters and MACs before and after, and each profiled step's engine time."""
+    before = {lp.name: lp for lp in report.layers_before if lp.params or lp.macs}
+    after = {lp.name: lp for lp in report.layers_after if lp.params or lp.macs}
+    steps = list(report.layer_times)
+    header = ["layer", "type", "channels", "params before", "params after", "MACs before",
+              "MACs after", *(f"{step} (ms)" for step in steps)]  # fmt: skip
+    rows = []
+    for name in dict.fromkeys([*before, *after]):
+        old, new = before.get(name), after.get(name)
+        rows.append(
+            [name, (after.get(name) or before[name]).type, f"{_channels(old)} -> {_channels(new)}",
+             old.params if old else None, new.params if new else None,
+             old.macs if old else None, new.macs if new else None,
+             *(report.layer_times[step].get(name) for step in steps)]
+        )  # fmt: skip
+    return header, rows
+
+
+def _channels(layer: LayerProfile | None) -> str:
+    """Output channels of a layer's first output (``-`` when absent or unknown)."""
+    if layer is None or not layer.output_shape or len(layer.output_shape) < 2:
+        return "-"
+    return str(layer.output_shape[1])
 
 
 def block_of(name: str) -> str:
