@@ -521,29 +521,31 @@ def _accuracy_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
-    """Every task and seed (stages resume under ``--out``), the summaries, latency if asked."""
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _seed_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every task and seed's row (each a stage that resumes under ``--out``)."""
     store = harness.StageStore(Path(args.out) / f"{STEM}_stages")
     key = {k: getattr(args, k) for k in ("epochs", "finetune_epochs", "image_size", "smoke")}
-    rows = []
-    for spec in [] if args.latency_only else args.tasks:
-        for seed in range(args.seed, args.seed + args.seeds):
-            name = f"{spec}-seed{seed}"
-            rows.append(
-                store.json(
-                    name,
-                    {**key, "task": spec, "seed": seed},
-                    lambda s=spec, n=seed: seed_row(s, n, args),
-                )
-            )
+    return [
+        store.json(
+            f"{spec}-seed{seed}",
+            {**key, "task": spec, "seed": seed},
+            lambda s=spec, n=seed: seed_row(s, n, args),
+        )
+        for spec in args.tasks
+        for seed in range(args.seed, args.seed + args.seeds)
+    ]
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Every task and seed (stages resume under ``--out``), the summaries, latency if asked
+    (``--latency-only``: the latency alone)."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    specs = [] if args.latency_only else args.tasks
+    rows = _seed_rows(args) if specs else []
     summary: dict[str, Any] = {
         "targets": TARGETS,
-        "tasks": [
-            task_summary([r for r in rows if r["task"] == spec])
-            for spec in ([] if args.latency_only else args.tasks)
-        ],
+        "tasks": [task_summary([r for r in rows if r["task"] == spec]) for spec in specs],
     }
     if args.latency:
         task = harness.load_task(args.tasks[0], args.image_size, args.seed, smoke=True)
