@@ -175,7 +175,7 @@ class OnnxRuntimeEngine(Engine):
         check_external_data(source)
         try:
             session = ort.InferenceSession(
-                str(source), _session_options(threads), providers=["CPUExecutionProvider"]
+                str(source), session_options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # ORT raises several pybind types for bad files
             raise UserError(f"{source}: not a valid ONNX model ({_first_line(error)})") from None
@@ -187,7 +187,10 @@ def parity_check(model: nn.Module, path_or_runner: PathLike | Runner, x: Batch) 
     return OnnxRuntimeEngine().parity_check(model, path_or_runner, x)
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """The options every session of this engine uses (``threads`` intra-op threads, ``None``:
+    ORT's default; sequential execution; every graph optimization), shared by the profiler
+    so that a profiled session runs the same graph."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads

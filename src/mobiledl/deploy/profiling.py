@@ -67,7 +67,7 @@ from mobiledl.core.inputs import (
 )
 from mobiledl.deploy.engine import DEFAULT_ENGINE, Engine, PathLike, get_engine, to_numpy
 from mobiledl.deploy.onnxruntime import OnnxRuntimeEngine, OrtRunner
-from mobiledl.deploy.onnxruntime import _session_options as engine_session_options
+from mobiledl.deploy.onnxruntime import session_options as engine_session_options
 from mobiledl.deploy.timing import interleaved_benchmark
 from mobiledl.errors import UserError
 from mobiledl.models import model_input_specs
