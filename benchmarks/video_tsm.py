@@ -46,11 +46,11 @@ from torch import nn
 from benchmarks import harness
 from benchmarks.harness.cli import RESULTS
 from mobiledl import apply
-from mobiledl.apps.video import FrameStream, OnlineTSM, VideoClassifier, online_frame_logits
+from mobiledl.apps.video import OnlineTSM, VideoClassifier, online_frame_logits
 from mobiledl.compress.prune import ChannelPruneConfig
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.core.task import TensorTask
-from mobiledl.deploy import get_engine
+from mobiledl.deploy import FrameStream, get_engine
 from mobiledl.errors import UserError
 from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model, create_model_for_task

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from mobiledl.apps.video import FrameStream, OnlineTSM, online_frame_logits
-from mobiledl.deploy import get_engine
+from mobiledl.apps.video import OnlineTSM, online_frame_logits
+from mobiledl.deploy import FrameStream, get_engine
 from mobiledl.errors import UserError
 from mobiledl.models import create_model
 

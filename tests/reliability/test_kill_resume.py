@@ -139,6 +139,15 @@ class Writes:
         return len(self.seen)
 
 
+def listing(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)``, sorted; empty if a folder vanishes while it is listed (the run
+    deletes a step's epoch folder once the step is recorded, at any moment of a poll)."""
+    try:
+        return sorted(folder.glob(pattern))
+    except FileNotFoundError:
+        return []
+
+
 def text(path: Path) -> str:
     """What a child wrote so far ("" before it opened the file)."""
     try:
@@ -298,8 +307,8 @@ def test_kill_9_during_run_resumes_to_the_same_results(forks: ForkRunner, tmp_pa
 
     def command(out: Path) -> Command:
         def writes() -> list[Path]:
-            return sorted((out / "checkpoints").glob("*.pt")) + sorted(
-                (out / "checkpoints").glob("*.epochs/*.pt")
+            return listing(out / "checkpoints", "*.pt") + listing(
+                out / "checkpoints", "*.epochs/*.pt"
             )
 
         def progress() -> dict[str, int]:
@@ -307,7 +316,7 @@ def test_kill_9_during_run_resumes_to_the_same_results(forks: ForkRunner, tmp_pa
             state = out / "state.json"
             if state.is_file():
                 held["steps"] = len(json.loads(state.read_text())["steps"])
-            for path in (out / "checkpoints").glob("*.epochs/*.pt"):
+            for path in listing(out / "checkpoints", "*.epochs/*.pt"):
                 held[path.name] = checkpoint_epoch(path)
             return held
 

@@ -38,8 +38,8 @@ def add_video_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_stream(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    from mobiledl.apps.video import FrameStream, OnlineTSM
-    from mobiledl.deploy import get_engine
+    from mobiledl.apps.video import OnlineTSM
+    from mobiledl.deploy import FrameStream, get_engine
     from mobiledl.models import load_model
 
     loaded = load_model(args.model)
@@ -49,7 +49,7 @@ def _cmd_stream(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         raise UserError(f"--clip must lie in [0, {len(x)}); got {args.clip}")
     clip = x[args.clip]
     online = OnlineTSM(loaded.model, tuple(clip.shape[1:])).eval()
-    engine = get_engine("onnxruntime")
+    engine = get_engine()
     with tempfile.TemporaryDirectory(prefix="mobiledl-stream-") as tmp:
         path = engine.export(
             online, online.example_inputs(1), Path(tmp) / "online.onnx", online.input_specs()

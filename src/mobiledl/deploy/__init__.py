@@ -17,12 +17,14 @@ from mobiledl.deploy.engine import (
     register_engine,
 )
 from mobiledl.deploy.onnxruntime import OnnxRuntimeEngine, OrtRunner, parity_check
+from mobiledl.deploy.streaming import FrameStream
 from mobiledl.deploy.timing import CLOCKS, LatencyStats, clock_for, interleaved_benchmark
 
 __all__ = [
     "CLOCKS",
     "DEFAULT_ENGINE",
     "Engine",
+    "FrameStream",
     "LatencyStats",
     "OnnxRuntimeEngine",
     "OrtRunner",

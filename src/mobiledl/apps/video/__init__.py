@@ -16,12 +16,11 @@
 
 from mobiledl.apps.video.methods import TemporalShiftConfig
 from mobiledl.apps.video.models import C3D, VideoClassifier
-from mobiledl.apps.video.online import FrameStream, OnlineTSM, online_frame_logits
+from mobiledl.apps.video.online import OnlineTSM, online_frame_logits
 from mobiledl.apps.video.shift import TemporalShift, add_temporal_shift, temporal_shift
 
 __all__ = [
     "C3D",
-    "FrameStream",
     "OnlineTSM",
     "TemporalShift",
     "TemporalShiftConfig",
