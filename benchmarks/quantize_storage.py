@@ -43,7 +43,7 @@ from mobiledl.compress.quantize import (
 )
 from mobiledl.core.config import MethodConfig
 from mobiledl.data import Task
-from mobiledl.deploy.onnxruntime import OnnxRuntimeEngine
+from mobiledl.deploy import get_engine
 from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model, load_model, save_model
 from mobiledl.train import TrainConfig, predict_split, train
@@ -111,8 +111,10 @@ class Files:
         self.onnx_bytes = self.export(base, "fp32").stat().st_size
 
     def export(self, model: nn.Module, stem: str) -> Path:
-        return OnnxRuntimeEngine().export(
-            model, self.task.example_input(1), self.folder / f"{stem}.onnx"
+        """``model``'s artifact in the default engine (ONNX Runtime), at ``stem`` + suffix."""
+        engine = get_engine()
+        return engine.export(
+            model, self.task.example_input(1), self.folder / f"{stem}{engine.suffix}"
         )
 
 
@@ -126,7 +128,7 @@ def method_row(
     path = save_model(files.folder / f"{method}.pt", quantized, frozen=True)
     loaded, _ = predict_split(load_model(path).model, task)
     onnx_path = files.export(quantized, method)
-    engine = OnnxRuntimeEngine()
+    engine = get_engine()
     onnx_outputs, _ = artifact_outputs(engine, engine.load(onnx_path), task)
     predictions = outputs.argmax(1)
     model_bytes, onnx_bytes = path.stat().st_size, onnx_path.stat().st_size
