@@ -164,7 +164,7 @@ def _run_report(
     for step, model in zip(steps, models, strict=True):
         path = Path(step.measurement.extra["artifact"])
         profile = profile_artifact(path, model=model, name=step.measurement.name)
-        layer_times[step.measurement.name] = {row.name: row.time_ms for row in profile.layers}
+        layer_times[step.measurement.name] = profile.times_by_layer()
     return RunReport(
         title="mobiledl demo",
         description=(

@@ -150,10 +150,12 @@ class OnnxRuntimeEngine(Engine):
             raise UserError(f"{len(specs)} input specs given for an example of {len(args)} inputs")
         lowered = lower_model(model)
         module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
+        exported = io.BytesIO()
+        _export_file(module, args, specs, exported)
+        graph = _rewritten(exported.getvalue(), lowered.quantized)
+        _check_graph(graph)
         with atomic_path(target) as tmp:
-            _export_file(module, args, specs, tmp)
-            _rewrite(tmp, lowered.quantized)
-            _check_file(tmp)
+            onnx.save(graph, str(tmp))
         return target
 
     def artifact_params(self, path: PathLike) -> int | None:
@@ -264,19 +266,19 @@ def _dynamic_axes(spec: InputSpec) -> dict[int, str]:
     }
 
 
-def _rewrite(path: Path, quantized: bool) -> None:
-    """Rewrite an exported graph in place: a QDQ graph for ONNX Runtime's integer kernels,
-    and low-bit float weights as packed codes (``mobiledl.deploy.onnx_packing``)."""
-    model = onnx.load(str(path))
+def _rewritten(exported: bytes, quantized: bool) -> onnx.ModelProto:
+    """The exported graph rewritten: a QDQ graph for ONNX Runtime's integer kernels, and
+    low-bit weights as packed codes (``mobiledl.deploy.onnx_packing``)."""
+    model = onnx.load_from_string(exported)
     if quantized:
         tidy_qdq_graph(model.graph)
-    if pack_weights(model) or quantized:
-        onnx.save(model, str(path))
+    pack_weights(model)
+    return model
 
 
-def _check_file(path: Path) -> None:
+def _check_graph(model: onnx.ModelProto) -> None:
     try:
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
         raise UserError(f"exported ONNX graph is invalid: {_first_line(error)}") from None
 

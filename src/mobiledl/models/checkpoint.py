@@ -96,15 +96,8 @@ def freeze(model: nn.Module) -> nn.Module:
 def weight_grids(model: nn.Module) -> dict[str, Grid]:
     """The grid each linearly quantized weight of ``model`` is rounded onto, by state-dict key
     (what the packed format's ``grid`` encoding stores a frozen weight on)."""
-    grids = {}
-    for name, layer in quant_layers(model).items():
-        grid = layer.weight_grid()
-        if grid is not None:
-            scale, zero_point, qmin, qmax = grid
-            grids[f"{name}.weight"] = Grid(
-                scale.float().cpu().numpy(), zero_point.cpu().numpy(), qmin, qmax
-            )
-    return grids
+    grids = {f"{name}.weight": layer.weight_grid() for name, layer in quant_layers(model).items()}
+    return {key: grid for key, grid in grids.items() if grid is not None}
 
 
 def record_transform(model: nn.Module, kind: str, config: dict[str, Any]) -> None:

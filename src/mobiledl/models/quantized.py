@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
+from mobiledl.models.packed import Grid
 
 INT8_MAX = 127
 
@@ -117,15 +118,15 @@ class QuantizedLayer(metaclass=abc.ABCMeta):
         lowered.weight_quantizer = quantizer.widened()
         return lowered
 
-    def weight_grid(self) -> tuple[Tensor, Tensor, int, int] | None:
-        """``(scale, zero_point, qmin, qmax)`` of the grid the weight is rounded onto (one
-        scale per output channel or one in all), ``None`` when it is not rounded now (or is
-        held as codes already, as sparse update's layers hold it)."""
+    def weight_grid(self) -> Grid | None:
+        """The grid the weight is rounded onto (one scale per output channel or one in all),
+        ``None`` when it is not rounded now (or is held as codes already, as sparse update's
+        layers hold it)."""
         quantizer = getattr(self, "weight_quantizer", None)
         if not isinstance(quantizer, GridQuantizer) or not quantizer.quantizing:
             return None
-        scale, zero_point = (p.detach().reshape(-1) for p in quantizer.qparams())
-        return (scale, zero_point, *quantizer.code_range())
+        scale, zero_point = (p.detach().reshape(-1).cpu() for p in quantizer.qparams())
+        return Grid(scale.float().numpy(), zero_point.numpy(), *quantizer.code_range())
 
     @torch.no_grad()
     def snap_weight(self) -> None:

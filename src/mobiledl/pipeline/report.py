@@ -70,7 +70,7 @@ def _layer_times(
         profile = inspect_model(
             model, example, batch_size=measure.batch_size, threads=measure.threads, name=name
         )
-        times[name] = {row.name: row.time_ms for row in profile.layers}
+        times[name] = profile.times_by_layer()
     return times
 
 

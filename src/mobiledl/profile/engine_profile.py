@@ -171,6 +171,10 @@ class EngineProfile:
             "profiled_runs": self.runs,
         }
 
+    def times_by_layer(self) -> dict[str, float]:
+        """Each row's median time per run (ms) by its name (what a run report plots)."""
+        return {layer.name: layer.time_ms for layer in self.layers}
+
     def measurement(self) -> Measurement:
         """A ``Measurement``: the unprofiled latency and artifact size, with the totals and
         every row in ``extra``."""

@@ -67,6 +67,19 @@ class LayerProfile:
             "pool_ops": self.pool_ops,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerProfile:
+        """The layer a ``to_dict`` describes."""
+        shape = data.get("output_shape")
+        return cls(
+            name=str(data["name"]),
+            type=str(data["type"]),
+            output_shape=None if shape is None else tuple(int(d) for d in shape),
+            params=int(data.get("params", 0)),
+            macs=int(data.get("macs", 0)),
+            pool_ops=int(data.get("pool_ops", 0)),
+        )
+
 
 @dataclass
 class ModelProfile:

@@ -113,8 +113,8 @@ class RunReport:
                 )
                 for s in data["steps"]
             ],  # fmt: skip
-            layers_before=[_layer(layer) for layer in data["layers_before"]],
-            layers_after=[_layer(layer) for layer in data["layers_after"]],
+            layers_before=[LayerProfile.from_dict(layer) for layer in data["layers_before"]],
+            layers_after=[LayerProfile.from_dict(layer) for layer in data["layers_after"]],
             sensitivity=None if sensitivity is None else Sensitivity(**sensitivity),
             notes=[str(note) for note in data.get("notes", [])],
             layer_times={
@@ -126,18 +126,6 @@ class RunReport:
                 for step, curve in data.get("training", {}).items()
             },
         )
-
-
-def _layer(data: Mapping[str, Any]) -> LayerProfile:
-    shape = data.get("output_shape")
-    return LayerProfile(
-        name=str(data["name"]),
-        type=str(data["type"]),
-        output_shape=None if shape is None else tuple(int(d) for d in shape),
-        params=int(data.get("params", 0)),
-        macs=int(data.get("macs", 0)),
-        pool_ops=int(data.get("pool_ops", 0)),
-    )
 
 
 def save_report_data(path: str | Path, report: RunReport) -> Path:
