@@ -1,0 +1,91 @@
+"""Sparse 3D convolution as gather -> GEMM -> scatter-add over a kernel map.
+
+For each kernel offset ``d`` with weight ``W_d`` (``C_in x C_out``), the output rows of its
+pairs receive ``W_d`` applied to the input rows (Choy et al. 2019, Eq. 3; the
+gather-matmul-scatter dataflow of Tang et al. 2020). Here all offsets run at once: one
+gather of the padded ``(G, M)`` input rows, one batched matmul and one ``index_add_`` of the
+products; the centre offset of a submanifold convolution is a plain matmul over all rows.
+Every output row sums its contributions in the map's fixed order, on one thread or many, so
+the result does not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mobiledl.apps.pointcloud.kernel_map import KernelMap, kernel_map
+from mobiledl.apps.pointcloud.sparse import SparseTensor
+from mobiledl.errors import UserError
+
+
+def apply_kernel_map(feats: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
+    """``(n_out, C_out)`` outputs of weights ``(K, C_in, C_out)`` over ``kmap``."""
+    if kmap.identity is not None:
+        out = feats @ weight[kmap.identity]
+    else:
+        out = feats.new_zeros((kmap.n_out, weight.shape[2]))
+    groups, width = kmap.in_rows.shape
+    if groups * width == 0:
+        return out
+    padded = torch.cat([feats, feats.new_zeros((1, feats.shape[1]))])
+    gathered = padded.index_select(0, kmap.in_rows.view(-1)).view(groups, width, -1)
+    products = torch.bmm(gathered, weight.index_select(0, kmap.weight_index))
+    return out.index_add_(0, kmap.out_rows.view(-1), products.view(groups * width, -1))
+
+
+class SparseConv3d(nn.Module):
+    """A 3D convolution over the active sites of a ``SparseTensor``.
+
+    ``stride == 1``: submanifold (outputs at the input sites, Graham et al. 2018);
+    ``stride > 1``: downsampling to the floored coordinates; ``transposed=True``: upsampling
+    back to the coordinates a stride-``stride`` convolution came from. Weight ``(K, C_in,
+    C_out)`` with ``K = kernel_size ** 3`` in ``nn.Conv3d`` offset order.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        transposed: bool = False,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(in_channels, out_channels, kernel_size, stride, dilation) < 1:
+            raise UserError("sparse conv channels, kernel size, stride and dilation must be >= 1")
+        if transposed and stride == 1:
+            raise UserError("a transposed sparse convolution needs stride >= 2")
+        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.transposed = transposed
+        bound = 1 / math.sqrt(in_channels * kernel_size**3)  # nn.Conv3d's default init
+        shape = (kernel_size**3, in_channels, out_channels)
+        self.weight = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+        self.bias = (
+            nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
+        )
+
+    @property
+    def kind(self) -> str:
+        """The kernel map this layer uses: ``sub``, ``down`` or ``up``."""
+        return "up" if self.transposed else "sub" if self.stride == 1 else "down"
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        kmap = kernel_map(x, self.kind, self.kernel_size, self.stride, self.dilation)
+        feats = apply_kernel_map(x.feats, self.weight, kmap)
+        if self.bias is not None:
+            feats = feats + self.bias
+        stride = {"sub": x.stride, "down": x.stride * self.stride, "up": x.stride // self.stride}
+        out_stride = stride[self.kind]
+        return SparseTensor(x.cache.coords[out_stride], feats, out_stride, x.cache)
+
+    def extra_repr(self) -> str:
+        k, cin, cout = self.weight.shape
+        return (
+            f"{cin}, {cout}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"dilation={self.dilation}, kind={self.kind}, bias={self.bias is not None}"
+        )
