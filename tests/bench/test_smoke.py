@@ -159,6 +159,17 @@ def check_video_tsm(report: Report, out: Path) -> None:
     assert "| video-motion |" in (out / "video_tsm.md").read_text()
 
 
+def check_sparse_conv(report: Report, out: Path) -> None:
+    assert [(row["pattern"], row["occupancy"]) for row in report["rows"]] == [
+        ("uniform", 0.1),
+        ("surface", 0.1),
+    ]
+    for row in report["rows"]:
+        assert max(row["max_abs_diff_vs_dense"].values()) <= 1e-4
+        assert row["latency"]["ours_cached"]["median_ms"] > 0
+    assert "| uniform | 10% |" in (out / "sparse_conv.md").read_text()
+
+
 slow = pytest.mark.slow
 CASES: list[Any] = [
     pytest.param("prune_finegrained", (), check_prune_finegrained),
@@ -175,6 +186,7 @@ CASES: list[Any] = [
     pytest.param("prune_channel", ("--models", "resnet20"), check_prune_channel, marks=slow),
     pytest.param("nas_supernet", ("--no-ray",), check_nas_supernet, marks=slow),
     pytest.param("video_tsm", ("--latency",), check_video_tsm, marks=slow),
+    pytest.param("sparse_conv", (), check_sparse_conv),
 ]
 
 
