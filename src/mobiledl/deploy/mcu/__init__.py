@@ -7,3 +7,22 @@ arithmetic only (``reference``, Jacob et al. 2018) and planned into a static SRA
     graph = read_graph("model.int8.onnx")
     plan = plan_memory(graph, in_place_depthwise=True)
 """
+
+from mobiledl.deploy.mcu.arena import ArenaExecutor, run_planned
+from mobiledl.deploy.mcu.graph import Graph, Op, Tensor, read_graph
+from mobiledl.deploy.mcu.planner import MemoryPlan, plan_memory
+from mobiledl.deploy.mcu.reference import dequantize, quantize_input, run
+
+__all__ = [
+    "ArenaExecutor",
+    "Graph",
+    "MemoryPlan",
+    "Op",
+    "Tensor",
+    "dequantize",
+    "plan_memory",
+    "quantize_input",
+    "read_graph",
+    "run",
+    "run_planned",
+]
