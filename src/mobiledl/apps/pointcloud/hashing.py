@@ -48,10 +48,10 @@ def check_coords(coords: Tensor, what: str = "coordinates") -> None:
         )
     if coords.numel() == 0:
         return
-    xyz = coords[:, 1:]
-    if int(xyz.abs().max()) >= COORD_LIMIT:
+    low, high = (part.tolist() for part in torch.aminmax(coords, dim=0))
+    if max(high[1:]) >= COORD_LIMIT or min(low[1:]) <= -COORD_LIMIT:
         raise UserError(f"{what} must lie within +-{COORD_LIMIT - 1} voxels; use a larger voxel")
-    if int(coords[:, 0].min()) < 0 or int(coords[:, 0].max()) > MAX_BATCH:
+    if low[0] < 0 or high[0] > MAX_BATCH:
         raise UserError(f"batch indices of {what} must lie in [0, {MAX_BATCH}]")
 
 
@@ -99,29 +99,35 @@ class CoordHash:
     def pairs(self, queries: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(offset, query, row)``: every offset index ``k`` and query index ``i`` with
         ``queries[i] + deltas[k]`` stored at ``row``, ordered by ``k`` then ``i``."""
-        hashed = (queries * GOLDEN).unsqueeze(0) + (deltas * GOLDEN).unsqueeze(1)
-        slot_rows = self.table.index_select(0, self._slots(hashed).view(-1))
-        offset, query = slot_rows.view(hashed.shape).nonzero(as_tuple=True)
-        entry = slot_rows.index_select(0, offset * queries.numel() + query).long()
-        wanted = queries.index_select(0, query) + deltas.index_select(0, offset)
-        row = self._resolve(wanted, entry)
-        hit = (row >= 0).nonzero().squeeze(1)
-        return offset.index_select(0, hit), query.index_select(0, hit), row.index_select(0, hit)
+        wanted = (queries.unsqueeze(0) + deltas.unsqueeze(1)).view(-1)
+        entries = self.table.index_select(0, self._slots(wanted * GOLDEN))
+        candidate = entries.nonzero().squeeze(1)
+        row, hit = self._resolve(
+            wanted.index_select(0, candidate), entries.index_select(0, candidate)
+        )
+        found = hit.nonzero().squeeze(1)
+        flat = candidate.index_select(0, found)
+        offset = torch.div(flat, queries.numel(), rounding_mode="floor")
+        return offset, flat - offset * queries.numel(), row.index_select(0, found)
 
-    def _resolve(self, wanted: Tensor, entry: Tensor) -> Tensor:
-        """The row of each ``wanted`` key given its slot's table entry, -1 if absent."""
-        row = entry.abs() - 1
-        row = torch.where(self.keys.index_select(0, row) == wanted, row, -1)
-        crowded = ((row < 0) & (entry < 0)).nonzero().squeeze(1)
+    def _resolve(self, wanted: Tensor, entry: Tensor) -> tuple[Tensor, Tensor]:
+        """Each ``wanted`` key's row given its slot's table entry, and whether it is there."""
+        row = entry.abs().long() - 1
+        hit = self.keys.index_select(0, row) == wanted
+        crowded = (entry < 0).nonzero().squeeze(1)
         if crowded.numel():
             keys = wanted.index_select(0, crowded)
             place = torch.searchsorted(self.spill_keys, keys).clamp_(
                 max=self.spill_keys.numel() - 1
             )
-            found = self.spill_keys.index_select(0, place) == keys
-            spill_row = torch.where(found, self.spill_rows.index_select(0, place), -1)
-            row.index_copy_(0, crowded, spill_row)
-        return row
+            spilled = (self.spill_keys.index_select(0, place) == keys).nonzero().squeeze(1)
+            row.index_copy_(
+                0,
+                crowded.index_select(0, spilled),
+                self.spill_rows.index_select(0, place.index_select(0, spilled)),
+            )
+            hit.index_fill_(0, crowded.index_select(0, spilled), True)
+        return row, hit
 
     def find(self, queries: Tensor) -> Tensor:
         """The row of every query key, -1 where it is absent."""
