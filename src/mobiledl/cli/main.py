@@ -21,6 +21,7 @@ import torch
 from mobiledl.cli.adapt import add_adapt_command
 from mobiledl.cli.deep_compress import add_deep_compress_command
 from mobiledl.cli.inspect import add_inspect_command
+from mobiledl.cli.mcu import add_mcu_command
 from mobiledl.cli.methods import add_apply_command
 from mobiledl.cli.nas import add_nas_command
 from mobiledl.cli.prune import add_prune_command
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_report_command,
         add_nas_command,
         add_video_command,
+        add_mcu_command,
         _add_demo,
     ):
         add(commands)
