@@ -91,7 +91,7 @@ def measure_model(
             if not unexportable_ok:
                 raise
             return _unexported(measurement, backend.name, str(error))
-        measurement.bytes = path.stat().st_size
+        measurement.bytes = backend.artifact_bytes(path)
         measurement.engine = backend.name
         if latency:
             measurement = measurement.update(
@@ -200,7 +200,7 @@ def measure_artifact(
         name=path.stem,
         accuracy=task.metric(*artifact_outputs(backend, runner, task)),
         params=backend.artifact_params(path),
-        bytes=path.stat().st_size,
+        bytes=backend.artifact_bytes(path),
         engine=backend.name,
         extra={"accuracy_of": str(path), "null_fields": dict(ARTIFACT_NULL_FIELDS)},
     )

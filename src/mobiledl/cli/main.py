@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from mobiledl.cli.adapt import add_adapt_command
+from mobiledl.cli.bench import add_bench_command
 from mobiledl.cli.deep_compress import add_deep_compress_command
 from mobiledl.cli.inspect import add_inspect_command
 from mobiledl.cli.mcu import add_mcu_command
@@ -40,7 +40,7 @@ from mobiledl.cli.support import (
     task_for_specs,
 )
 from mobiledl.cli.video import add_video_command
-from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors, map_inputs
+from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors
 from mobiledl.errors import UserError
 from mobiledl.fileio import (
     TEMP_NAME_CHARS,
@@ -50,7 +50,7 @@ from mobiledl.fileio import (
     partial_path,
     removed_on_error,
 )
-from mobiledl.resources import check_activation_memory, check_fits, memory_limit
+from mobiledl.resources import check_activation_memory, memory_limit
 from mobiledl.validate import threads_arg
 
 
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_profile,
         _add_export,
-        _add_bench,
+        add_bench_command,
         add_inspect_command,
         add_prune_command,
         add_quantize_command,
@@ -411,14 +411,18 @@ def _summary_line(m: Any) -> str:
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
-    sub = add_command(commands, "export", "export a mobiledl .pt model to ONNX", _cmd_export)
+    sub = add_command(
+        commands, "export", "export a mobiledl .pt model to an engine's artifact", _cmd_export
+    )
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
-    sub.add_argument("--out", type=output_file_arg, required=True, help="output .onnx file")
+    sub.add_argument(
+        "--out", type=output_file_arg, required=True, help="output artifact (.onnx, .xml...)"
+    )
     add_engine_arg(sub)
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.deploy import get_engine, parity_check
+    from mobiledl.deploy import get_engine
     from mobiledl.models import input_specs, load_model
     from mobiledl.profile import Measurement
 
@@ -426,8 +430,8 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     specs = input_specs(loaded.arch)
     engine = get_engine(args.engine)
     artifact = engine.export(loaded.model, example_from_specs(specs, 1), args.out, specs)
-    diff = parity_check(loaded.model, engine.load(artifact), example_from_specs(specs, 4))
-    size = artifact.stat().st_size
+    diff = engine.parity_check(loaded.model, engine.load(artifact), example_from_specs(specs, 4))
+    size = engine.artifact_bytes(artifact)
     measurement = Measurement(
         name=loaded.name,
         bytes=size,
@@ -437,40 +441,6 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.json:
         return measurement.to_dict()
     print(f"wrote {artifact} ({size:,} bytes); max |PyTorch - {engine.name}| = {diff:.2e}")
-    return None
-
-
-# ---------------------------------------------------------------- bench
-
-
-def _add_bench(commands: argparse._SubParsersAction) -> None:
-    sub = add_command(commands, "bench", "time an .onnx model in ONNX Runtime", _cmd_bench)
-    sub.add_argument("model", type=Path, help="an .onnx file")
-    sub.add_argument("--batch", type=int, default=1)
-    sub.add_argument("--threads", type=threads_arg, default=None, help="default: all cores")
-    sub.add_argument("--repeats", type=int, default=100)
-    sub.add_argument("--warmup", type=int, default=10)
-
-
-def _cmd_bench(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.deploy import engine_for_artifact
-
-    if args.batch < 1 or args.repeats < 1:
-        raise UserError("--batch and --repeats must be >= 1")
-    engine = engine_for_artifact(args.model)
-    runner = engine.load(args.model, threads=args.threads)
-    per_sample = sum(math.prod(spec.shape[1:]) for spec in runner.input_specs)
-    check_fits(3 * 8 * args.batch * per_sample, f"--batch {args.batch}")
-    x = map_inputs(torch.Tensor.numpy, example_from_specs(runner.input_specs, args.batch))
-    stats = engine.benchmark(runner, x, args.warmup, args.repeats)
-    measurement = stats.to_measurement()
-    measurement.name = args.model.stem
-    if args.json:
-        return measurement.to_dict()
-    print(
-        f"{args.model}: batch {args.batch}, threads {stats.threads}: median "
-        f"{stats.median_ms:.3f} ms, p90 {stats.p90_ms:.3f} ms over {stats.repeats} runs"
-    )
     return None
 
 

@@ -1,6 +1,6 @@
 """The ``Engine`` interface: export a module to an artifact, load it, run it, time it.
 
-ONNX Runtime is the built-in engine; ExecuTorch and LiteRT plug in by subclassing
+ONNX Runtime is the built-in engine; OpenVINO (an optional extra) and others plug in by subclassing
 ``Engine`` and ``Runner`` and calling ``register_engine``. Everything an engine needs
 beyond export and load (running, timing, parity against PyTorch) is written once here.
 
@@ -43,6 +43,7 @@ DEFAULT_ENGINE = "onnxruntime"
 # Built-in engines, imported only when asked for (optional engines need optional packages).
 _BUILTIN_ENGINES: dict[str, str] = {
     "onnxruntime": "mobiledl.deploy.onnxruntime:OnnxRuntimeEngine",
+    "openvino": "mobiledl.deploy.openvino:OpenVinoEngine",
 }
 _ENGINES: dict[str, Callable[[], Engine]] = {}
 
@@ -106,6 +107,10 @@ class Engine(ABC):
         """Weight elements stored in the artifact, where the format lists them (else None)."""
         return None
 
+    def artifact_bytes(self, path: PathLike) -> int:
+        """Bytes of the artifact: its file, plus any files beside it that it needs."""
+        return Path(path).stat().st_size
+
     def run(self, path_or_runner: PathLike | Runner, x: Batch) -> np.ndarray:
         """Run ``x`` through an artifact (loaded on the fly if given as a path)."""
         return self._as_runner(path_or_runner).run(x)
@@ -139,22 +144,25 @@ class Engine(ABC):
 
     def parity_check(self, model: nn.Module, path_or_runner: PathLike | Runner, x: Batch) -> float:
         """Largest absolute difference between ``model``'s eval output and the engine's."""
-        expected = eager_output(model, x)
-        actual = self.run(path_or_runner, x)
-        if expected.shape != actual.shape:
-            raise UserError(
-                f"{self.name} output has shape {list(actual.shape)} but the PyTorch model "
-                f"gives {list(expected.shape)}"
-            )
-        if expected.size == 0:
-            return 0.0
-        diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-        return float(diff.max())
+        return max_abs_difference(eager_output(model, x), self.run(path_or_runner, x), self.name)
 
     def _as_runner(self, path_or_runner: PathLike | Runner) -> Runner:
         if isinstance(path_or_runner, Runner):
             return path_or_runner
         return self.load(path_or_runner)
+
+
+def max_abs_difference(expected: np.ndarray, actual: np.ndarray, engine: str) -> float:
+    """Largest absolute difference between PyTorch's output and ``engine``'s; ``UserError``
+    if their shapes differ."""
+    if expected.shape != actual.shape:
+        raise UserError(
+            f"{engine} output has shape {list(actual.shape)} but the PyTorch model gives "
+            f"{list(expected.shape)}"
+        )
+    if expected.size == 0:
+        return 0.0
+    return float(np.abs(expected.astype(np.float64) - actual.astype(np.float64)).max())
 
 
 def to_numpy(x: ArrayLike) -> np.ndarray:

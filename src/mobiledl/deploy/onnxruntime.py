@@ -142,18 +142,7 @@ class OnnxRuntimeEngine(Engine):
         and the operator.
         """
         target = Path(path)
-        expect_module(model, "export")
-        x = map_inputs(to_tensor, example_input)
-        specs = tuple(input_specs) if input_specs is not None else specs_of(x)
-        args = tuple(input_tensors(x))
-        if len(specs) != len(args):
-            raise UserError(f"{len(specs)} input specs given for an example of {len(args)} inputs")
-        lowered = lower_model(model)
-        module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
-        exported = io.BytesIO()
-        _export_file(module, args, specs, exported)
-        graph = _rewritten(exported.getvalue(), lowered.quantized)
-        _check_graph(graph)
+        graph = onnx_graph(model, example_input, input_specs)
         with atomic_path(target) as tmp:
             onnx.save(graph, str(tmp))
         return target
@@ -187,6 +176,31 @@ class OnnxRuntimeEngine(Engine):
 def parity_check(model: nn.Module, path_or_runner: PathLike | Runner, x: Batch) -> float:
     """Max absolute difference between ``model``'s eval output and ONNX Runtime's on ``x``."""
     return OnnxRuntimeEngine().parity_check(model, path_or_runner, x)
+
+
+def onnx_graph(
+    model: nn.Module,
+    example_input: Batch,
+    input_specs: Sequence[InputSpec] | None = None,
+    pack: bool = True,
+) -> onnx.ModelProto:
+    """The checked ONNX graph ``OnnxRuntimeEngine.export`` writes, built in memory: engines
+    that read ONNX (OpenVINO) start their lowering from it. ``pack=False`` keeps low-bit
+    weights as plain initializers instead of packed codes (for an engine whose converter
+    does not fold the unpacking nodes)."""
+    expect_module(model, "export")
+    x = map_inputs(to_tensor, example_input)
+    specs = tuple(input_specs) if input_specs is not None else specs_of(x)
+    args = tuple(input_tensors(x))
+    if len(specs) != len(args):
+        raise UserError(f"{len(specs)} input specs given for an example of {len(args)} inputs")
+    lowered = lower_model(model)
+    module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
+    exported = io.BytesIO()
+    _export_file(module, args, specs, exported)
+    graph = _rewritten(exported.getvalue(), lowered.quantized, pack)
+    _check_graph(graph)
+    return graph
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
@@ -266,13 +280,14 @@ def _dynamic_axes(spec: InputSpec) -> dict[int, str]:
     }
 
 
-def _rewritten(exported: bytes, quantized: bool) -> onnx.ModelProto:
+def _rewritten(exported: bytes, quantized: bool, pack: bool) -> onnx.ModelProto:
     """The exported graph rewritten: a QDQ graph for ONNX Runtime's integer kernels, and
-    low-bit weights as packed codes (``mobiledl.deploy.onnx_packing``)."""
+    (``pack``) low-bit weights as packed codes (``mobiledl.deploy.onnx_packing``)."""
     model = onnx.load_from_string(exported)
     if quantized:
         tidy_qdq_graph(model.graph)
-    pack_weights(model)
+    if pack:
+        pack_weights(model)
     return model
 
 

@@ -155,7 +155,7 @@ def run_export(model: nn.Module, step: RecipeStep, ctx: RunContext, index: int) 
     path = export(engine, model, ctx.task.example_input(1), target)
     measurement = ctx.measure(model, name)
     measurement.accuracy = ctx.task.metric(*artifact_outputs(engine, path, ctx.task))
-    measurement.bytes = path.stat().st_size
+    measurement.bytes = engine.artifact_bytes(path)
     measurement.extra.update(
         accuracy_of=settings.file,
         artifact=settings.file,
