@@ -158,3 +158,20 @@ def test_bad_layers_and_tensors_are_user_errors() -> None:
         SparseTensor(torch.zeros(3, 3, dtype=torch.long), torch.zeros(3, 1))
     with pytest.raises(UserError, match="within"):
         SparseTensor(torch.tensor([[0, 40000, 0, 0]]), torch.zeros(1, 1))
+
+
+def test_weight_and_feature_gradients_equal_dense_conv3d_gradients() -> None:
+    grid = 6
+    x = cloud(grid, 40, 3, seed=9)
+    feats = x.feats.clone().requires_grad_(True)
+    conv = SparseConv3d(3, 4, 3, stride=2)
+    y = conv(SparseTensor(x.coords, feats))
+    (y.feats**2).sum().backward()
+    dense_in = SparseTensor(x.coords, x.feats).dense((grid,) * 3).requires_grad_(True)
+    weight = conv_weight(conv).detach().requires_grad_(True)
+    out = F.conv3d(dense_in, weight, stride=2, padding=1)
+    (at_sites(out, y, 2) ** 2).sum().backward()
+    assert conv.weight.grad is not None and weight.grad is not None
+    sparse_grad = conv.weight.grad.permute(2, 1, 0).reshape(weight.shape)
+    assert torch.allclose(weight.grad, sparse_grad, atol=1e-4)
+    assert torch.allclose(feats.grad, at_sites(dense_in.grad, x, 1), atol=1e-4)

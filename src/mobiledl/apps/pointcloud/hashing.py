@@ -94,7 +94,8 @@ class CoordHash:
         self.spill_rows = spilled.index_select(0, order)
 
     def _slots(self, hashed: Tensor) -> Tensor:
-        return (hashed >> (64 - self.bits)) & ((1 << self.bits) - 1)
+        """The table slots of hashed keys (top bits; computed in place)."""
+        return hashed.bitwise_right_shift_(64 - self.bits).bitwise_and_((1 << self.bits) - 1)
 
     def pairs(self, queries: Tensor, deltas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(offset, query, row)``: every offset index ``k`` and query index ``i`` with

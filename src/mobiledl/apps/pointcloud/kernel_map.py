@@ -23,6 +23,7 @@ row 0 (it adds exact zeros).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,13 @@ class KernelMap:
             self.n_in,
             None,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def offset_deltas(kernel_size: int, reach: int) -> Tensor:
+    """The key deltas of ``kernel_offsets(kernel_size, reach)`` (cached: maps of one kernel
+    share them)."""
+    return offset_keys(kernel_offsets(kernel_size, reach))
 
 
 def kernel_offsets(kernel_size: int, dilation: int = 1) -> Tensor:
@@ -112,10 +120,10 @@ def submanifold_map(cache: MapCache, at: int, kernel_size: int, dilation: int = 
     if kernel_size % 2 == 0:
         raise UserError(f"a submanifold convolution needs an odd kernel size; got {kernel_size}")
     table = cache.hash_of(at)
-    offsets = kernel_offsets(kernel_size, dilation) * at
-    half = offsets.shape[0] // 2
-    offset, out, inp = table.pairs(table.keys, offset_keys(offsets[:half]))
-    mirrored = offsets.shape[0] - 1 - torch.arange(half)
+    deltas = offset_deltas(kernel_size, dilation * at)
+    half = deltas.numel() // 2
+    offset, out, inp = table.pairs(table.keys, deltas[:half])
+    mirrored = deltas.numel() - 1 - torch.arange(half)
     parts = [(offset, inp, out), (offset + half, out, inp)]
     weight_index = torch.cat([torch.arange(half), mirrored])
     return _grouped(weight_index, parts, half, table.size, table.size, identity=half)
@@ -129,10 +137,10 @@ def downsample_map(
     coarse = at * stride
     if coarse not in cache.coords:
         cache.coords[coarse] = floored(cache.coords[at], coarse)
-    offsets = kernel_offsets(kernel_size, dilation) * at
+    deltas = offset_deltas(kernel_size, dilation * at)
     fine, outputs = cache.hash_of(at), cache.hash_of(coarse)
-    offset, out, inp = fine.pairs(outputs.keys, offset_keys(offsets))
-    count = offsets.shape[0]
+    offset, out, inp = fine.pairs(outputs.keys, deltas)
+    count = deltas.numel()
     return _grouped(torch.arange(count), [(offset, inp, out)], count, fine.size, outputs.size, None)
 
 
