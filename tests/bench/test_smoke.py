@@ -170,6 +170,13 @@ def check_sparse_conv(report: Report, out: Path) -> None:
     assert "| uniform | 10% |" in (out / "sparse_conv.md").read_text()
 
 
+def check_mcu_memory(report: Report, out: Path) -> None:
+    rows = report["rows"]
+    assert [row["model"] for row in rows] == ["mcunet", "mobilenet_v2"]
+    assert all(row["in_place_bytes"] <= row["layer_by_layer_bytes"] for row in rows)
+    assert "| not yet | not yet |" in (out / "mcu_memory.md").read_text()
+
+
 slow = pytest.mark.slow
 CASES: list[Any] = [
     pytest.param("prune_finegrained", (), check_prune_finegrained),
@@ -187,6 +194,7 @@ CASES: list[Any] = [
     pytest.param("nas_supernet", ("--no-ray",), check_nas_supernet, marks=slow),
     pytest.param("video_tsm", ("--latency",), check_video_tsm, marks=slow),
     pytest.param("sparse_conv", (), check_sparse_conv),
+    pytest.param("mcu_memory", (), check_mcu_memory, marks=slow),
 ]
 
 
