@@ -184,3 +184,17 @@ def test_bench_cli_compares_engines_for_a_model_file(digits, tmp_path: Path, cap
     capsys.readouterr()
     assert main(["bench", str(tmp_path / "m.xml"), "--engine", "onnxruntime"]) == 2
     assert "is a openvino artifact" in capsys.readouterr().err
+
+
+def test_export_auto_picks_the_fastest_installed_engine_and_says_so(digits, tmp_path, capsys):
+    save_model(tmp_path / "m.pt", _trained("lenet5", digits, steps=3), {"task": "digits"})
+    argv = ["export", str(tmp_path / "m.pt"), "--engine", "auto", "--out", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    choice = {row["engine"]: row["latency_ms_median"] for row in result["extra"]["engine_choice"]}
+    assert set(choice) >= {"onnxruntime", "openvino"}
+    assert result["engine"] == min(choice, key=choice.get)
+    assert f"--engine auto: {result['engine']} is the fastest" in captured.err
+    artifact = Path(result["extra"]["artifact"])
+    assert artifact.suffix == get_engine(result["engine"]).suffix and artifact.is_file()

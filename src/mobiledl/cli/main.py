@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from mobiledl.cli.support import (
     task_for_specs,
 )
 from mobiledl.cli.video import add_video_command
-from mobiledl.core.inputs import Inputs, example_from_specs, input_tensors
+from mobiledl.core.inputs import Inputs, InputSpec, example_from_specs, input_tensors
 from mobiledl.errors import UserError
 from mobiledl.fileio import (
     TEMP_NAME_CHARS,
@@ -52,6 +52,9 @@ from mobiledl.fileio import (
 )
 from mobiledl.resources import check_activation_memory, memory_limit
 from mobiledl.validate import threads_arg
+
+if TYPE_CHECKING:
+    from mobiledl.deploy import Engine
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,19 +419,28 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     )
     sub.add_argument("model", type=Path, help="a mobiledl .pt file")
     sub.add_argument(
-        "--out", type=output_file_arg, required=True, help="output artifact (.onnx, .xml...)"
+        "--out",
+        type=output_file_arg,
+        required=True,
+        help="output artifact (.onnx, .xml...; with --engine auto the chosen engine's suffix)",
     )
-    add_engine_arg(sub)
+    add_engine_arg(sub, auto=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.deploy import get_engine
+    from mobiledl.deploy.compare import AUTO_ENGINE
     from mobiledl.models import input_specs, load_model
     from mobiledl.profile import Measurement
 
     loaded = load_model(args.model)
     specs = input_specs(loaded.arch)
-    engine = get_engine(args.engine)
+    extra: dict[str, Any] = {}
+    if args.engine == AUTO_ENGINE:
+        engine, extra["engine_choice"] = _auto_engine(loaded.model, specs)
+        args.out = args.out.with_suffix(engine.suffix)
+    else:
+        engine = get_engine(args.engine)
     artifact = engine.export(loaded.model, example_from_specs(specs, 1), args.out, specs)
     diff = engine.parity_check(loaded.model, engine.load(artifact), example_from_specs(specs, 4))
     size = engine.artifact_bytes(artifact)
@@ -436,12 +448,26 @@ def _cmd_export(args: argparse.Namespace) -> dict[str, Any] | None:
         name=loaded.name,
         bytes=size,
         engine=engine.name,
-        extra={"artifact": str(artifact), "max_abs_diff": diff},
+        extra={"artifact": str(artifact), "max_abs_diff": diff, **extra},
     )
     if args.json:
         return measurement.to_dict()
     print(f"wrote {artifact} ({size:,} bytes); max |PyTorch - {engine.name}| = {diff:.2e}")
     return None
+
+
+def _auto_engine(
+    model: torch.nn.Module, specs: Sequence[InputSpec]
+) -> tuple[Engine, list[dict[str, Any]]]:
+    """The installed engine that runs ``model`` fastest at batch 1 on one thread, said on
+    stderr with the latencies it was chosen from."""
+    from mobiledl.deploy.compare import choose_engine
+
+    engine, results = choose_engine(model, example_from_specs(specs, 16), specs, progress=log)
+    rows = [result.row(1) for result in results]
+    timings = ", ".join(f"{row['engine']} {row['latency_ms_median']:.3f} ms" for row in rows)
+    log(f"--engine auto: {engine.name} is the fastest here at batch 1, 1 thread ({timings})")
+    return engine, rows
 
 
 # ---------------------------------------------------------------- demo

@@ -99,15 +99,16 @@ def split_arg(text: str) -> Split:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_engine_arg(sub: argparse.ArgumentParser) -> None:
-    """``--engine NAME`` of the engine that exports (default: ``DEFAULT_ENGINE``)."""
+def add_engine_arg(sub: argparse.ArgumentParser, auto: bool = False) -> None:
+    """``--engine NAME`` of the engine that exports (default: ``DEFAULT_ENGINE``); with
+    ``auto``, ``--engine auto`` (the fastest installed engine, measured) is offered too."""
     from mobiledl.deploy import DEFAULT_ENGINE, list_engines
 
+    names = [*list_engines(), *(["auto (the fastest installed one, measured)"] if auto else [])]
     sub.add_argument(
         "--engine",
         default=None,
-        help=f"engine that builds the artifact: {', '.join(list_engines())} "
-        f"(default {DEFAULT_ENGINE})",
+        help=f"engine that builds the artifact: {', '.join(names)} (default {DEFAULT_ENGINE})",
     )
 
 

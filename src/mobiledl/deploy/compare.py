@@ -5,13 +5,14 @@ with; the answer depends on the model, the precision and the CPU, so it is measu
 ``compare_engines`` exports the model to every engine asked for, checks each artifact against
 the model's PyTorch output (max abs difference and top-1 agreement), and times all of them in
 one ``interleaved_benchmark`` per batch size, so they see the same machine.
-``fastest_engine`` is the choice ``--engine auto`` makes from that table.
+``choose_engine`` is ``--engine auto``: the fastest installed engine for the model, measured.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ from mobiledl.deploy.engine import (
 from mobiledl.deploy.timing import LatencyStats, interleaved_benchmark
 from mobiledl.errors import UserError
 
-#: ``--engine all``: every installed engine.
-ALL_ENGINES = "all"
+#: ``--engine all``: every installed engine; ``--engine auto``: the fastest of them.
+ALL_ENGINES, AUTO_ENGINE = "all", "auto"
 
 
 @dataclass
@@ -167,3 +168,31 @@ def _agreement(expected: np.ndarray, actual: np.ndarray) -> float | None:
     if expected.ndim != 2 or expected.shape[1] < 2:
         return None
     return float((expected.argmax(axis=1) == actual.argmax(axis=1)).mean())
+
+
+def choose_engine(
+    model: nn.Module,
+    inputs: Batch,
+    input_specs: Sequence[InputSpec] | None = None,
+    batch_size: int = 1,
+    repeats: int = 30,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Engine, list[EngineResult]]:
+    """``--engine auto``: the installed engine that runs ``model`` fastest at ``batch_size``
+    on one thread (timed on the calling thread's CPU time, which other processes cannot
+    inflate), and the comparison it was chosen from."""
+    engines = engines_named(ALL_ENGINES)
+    with scratch_dir() as workdir:
+        results = compare_engines(
+            model,
+            inputs,
+            engines,
+            workdir,
+            batch_sizes=(batch_size,),
+            threads=1,
+            repeats=repeats,
+            clock=time.thread_time,
+            input_specs=input_specs,
+            progress=progress,
+        )
+    return get_engine(fastest_engine(results, batch_size).engine), results
