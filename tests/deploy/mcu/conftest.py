@@ -15,9 +15,10 @@ import torch
 from mobiledl import apply
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.data.builtin import digits
+from mobiledl.data.prepare import make_task
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.mcu.graph import Graph
-from mobiledl.models.registry import create_model_for_task
+from mobiledl.models.registry import create_model, create_model_for_task
 
 IMAGE_SIZE = 32
 Exporter = Callable[..., Path]
@@ -41,6 +42,19 @@ def int8_onnx(tmp_path_factory: pytest.TempPathFactory) -> Exporter:
         return cache[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2_144(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The issue's reference model: int8 MobileNetV2-0.35 at 3x144x144 (PTQ on 30 synthetic
+    images; the plans depend on shapes only)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (30, 3, 144, 144)).astype(np.float32)
+    task = make_task("synthetic", x, np.arange(30) % 10, 0)
+    model = create_model("mobilenet_v2", 10, in_channels=3, image_size=144, width_mult=0.35)
+    quantized = apply(model, QuantConfig(calibration_samples=8), task)
+    path = tmp_path_factory.mktemp("mcu") / "mobilenet_v2_035_144.int8.onnx"
+    return get_engine().export(quantized, torch.zeros(1, 3, 144, 144), path)
 
 
 def random_images(graph: Graph, count: int, seed: int = 0) -> np.ndarray:

@@ -7,17 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from mobiledl import apply
-from mobiledl.compress.quantize import QuantConfig
-from mobiledl.data.prepare import make_task
-from mobiledl.deploy import get_engine
 from mobiledl.deploy.mcu.arena import run_planned
 from mobiledl.deploy.mcu.graph import read_graph
 from mobiledl.deploy.mcu.planner import candidate_orders, plan_memory
 from mobiledl.deploy.mcu.reference import quantize_input, run
-from mobiledl.models.registry import create_model
 from tests.deploy.mcu.conftest import random_images
 
 MODELS = ["mcunet", "mobilenet_v2", "resnet8", "lenet5"]
@@ -85,17 +79,11 @@ def test_order_search_over_branches(int8_onnx) -> None:
     assert np.array_equal(run_planned(best, x), run(graph, x))
 
 
-def test_mobilenet_v2_035_at_144(tmp_path) -> None:
+def test_mobilenet_v2_035_at_144(mobilenet_v2_144) -> None:
     """The issue's reference points: 303.8 kB layer by layer, 283.5 kB in place (kB = 1024 B).
     Both are the bottleneck of block 2: its 48-channel expansion at 72x72 beside the 36x36
     depthwise output (layer by layer), or beside the 8-channel block input (in place)."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (30, 3, 144, 144)).astype(np.float32)
-    task = make_task("synthetic", x, np.arange(30) % 10, 0)
-    model = create_model("mobilenet_v2", 10, in_channels=3, image_size=144, width_mult=0.35)
-    quantized = apply(model, QuantConfig(calibration_samples=8), task)
-    path = get_engine().export(quantized, torch.zeros(1, 3, 144, 144), tmp_path / "m.onnx")
-    graph = read_graph(path)
+    graph = read_graph(mobilenet_v2_144)
     expansion, block_input, strided = 48 * 72 * 72, 8 * 72 * 72, 48 * 36 * 36
     assert plan_memory(graph, in_place_depthwise=False).arena_bytes == expansion + strided
     plan = plan_memory(graph, in_place_depthwise=True)
