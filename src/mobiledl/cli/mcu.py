@@ -1,14 +1,17 @@
-"""``mobiledl mcu plan MODEL --sram-kb 256 --flash-kb 1024 [--patch none] [--no-in-place]
-[--layers] [--json]``: plan an int8 model's static SRAM arena for a microcontroller
-(``mobiledl.deploy.mcu``; MCUNet/TinyEngine, Lin et al. 2020) and say whether it fits.
+"""``mobiledl mcu plan MODEL --sram-kb 256 --flash-kb 1024 [--patch none|auto]
+[--max-mac-overhead 0.3] [--no-in-place] [--layers] [--json]``: plan an int8 model's static
+SRAM arena for a microcontroller (``mobiledl.deploy.mcu``; MCUNet/TinyEngine, Lin et al. 2020)
+and say whether it fits.
 
 MODEL is an int8 ``.onnx`` export (``mobiledl quantize ... --onnx q.onnx``) or a quantized
 mobiledl ``.pt``; a float model is refused with one line saying how to quantize it (the
 planner does not pick calibration data). The plan prints the peak SRAM (the arena), its lower
 bound, the layer-by-layer peak without in-place depthwise, the flash (weights, biases and
 multiplier tables; code size not included), whether both fit, and if not which tensors are
-live at the peak and what would make it fit. ``--patch auto`` (patch-based inference,
-MCUNetV2) is not implemented yet. kB are 1024 bytes.
+live at the peak and what would make it fit. ``--patch auto`` judges the fit on patch-based
+inference (MCUNetV2, Lin et al. 2021): the split and grid with the smallest peak within
+``--max-mac-overhead`` extra MACs; with ``--patch none`` it is only advice when the plan does
+not fit. kB are 1024 bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from mobiledl.cli.support import add_command
-from mobiledl.errors import UserError
 from mobiledl.validate import positive_number_arg
 
 
@@ -40,6 +42,12 @@ def add_mcu_command(commands: argparse._SubParsersAction) -> None:
         "--patch", choices=("none", "auto"), default="none", help="patch-based inference"
     )
     sub.add_argument(
+        "--max-mac-overhead",
+        type=positive_number_arg,
+        default=0.3,
+        help="extra MACs patch-based inference may cost (fraction, default 0.3)",
+    )
+    sub.add_argument(
         "--no-in-place", action="store_true", help="plan without in-place depthwise convs"
     )
     sub.add_argument("--layers", action="store_true", help="print the live bytes of every step")
@@ -48,28 +56,32 @@ def add_mcu_command(commands: argparse._SubParsersAction) -> None:
 def _cmd_plan(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.deploy.mcu.budget import KB, check_fit
     from mobiledl.deploy.mcu.model_file import load_int8_graph
+    from mobiledl.deploy.mcu.patch import search_patch
     from mobiledl.deploy.mcu.planner import plan_memory
 
-    if args.patch == "auto":
-        raise UserError("--patch auto: patch-based inference is not implemented yet; use none")
     graph = load_int8_graph(args.model)
     layer_by_layer = plan_memory(graph, in_place_depthwise=False)
     plan = layer_by_layer if args.no_in_place else plan_memory(graph, in_place_depthwise=True)
     sram, flash = int(args.sram_kb * KB), int(args.flash_kb * KB)
-    fit = check_fit(plan, sram, flash, None if args.no_in_place else layer_by_layer.arena_bytes)
-    result = _result(args.model, plan, layer_by_layer.arena_bytes, fit)
+    in_use = args.patch == "auto"
+    patch = None
+    if in_use or plan.arena_bytes > sram:
+        patch = search_patch(graph, args.max_mac_overhead, in_place_depthwise=not args.no_in_place)
+    without = None if args.no_in_place else layer_by_layer.arena_bytes
+    fit = check_fit(plan, sram, flash, without, patch, in_use)
+    result = _result(args.model, plan, layer_by_layer.arena_bytes, fit, patch if in_use else None)
     if args.json:
         return result
     _print(result, args.layers)
     return None
 
 
-def _result(model: Path, plan: Any, layer_by_layer: int, fit: Any) -> dict[str, Any]:
+def _result(model: Path, plan: Any, layer_by_layer: int, fit: Any, patch: Any) -> dict[str, Any]:
     peak = plan.peak_step
     return {
         "model": str(model),
         "ops": len(plan.graph.ops),
-        "peak_memory_bytes": plan.arena_bytes,
+        "peak_memory_bytes": patch.peak_bytes if patch is not None else plan.arena_bytes,
         "arena_bytes": plan.arena_bytes,
         "lower_bound_bytes": plan.lower_bound_bytes,
         "layer_by_layer_bytes": layer_by_layer,
@@ -83,7 +95,7 @@ def _result(model: Path, plan: Any, layer_by_layer: int, fit: Any) -> dict[str, 
         "fits": fit.fits,
         "placement": plan.placement,
         "order": plan.order,
-        "patch": "none",
+        "patch": _patch(plan.graph, patch),
         "peak": {
             "step": peak.step,
             "layer": peak.layer,
@@ -95,6 +107,23 @@ def _result(model: Path, plan: Any, layer_by_layer: int, fit: Any) -> dict[str, 
             for s in plan.steps
         ],
         "advice": fit.advice,
+    }
+
+
+def _patch(graph: Any, patch: Any) -> dict[str, Any] | None:
+    """The patch-based plan in use (``--patch auto``), or None."""
+    if patch is None:
+        return None
+    return {
+        "split": patch.split,
+        "split_layer": graph.ops[patch.split - 1].layer,
+        "grid": list(patch.grid),
+        "peak_bytes": patch.peak_bytes,
+        "patch_stage_bytes": patch.patch_stage_bytes,
+        "rest_stage_bytes": patch.rest_stage_bytes,
+        "macs": patch.macs,
+        "layer_by_layer_macs": patch.layer_by_layer_macs,
+        "mac_overhead": patch.mac_overhead,
     }
 
 
@@ -111,13 +140,21 @@ def _print(result: dict[str, Any], layers: bool) -> None:
         f"{result['in_place_depthwise_ops']} depthwise convs in place)"
     )
     print(f"  layer by layer without in-place depthwise: {kb(result['layer_by_layer_bytes'])}")
+    patch = result["patch"]
+    if patch is not None:
+        print(
+            f"patch-based: {patch['grid'][0]}x{patch['grid'][1]} patches up to "
+            f"{patch['split_layer']}: peak {kb(patch['peak_bytes'])} (patches "
+            f"{kb(patch['patch_stage_bytes'])}, then layer by layer "
+            f"{kb(patch['rest_stage_bytes'])}), +{patch['mac_overhead']:.0%} MACs"
+        )
     print(f"  budget {kb(result['sram_budget_bytes'])}: {verdict(result['fits_sram'])}")
     print(
         f"flash: {kb(result['flash_bytes'])} (weights, biases, multiplier tables; code not "
         f"included)  budget {kb(result['flash_budget_bytes'])}: {verdict(result['fits_flash'])}"
     )
     peak = result["peak"]
-    print(f"peak at step {peak['step']}: {peak['layer']} ({peak['kind']})")
+    print(f"layer-by-layer peak at step {peak['step']}: {peak['layer']} ({peak['kind']})")
     for tensor in peak["live"]:
         print(f"  {tensor['name']:>16}  {kb(tensor['bytes']):>10}  from {tensor['producer']}")
     if layers:

@@ -54,6 +54,16 @@ def test_quantized_pt_is_planned_and_float_pt_refused(tmp_path, capsys) -> None:
     assert result["ops"] == 8 and result["fits"]
 
 
-def test_patch_auto_is_not_there_yet(int8_onnx, capsys) -> None:
-    assert main(["mcu", "plan", str(int8_onnx("mcunet")), "--patch", "auto"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_patch_auto_judges_the_fit_on_patches(int8_onnx, capsys) -> None:
+    path = str(int8_onnx("mobilenet_v2"))
+    plain = _json(capsys, ["mcu", "plan", path, "--sram-kb", "40"])
+    assert not plain["fits_sram"] and plain["patch"] is None
+    assert any("--patch auto" in line for line in plain["advice"])
+    patched = _json(capsys, ["mcu", "plan", path, "--sram-kb", "40", "--patch", "auto"])
+    patch = patched["patch"]
+    assert patched["peak_memory_bytes"] == patch["peak_bytes"] < plain["arena_bytes"]
+    assert patch["mac_overhead"] <= 0.3 and patched["fits_sram"] == (
+        patch["peak_bytes"] <= 40 * 1024
+    )
+    assert main(["mcu", "plan", path, "--patch", "auto"]) == 0
+    assert "patch-based: " in capsys.readouterr().out

@@ -3,8 +3,9 @@
 The advice is arithmetic on the plan, stated as estimates: activation memory at the peak
 scales with the pixels of the input (so with the square of the resolution) and roughly
 linearly with the width multiplier; flash is the weights, which channel pruning or a smaller
-width shrink. Patch-based inference (MCUNetV2, Lin et al. 2021), which cuts the peak of the
-first stages several-fold, is a later slice of issue 16 and is named as such.
+width shrink. Patch-based inference (MCUNetV2, Lin et al. 2021) cuts the peak of the first
+stages several-fold for some extra MACs: given its best split (``patch.search_patch``), the
+advice says what it would reach, or ``fit`` is judged on it when it is in use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mobiledl.deploy.mcu.patch import PatchMemory
 from mobiledl.deploy.mcu.planner import MemoryPlan
 
 KB = 1024
@@ -33,18 +35,21 @@ class Fit:
 
 
 def check_fit(
-    plan: MemoryPlan, sram_bytes: int, flash_bytes: int, without_in_place: int | None = None
+    plan: MemoryPlan,
+    sram_bytes: int,
+    flash_bytes: int,
+    without_in_place: int | None = None,
+    patch: PatchMemory | None = None,
+    patch_in_use: bool = False,
 ) -> Fit:
     """``plan`` against the budgets; ``without_in_place``: the arena without in-place
-    depthwise, to say what in-place saves when it is off or what it already saved."""
-    fit = Fit(
-        sram_bytes,
-        flash_bytes,
-        plan.arena_bytes <= sram_bytes,
-        plan.flash_bytes <= flash_bytes,
-    )
+    depthwise, to say what in-place saves when it is off or what it already saved; ``patch``:
+    the best patch-based plan, the one in use if ``patch_in_use``."""
+    peak = patch.peak_bytes if patch_in_use and patch is not None else plan.arena_bytes
+    fit = Fit(sram_bytes, flash_bytes, peak <= sram_bytes, plan.flash_bytes <= flash_bytes)
     if not fit.fits_sram:
-        fit.advice.extend(_sram_advice(plan, sram_bytes, without_in_place))
+        fit.advice.extend(_sram_advice(plan, sram_bytes, without_in_place, peak))
+        fit.advice.append(_patch_advice(patch, patch_in_use))
     if not fit.fits_flash:
         ratio = flash_bytes / plan.flash_bytes
         fit.advice.append(
@@ -55,7 +60,9 @@ def check_fit(
     return fit
 
 
-def _sram_advice(plan: MemoryPlan, sram_bytes: int, without_in_place: int | None) -> list[str]:
+def _sram_advice(
+    plan: MemoryPlan, sram_bytes: int, without_in_place: int | None, peak_bytes: int
+) -> list[str]:
     graph = plan.graph
     peak = plan.peak_step
     live = ", ".join(f"{t.name} {kb(t.bytes)} (from {t.producer})" for t in peak.live)
@@ -65,7 +72,7 @@ def _sram_advice(plan: MemoryPlan, sram_bytes: int, without_in_place: int | None
     elif without_in_place is not None and without_in_place > plan.arena_bytes and plan.in_place:
         saved = without_in_place - plan.arena_bytes
         advice.append(f"in-place depthwise already saves {kb(saved)}")
-    ratio = sram_bytes / plan.arena_bytes
+    ratio = sram_bytes / peak_bytes
     _, _, height, width = graph.tensors[graph.input].shape
     side = math.sqrt(ratio)
     advice.append(
@@ -74,11 +81,19 @@ def _sram_advice(plan: MemoryPlan, sram_bytes: int, without_in_place: int | None
         f"x{ratio:.2f} would bring the peak under {kb(sram_bytes)} (estimates: activation "
         "memory scales with pixels and about linearly with width)"
     )
-    advice.append(
-        "patch-based inference of the first stages (MCUNetV2) would cut the peak; it is not "
-        "implemented yet (--patch auto)"
-    )
     return advice
+
+
+def _patch_advice(patch: PatchMemory | None, in_use: bool) -> str:
+    if patch is None:
+        return "patch-based inference: no prefix of this graph can run by patches"
+    where = f"{patch.grid[0]}x{patch.grid[1]} patches over the first {patch.split} ops"
+    cost = f"+{patch.mac_overhead:.0%} MACs"
+    if in_use:
+        return f"patch-based inference is in use ({where}, {kb(patch.peak_bytes)}, {cost})"
+    return (
+        f"patch-based inference (--patch auto): {where} would reach {kb(patch.peak_bytes)} ({cost})"
+    )
 
 
 def kb(size: int) -> str:
