@@ -2,7 +2,8 @@
 
 On a G^3 grid (default 64^3) at each occupancy (default 2% and 10%) and for uniform random
 and surface-like sites (voxels on spheres, as a scanned scene's surfaces are), one thread,
-16 -> 32 channels, a 3^3 kernel, the benchmark times interleaved:
+16 -> 32 channels, a 3^3 kernel, with the sites in the order ``voxelize`` gives them (sorted
+by batch, x, y, z) and the same rows for every candidate, the benchmark times interleaved:
 
 - ``dense``: ``torch.nn.functional.conv3d`` on the whole grid;
 - ``ours_uncached``: a fresh ``SparseTensor`` each call: kernel map (hash + pairs) + compute;
@@ -11,7 +12,7 @@ and surface-like sites (voxels on spheres, as a scanned scene's surfaces are), o
   cached map;
 - ``spconv_*``: the same three with spconv's ``SubMConv3d`` (its CPU build, ``Native``
   algorithm) when ``import spconv`` works: ``pip install spconv==2.3.8`` (the CPU wheel; it
-  is in no extra of mobiledl). spconv gave wrong rows with 2 threads (docs NOTES), so every
+  is in no extra of mobiledl). spconv gave wrong rows with 2 threads on this machine, so every
   timing here pins one thread.
 
 Each output is checked against the dense convolution on the active sites (and spconv's
@@ -89,10 +90,14 @@ def surface_sites(grid: int, count: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def case_input(pattern: str, grid: int, occupancy: float, channels: int, seed: int) -> SparseTensor:
+    """The case's sites in the order ``voxelize`` returns them (sorted by batch, x, y, z),
+    with random features; every candidate gets the same rows."""
     gen = torch.Generator().manual_seed(seed)
     count = max(1, round(occupancy * grid**3))
     sites = (uniform_sites if pattern == "uniform" else surface_sites)(grid, count, gen)
-    coords = torch.cat([torch.zeros(count, 1, dtype=torch.int64), sites], dim=1)
+    coords = torch.unique(
+        torch.cat([torch.zeros(count, 1, dtype=torch.int64), sites], dim=1), dim=0
+    )
     return SparseTensor(coords, torch.randn(count, channels, generator=gen))
 
 

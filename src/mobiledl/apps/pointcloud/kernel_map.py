@@ -173,7 +173,7 @@ def _grouped(
         flat = group * width + position
         in_rows.index_copy_(0, flat, inp)
         out_rows.index_copy_(0, flat, out)
-    counts = counts.repeat(len(parts))
+    counts = torch.cat([counts] * len(parts))
     return KernelMap(
         weight_index, in_rows.view(total, width), out_rows.view(total, width), counts, n_in, n_out,
         identity,
