@@ -7,9 +7,11 @@ layer (the live-tensor peak, placed in one arena), with TinyEngine's in-place de
 et al. 2020), and the flash of weights, biases and multiplier tables (code not included). A
 model with an op the IR does not support is listed with the op and layer.
 
-Not yet: patch-based inference (MCUNetV2, Lin et al. 2021) is a later slice, and TFLM's arena
-needs the model as ``.tflite``, which only the LiteRT converter produces (not installed
-here); both columns say so. This is planning arithmetic, no timing.
+Patch-based inference (MCUNetV2, Lin et al. 2021): the split and square grid with the
+smallest peak within ``--max-mac-overhead`` extra MACs (``patch.search_patch``), and the
+issue's fixed point for MobileNetV2-0.35 at 144 (4x4 patches over the stem and 4 blocks).
+Not yet: TFLM's arena needs the model as ``.tflite``, which only the LiteRT converter
+produces (not installed here); its column says so. Planning arithmetic, no timing.
 
     python -m benchmarks mcu_memory            # 3x144x144, 1000 classes, + the issue's points
     python -m benchmarks mcu_memory --smoke    # mcunet and mobilenet_v2 at 1x32x32: seconds
@@ -34,6 +36,7 @@ from mobiledl.data.prepare import make_task
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.mcu.budget import KB
 from mobiledl.deploy.mcu.graph import read_graph
+from mobiledl.deploy.mcu.patch import patch_memory, search_patch
 from mobiledl.deploy.mcu.planner import plan_memory
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, list_models
@@ -48,6 +51,8 @@ REFERENCES = {
     ("mobilenet_v2", 0.35, 144): (303.8, 283.5),
     ("mobilenet_v2", 1.0, 224): (None, 1372.0),
 }
+#: The issue's patch-based point: 4x4 patches up to this layer, 44.9 kB at +21% MACs.
+PATCH_REFERENCE = {("mobilenet_v2", 0.35, 144): ("features.4.body.project.conv", (4, 4), 44.9)}
 
 
 def parse_args(argv: Sequence[str]) -> Any:
@@ -56,6 +61,9 @@ def parse_args(argv: Sequence[str]) -> Any:
     parser.add_argument("--image-size", type=int, default=None, help="input side (pixels)")
     parser.add_argument("--channels", type=int, default=None, help="input channels")
     parser.add_argument("--classes", type=int, default=None, help="classifier outputs")
+    parser.add_argument(
+        "--max-mac-overhead", type=float, default=0.3, help="extra MACs patches may cost"
+    )
     args = harness.parse(parser, argv)
     smoke = {"image_size": 32, "channels": 1, "classes": 10, "models": "mcunet,mobilenet_v2"}
     harness.resolve(args, smoke, {"image_size": 144, "channels": 3, "classes": 1000})
@@ -87,6 +95,7 @@ def measure(name: str, width: float, side: int, args: Any, workdir: Path) -> dic
     layer_by_layer = plan_memory(graph, in_place_depthwise=False)
     in_place = plan_memory(graph, in_place_depthwise=True)
     reference = REFERENCES.get((name, width, side), (None, None))
+    patch = search_patch(graph, args.max_mac_overhead)
     return {
         **row,
         "supported": True,
@@ -98,10 +107,36 @@ def measure(name: str, width: float, side: int, args: Any, workdir: Path) -> dic
         "peak_layer": in_place.peak_step.layer,
         "placement": in_place.placement,
         "flash_bytes": graph.flash_bytes,
-        "patch_based_bytes": None,
+        **_patch_columns(patch, graph),
+        **_patch_reference(graph, (name, width, side)),
         "tflm_arena_bytes": None,
         "reference_layer_by_layer_kb": reference[0],
         "reference_in_place_kb": reference[1],
+    }
+
+
+def _patch_columns(patch: Any, graph: Any) -> dict[str, Any]:
+    if patch is None:
+        return {"patch_based_bytes": None, "patch_split_layer": None, "patch_grid": None}
+    return {
+        "patch_based_bytes": patch.peak_bytes,
+        "patch_split_layer": graph.ops[patch.split - 1].layer,
+        "patch_grid": list(patch.grid),
+        "patch_mac_overhead": patch.mac_overhead,
+    }
+
+
+def _patch_reference(graph: Any, key: tuple[str, float, int]) -> dict[str, Any]:
+    """Our peak at the issue's patch configuration, beside its figure."""
+    if key not in PATCH_REFERENCE:
+        return {}
+    layer, grid, figure = PATCH_REFERENCE[key]
+    split = 1 + [op.layer for op in graph.ops].index(layer)
+    result = patch_memory(graph, split, grid)
+    return {
+        "patch_reference_bytes": result.peak_bytes,
+        "patch_reference_mac_overhead": result.mac_overhead,
+        "patch_reference_kb": figure,
     }
 
 
@@ -121,10 +156,16 @@ def export_int8(name: str, width: float, side: int, args: Any, workdir: Path) ->
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     supported = [row for row in rows if row["supported"]]
     saved = [1 - row["in_place_bytes"] / row["layer_by_layer_bytes"] for row in supported]
+    reductions = [
+        row["in_place_bytes"] / row["patch_based_bytes"]
+        for row in supported
+        if row["patch_based_bytes"]
+    ]
     return {
         "supported": len(supported),
         "unsupported": len(rows) - len(supported),
         "in_place_saving_max": max(saved, default=0.0),
+        "patch_reduction_max": max(reductions, default=None),
     }
 
 
@@ -137,15 +178,15 @@ def markdown(report: dict[str, Any]) -> str:
     supported = [row for row in rows if row["supported"]]
     table = harness.markdown_table(
         ["model", "width", "input", "ops", "layer-by-layer kB", "in-place kB", "peak layer",
-         "flash kB", "patch-based", "TFLM arena", "reference kB (lbl / in-place)"],
+         "flash kB", "patch-based kB", "patches", "TFLM arena", "reference kB (lbl / in-place)"],
         [
             (row["model"], row["width_mult"], "x".join(map(str, row["input"])), row["ops"],
              _kb(row["layer_by_layer_bytes"]), _kb(row["in_place_bytes"]), row["peak_layer"],
-             _kb(row["flash_bytes"]), NOT_YET, NOT_YET,
+             _kb(row["flash_bytes"]), _kb(row["patch_based_bytes"]), _patches(row), NOT_YET,
              _reference(row))
             for row in supported
         ],
-        align="llrrrrlrlll",
+        align="llrrrrlrrlll",
     )  # fmt: skip
     lines = [
         "# MCU memory: peak SRAM and flash of int8 zoo models",
@@ -159,7 +200,16 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *table,
         "",
-        "- patch-based: patch-based inference (MCUNetV2) is a later slice of issue 16.",
+        f"- patch-based: the best split and square grid within +{config['max_mac_overhead']:.0%} "
+        "MACs (both stages' peaks; the input image counted tile by tile, as in MCUNetV2).",
+        *(
+            f"- {row['model']} {row['width_mult']} at {row['input'][1]}: 4x4 patches over the "
+            f"stem and 4 blocks, {_kb(row['patch_reference_bytes'])} kB at "
+            f"+{row['patch_reference_mac_overhead']:.0%} MACs (the issue: "
+            f"{row['patch_reference_kb']} kB, +21%)"
+            for row in supported
+            if "patch_reference_bytes" in row
+        ),  # fmt: skip
         "- TFLM arena: needs the model as .tflite, which only the LiteRT converter produces "
         "(not installed here).",
         "- reference: the issue's figures for MobileNetV2-0.35 at 144 (layer by layer / in "
@@ -173,6 +223,13 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _patches(row: dict[str, Any]) -> str:
+    if row["patch_grid"] is None:
+        return "none fits the ops"
+    grid = "x".join(map(str, row["patch_grid"]))
+    return f"{grid} to {row['patch_split_layer']}, +{row['patch_mac_overhead']:.0%} MACs"
 
 
 def _reference(row: dict[str, Any]) -> str:

@@ -174,7 +174,9 @@ def check_mcu_memory(report: Report, out: Path) -> None:
     rows = report["rows"]
     assert [row["model"] for row in rows] == ["mcunet", "mobilenet_v2"]
     assert all(row["in_place_bytes"] <= row["layer_by_layer_bytes"] for row in rows)
-    assert "| not yet | not yet |" in (out / "mcu_memory.md").read_text()
+    assert all(row["patch_based_bytes"] < row["in_place_bytes"] for row in rows)
+    assert all(row["patch_mac_overhead"] <= 0.3 for row in rows)
+    assert "MACs | not yet |" in (out / "mcu_memory.md").read_text()
 
 
 slow = pytest.mark.slow
