@@ -1,0 +1,76 @@
+"""Point-cloud classifiers: a point-only baseline and a small sparse voxel network.
+
+- ``PointNet`` (Qi et al., "PointNet: Deep Learning on Point Sets for 3D Classification and
+  Segmentation", CVPR 2017), without the input and feature transforms: a shared MLP on every
+  point and a max pool over the points, the point-only baseline of PVCNN (Liu et al. 2019).
+- ``SparseVoxelNet``: the cloud voxelized (mean point position per voxel as its feature),
+  submanifold and stride-2 sparse convolutions with batch norm and ReLU (Graham et al. 2018;
+  Choy et al. 2019), a global max pool per cloud and a linear classifier.
+
+Both take clouds ``(B, P, 3)`` and return logits ``(B, classes)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mobiledl.apps.pointcloud.conv import SparseConv3d
+from mobiledl.apps.pointcloud.nn import SparseBatchNorm, SparseReLU, global_max_pool
+from mobiledl.apps.pointcloud.sparse import SparseTensor
+from mobiledl.apps.pointcloud.voxelize import voxelize
+from mobiledl.errors import UserError
+
+
+def check_clouds(x: Tensor) -> None:
+    """``UserError`` unless ``x`` is a batch of clouds ``(B, P, 3)``."""
+    if x.dim() != 3 or x.shape[2] != 3:
+        raise UserError(f"a point-cloud model takes clouds (B, P, 3); got {tuple(x.shape)}")
+
+
+class PointNet(nn.Module):
+    """Shared MLP ``3 -> widths`` on every point, max pool, an MLP head (see module)."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for cin, cout in zip((3, *widths[:-1]), widths, strict=True):
+            layers += [nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(widths[-1], 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_clouds(x)
+        return self.classifier(self.features(x.transpose(1, 2)).amax(dim=2))
+
+
+def _stage(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
+    return [SparseConv3d(cin, cout, kernel, stride), SparseBatchNorm(cout), SparseReLU()]
+
+
+class SparseVoxelNet(nn.Module):
+    """Voxelize at ``voxel_size``; a submanifold conv, then twice a stride-2 conv (kernel 2)
+    and a submanifold conv; global max pool; linear (see module)."""
+
+    def __init__(
+        self, num_classes: int, voxel_size: float = 0.1, widths: tuple[int, ...] = (16, 32, 64)
+    ) -> None:
+        super().__init__()
+        self.voxel_size = voxel_size
+        layers = _stage(3, widths[0], 3, 1)
+        for cin, cout in zip(widths[:-1], widths[1:], strict=True):
+            layers += _stage(cin, cout, 2, 2) + _stage(cout, cout, 3, 1)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(widths[-1], num_classes)
+
+    def voxels(self, x: Tensor) -> SparseTensor:
+        """The sparse tensor of a batch of clouds ``(B, P, 3)``."""
+        check_clouds(x)
+        batch = torch.arange(x.shape[0]).repeat_interleave(x.shape[1])
+        voxels, _ = voxelize(x.reshape(-1, 3), self.voxel_size, batch=batch)
+        return voxels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(global_max_pool(self.features(self.voxels(x)), x.shape[0]))
