@@ -177,3 +177,11 @@ def test_weight_and_feature_gradients_equal_dense_conv3d_gradients() -> None:
     sparse_grad = conv.weight.grad.permute(2, 1, 0).reshape(weight.shape)
     assert torch.allclose(weight.grad, sparse_grad, atol=1e-4)
     assert torch.allclose(feats.grad, at_sites(dense_in.grad, x, 1), atol=1e-4)
+
+
+def test_macs_count_the_pairs_of_the_map() -> None:
+    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 5, 5, 5], [1, 0, 0, 0]])
+    x = SparseTensor(coords, torch.zeros(4, 3))
+    # Every site with itself, and the two neighbours at (0,0,0)-(0,0,1) with each other.
+    assert SparseConv3d(3, 8, 3).macs(x) == (4 + 2) * 3 * 8
+    assert SparseConv3d(3, 8, 2, stride=2).macs(x) == 4 * 3 * 8  # each input feeds one output

@@ -96,6 +96,12 @@ class SparseConv3d(nn.Module):
         out_stride = stride[self.kind]
         return SparseTensor(x.cache.coords[out_stride], feats, out_stride, x.cache)
 
+    def macs(self, x: SparseTensor) -> int:
+        """Multiply-accumulates of this layer on ``x``, counted from its kernel map (the
+        pairs it really computes, not the dense grid's)."""
+        kmap = kernel_map(x, self.kind, self.kernel_size, self.stride, self.dilation)
+        return kmap.pairs * self.weight.shape[1] * self.weight.shape[2]
+
     def extra_repr(self) -> str:
         k, cin, cout = self.weight.shape
         return (
