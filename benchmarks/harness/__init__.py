@@ -18,7 +18,7 @@ from benchmarks.harness.cli import (
     resolve_compress,
 )
 from benchmarks.harness.machine import machine_info
-from benchmarks.harness.peers import ort_quantize_static, quiet
+from benchmarks.harness.peers import nncf_quantize, ort_quantize_static, quiet
 from benchmarks.harness.results import SCHEMA_KEYS, git_commit, write_results
 from benchmarks.harness.stages import StageStore
 from benchmarks.harness.tables import machine_line, markdown_table, pct, plural, yes
@@ -45,6 +45,7 @@ __all__ = [
     "machine_line",
     "markdown_table",
     "names",
+    "nncf_quantize",
     "onnx_grid",
     "onnx_speedups",
     "ort_quantize_static",

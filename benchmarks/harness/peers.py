@@ -1,5 +1,6 @@
 """Peer toolkits the benchmarks compare against, run quietly: ONNX Runtime's own static
-quantizer (``quant_pre_process`` + ``quantize_static``)."""
+quantizer (``quant_pre_process`` + ``quantize_static``) and OpenVINO's, NNCF's post-training
+``nncf.quantize``."""
 
 from __future__ import annotations
 
@@ -69,4 +70,19 @@ def ort_quantize_static(
             weight_type=QuantType.QInt8 if weight_bits == 8 else QuantType.QInt4,
             reduce_range=reduce_range,
         )
+    return out
+
+
+def nncf_quantize(float_xml: Path, data: torch.Tensor, out: Path, batch_size: int) -> Path:
+    """NNCF's post-training quantization of an fp32 OpenVINO IR (its default "performance"
+    preset: symmetric int8 weights and activations, the CPU plugin's int8 path), calibrated
+    on ``data`` in batches of ``batch_size``; written as IR to ``out``."""
+    import nncf
+    import openvino as ov
+
+    batches = [data[i : i + batch_size].numpy() for i in range(0, len(data), batch_size)]
+    with quiet():
+        model = ov.Core().read_model(str(float_xml))
+        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(data))
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out

@@ -179,6 +179,20 @@ def check_mcu_memory(report: Report, out: Path) -> None:
     assert "MACs | not yet |" in (out / "mcu_memory.md").read_text()
 
 
+def check_engines(report: Report, out: Path) -> None:
+    engines = report["config"]["engines"]
+    speed = [row for row in report["rows"] if row["part"] == "speed"]
+    for engine in engines:
+        mine = {(r["precision"], r["quantizer"], r["batch_size"]) for r in speed
+                if r["engine"] == engine}  # fmt: skip
+        assert {("fp32", "-", 1), ("int8", "mobiledl", 1), ("int8", "mobiledl", 2)} <= mine
+    accuracy = [row for row in report["rows"] if row["part"] == "accuracy"]
+    assert [row["engine"] for row in accuracy] == engines
+    assert all(row["fp32_parity"] <= 1e-4 and row["int8_agreement"] >= 0.99 for row in accuracy)
+    assert report["summary"]["resnet20_b1"]["ours_vs_fastest_fp32"] > 0
+    assert "| resnet20, batch 1 |" in (out / "engines.md").read_text()
+
+
 slow = pytest.mark.slow
 CASES: list[Any] = [
     pytest.param("prune_finegrained", (), check_prune_finegrained),
@@ -189,6 +203,7 @@ CASES: list[Any] = [
     pytest.param("nas_latency_predictor", (), check_nas_latency_predictor),
     pytest.param("ondevice_transfer", (), check_ondevice_transfer, marks=slow),
     pytest.param("quantize_speed", (), check_quantize_speed, marks=slow),
+    pytest.param("engines", (), check_engines, marks=slow),
     pytest.param("quantize_ptq", (), check_quantize_ptq, marks=slow),
     pytest.param("quantize_storage", (), check_quantize_storage, marks=slow),
     pytest.param("factorize", ("--threads", "1", "--no-comparison"), check_factorize),
