@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from mobiledl.deploy.mcu.graph import read_graph
-from mobiledl.deploy.mcu.patch import patch_memory, patch_regions, run_patch_based, search_patch
+from mobiledl.deploy.mcu.patch import (
+    patch_memory,
+    patch_regions,
+    run_patch_based,
+    run_patch_based_in_arena,
+    search_patch,
+)
 from mobiledl.deploy.mcu.planner import plan_memory
 from mobiledl.deploy.mcu.reference import quantize_input, run
 from mobiledl.errors import UserError
@@ -24,9 +30,17 @@ from tests.deploy.mcu.conftest import random_images
     ],
 )
 def test_patch_based_output_is_identical(int8_onnx, name: str, split: int, grid) -> None:
+    """Tile by tile, and in one byte arena of the planned peak (the split tensor, a tile's
+    plan behind it, then the layer-by-layer plan), the output is the layer-by-layer one."""
     graph = read_graph(int8_onnx(name))
-    x = quantize_input(graph, random_images(graph, 3))
-    assert np.array_equal(run_patch_based(graph, split, grid, x), run(graph, x))
+    x = quantize_input(graph, random_images(graph, 2))
+    expected = run(graph, x)
+    assert np.array_equal(run_patch_based(graph, split, grid, x), expected)
+    for in_place in (True, False):
+        peak = patch_memory(graph, split, grid, in_place).peak_bytes
+        for image, want in zip(x, expected, strict=True):
+            got, size = run_patch_based_in_arena(graph, split, grid, image[None], in_place)
+            assert size == peak and np.array_equal(got[0], want)
 
 
 def test_tiles_overlap_by_the_receptive_field(int8_onnx) -> None:
@@ -55,5 +69,8 @@ def test_mobilenet_v2_035_at_144_by_patches(mobilenet_v2_144) -> None:
     assert round(result.peak_bytes / 1024, 1) == 44.9
     assert layer_by_layer / result.peak_bytes >= 6.3
     assert 0.15 < result.mac_overhead < 0.25
+    x = quantize_input(graph, np.random.default_rng(0).uniform(0, 1, (1, 3, 144, 144)))
+    output, size = run_patch_based_in_arena(graph, split, (4, 4), x)
+    assert size == result.peak_bytes and np.array_equal(output, run(graph, x))
     best = search_patch(graph, max_mac_overhead=0.3)
     assert best.peak_bytes <= result.peak_bytes and best.mac_overhead <= 0.3

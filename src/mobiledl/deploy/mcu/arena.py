@@ -27,14 +27,16 @@ POISON = 0x5A
 class ArenaExecutor:
     """One arena and the views of ``plan``'s tensors into it."""
 
-    def __init__(self, plan: MemoryPlan) -> None:
+    def __init__(self, plan: MemoryPlan, arena: np.ndarray | None = None, base: int = 0) -> None:
+        """Run ``plan`` in ``arena`` (default: a fresh one of the plan's size) from ``base``."""
         self.plan = plan
         self.graph = plan.graph
-        self.arena = np.full(plan.arena_bytes, POISON, np.int8)
+        self.arena = np.full(plan.arena_bytes, POISON, np.int8) if arena is None else arena
+        self.base = base
 
     def view(self, name: str) -> np.ndarray:
         tensor = self.graph.tensors[name]
-        offset = self.plan.offset(name)
+        offset = self.base + self.plan.offset(name)
         raw = self.arena[offset : offset + tensor.nbytes]
         return raw.view(tensor.dtype).reshape(tensor.shape)
 
@@ -43,17 +45,27 @@ class ArenaExecutor:
         self.view(self.graph.input)[...] = np.asarray(x, np.int8).reshape(
             self.graph.tensors[self.graph.input].shape
         )
+        self.run_ops()
+        return self.view(self.graph.output).copy()
+
+    def run_ops(self) -> None:
+        """Every op in the plan's order, on what the arena holds."""
         for op_index in self.plan.order:
             op = self.graph.ops[op_index]
             if op_index in self.plan.in_place:
                 self._depthwise_in_place(op_index, op)
             else:
                 self._run_op(op)
-        return self.view(self.graph.output).copy()
+
+    def inputs(self, op: Op) -> list[np.ndarray]:
+        """What ``op`` reads: its input tensors' views."""
+        return [self.view(name) for name in op.inputs]
 
     def _span(self, name: str) -> tuple[int, int]:
-        offset = self.plan.offset(name)
-        return offset, offset + self.graph.tensors[name].nbytes
+        view = self.view(name)
+        start = view.__array_interface__["data"][0] - self.arena.__array_interface__["data"][0]
+        last = start + sum((n - 1) * st for n, st in zip(view.shape, view.strides, strict=True))
+        return start, last + view.itemsize
 
     def _run_op(self, op: Op) -> None:
         out_start, out_end = self._span(op.output)
@@ -61,17 +73,18 @@ class ArenaExecutor:
             start, end = self._span(name)
             if start < out_end and out_start < end:
                 raise RuntimeError(f"plan writes {op.output} over its input {name} ({op.layer})")
-        self.view(op.output)[...] = execute(op, self.graph, [self.view(n) for n in op.inputs])
+        self.view(op.output)[...] = execute(op, self.graph, self.inputs(op))
 
     def _depthwise_in_place(self, op_index: int, op: Op) -> None:
         """Channel by channel through the one-channel temporary (module docstring)."""
         source, target = self.graph.tensors[op.inputs[0]], self.graph.tensors[op.output]
-        base = self.plan.offset(op.inputs[0])
-        if self.plan.offset(op.output) != base:
+        base = self.base + self.plan.offset(op.inputs[0])
+        if self.base + self.plan.offset(op.output) != base:
             raise RuntimeError(f"in-place {op.layer}: output and input slots differ")
         temp_slot = self.plan.temporary(op_index)
         in_plane, out_plane = math.prod(source.shape[2:]), math.prod(target.shape[2:])
-        temp = self.arena[temp_slot.offset : temp_slot.offset + out_plane]
+        temp_start = self.base + temp_slot.offset
+        temp = self.arena[temp_start : temp_start + out_plane]
         for c in range(source.shape[1]):
             start = base + c * in_plane
             channel = self.arena[start : start + in_plane].reshape(1, 1, *source.shape[2:])

@@ -12,23 +12,27 @@ computed twice (the MAC overhead); the zero padding of a conv applies only where
 reaches the image border, so every tile computes exactly the values layer-by-layer inference
 computes, and the output is bit-identical (``run_patch_based``).
 
-``patch_memory`` gives the patch stage's peak (the live tensors of the largest tile, in-place
-depthwise included, plus the full split tensor), the layer-by-layer stage's planned arena and
-the MACs; ``search_patch`` picks the split and grid that minimise the peak under a MAC
-overhead budget. The input image is counted tile by tile (a camera or flash read fetches the
-tile's rows), as in MCUNetV2.
+``patch_memory`` gives the patch stage's peak (the full split tensor plus the largest tile's
+planned arena: each tile is a small graph of tile-sized tensors, ``tile_graph``, planned with
+in-place depthwise and its output written straight into the split tensor), the layer-by-layer
+stage's planned arena and the MACs; ``run_patch_based_in_arena`` runs both stages in one byte
+arena of that size, which proves the plan (bit-identical output); ``search_patch`` picks the
+split and grid that minimise the peak under a MAC overhead budget. The input image is counted
+tile by tile (a camera or flash read fetches the tile's rows), as in MCUNetV2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from mobiledl.deploy.mcu.arena import POISON, ArenaExecutor
 from mobiledl.deploy.mcu.graph import Graph, Op, Tensor
-from mobiledl.deploy.mcu.planner import can_run_in_place, plan_memory
+from mobiledl.deploy.mcu.planner import MemoryPlan, plan_memory
 from mobiledl.deploy.mcu.reference import execute
 from mobiledl.errors import UserError
 
@@ -192,41 +196,102 @@ def patch_memory(
     """Peaks of both stages and the MACs at ``split`` and ``grid`` (module docstring)."""
     tiles = patch_regions(graph, split, grid)
     out = graph.tensors[graph.ops[split - 1].output]
-    patch_stage = max(_tile_peak(graph, split, need, in_place_depthwise) for need in tiles)
-    rest = plan_memory(_rest_graph(graph, split), in_place_depthwise=in_place_depthwise)
+    patch_stage = out.nbytes + max(
+        tile_plan(graph, split, need, in_place_depthwise).arena_bytes for need in tiles
+    )
+    rest = plan_memory(rest_graph(graph, split), in_place_depthwise=in_place_depthwise)
     macs = sum(_tile_macs(graph, split, need) for need in tiles)
     macs += sum(op.macs(graph.tensors) for op in graph.ops[split:])
     full = sum(op.macs(graph.tensors) for op in graph.ops)
-    return PatchMemory(split, grid, patch_stage + out.nbytes, rest.arena_bytes, macs, full)
+    return PatchMemory(split, grid, patch_stage, rest.arena_bytes, macs, full)
 
 
-def _tile_bytes(tensor: Tensor, region: Region) -> int:
-    return tensor.shape[1] * region.area * np.dtype(tensor.dtype).itemsize
+def tile_graph(graph: Graph, split: int, need: dict[str, Region]) -> Graph:
+    """One tile's patched ops as a graph of tile-sized tensors, padded only at the border."""
+    tensors = {
+        name: dataclasses.replace(
+            graph.tensors[name],
+            shape=(1, graph.tensors[name].shape[1], region.r1 - region.r0, region.c1 - region.c0),
+        )
+        for name, region in need.items()
+    }
+    ops = [_tile_op(op, need[op.output], graph.tensors[op.inputs[0]]) for op in graph.ops[:split]]
+    output = graph.ops[split - 1].output
+    return Graph(tensors, ops, graph.input, output, graph.source, graph.rounding)
 
 
-def _tile_peak(graph: Graph, split: int, need: dict[str, Region], in_place: bool) -> int:
-    """Largest live sum over the patched ops of one tile, the split tensor excluded (it lives
-    in the full buffer the tile writes into); an in-place depthwise shares its input's slot
-    and adds a one-channel temporary."""
-    ops = graph.ops[:split]
-    split_output = ops[-1].output
-    last_read = {name: step for step, op in enumerate(ops) for name in op.inputs}
-    produced = {op.output: step for step, op in enumerate(ops)} | {graph.input: 0}
-    size = {name: _tile_bytes(graph.tensors[name], region) for name, region in need.items()}
-    peak = 0
-    for step, op in enumerate(ops):
-        live = [
-            name
-            for name in need
-            if name != split_output and produced[name] <= step <= last_read.get(name, -1)
-        ]
-        total = sum(size[name] for name in live)
-        source = op.inputs[0]
-        dies = last_read.get(source) == step and source != graph.input
-        if in_place and op.output != split_output and can_run_in_place(op, graph, dies):
-            total += need[op.output].area - min(size[op.output], size[source])
-        peak = max(peak, total)
-    return peak
+def tile_plan(
+    graph: Graph, split: int, need: dict[str, Region], in_place_depthwise: bool = True
+) -> MemoryPlan:
+    """The arena of one tile; its output is written straight into the full split tensor. A
+    depthwise conv runs in place only when it alone reads its input tile."""
+    tile = tile_graph(graph, split, need)
+    readers = Counter(name for op in tile.ops for name in op.inputs)
+    external = frozenset({tile.output})
+    plan = plan_memory(tile, in_place_depthwise, search_order=False, external=external)
+    if any(readers[tile.ops[i].inputs[0]] > 1 for i in plan.in_place):
+        plan = plan_memory(tile, False, search_order=False, external=external)
+    return plan
+
+
+class _TileExecutor(ArenaExecutor):
+    """A tile's plan in the shared arena: each op reads the crop of its input tile it needs,
+    and the last op writes into the full split tensor."""
+
+    def __init__(
+        self,
+        plan: MemoryPlan,
+        arena: np.ndarray,
+        full: np.ndarray,
+        need: dict[str, Region],
+        graph: Graph,
+    ) -> None:
+        super().__init__(plan, arena, base=full.nbytes)
+        self.full, self.need, self.whole = full, need, graph
+        self.original = {id(tile): op for tile, op in zip(plan.graph.ops, graph.ops, strict=False)}
+
+    def view(self, name: str) -> np.ndarray:
+        if name == self.graph.output:
+            return _crop(self.full, self.need[name])
+        return super().view(name)
+
+    def inputs(self, op: Op) -> list[np.ndarray]:
+        """The crops of the input tiles the op reads (regions from the untiled op's pads)."""
+        original = self.original[id(op)]
+        region = self.need[op.output]
+        crops = []
+        for name in op.inputs:
+            wanted = input_region(original, region, self.whole.tensors[name])
+            crops.append(_crop(self.view(name), _relative(wanted, self.need[name])))
+        return crops
+
+
+def run_patch_based_in_arena(
+    graph: Graph,
+    split: int,
+    grid: tuple[int, int],
+    x: np.ndarray,
+    in_place_depthwise: bool = True,
+) -> tuple[np.ndarray, int]:
+    """``graph`` on one int8 image ``x`` in one byte arena: the split tensor at offset 0 and
+    each tile's plan behind it, then the layer-by-layer plan (the split tensor moved to its
+    slot there). Returns the output and the arena's size."""
+    tiles = patch_regions(graph, split, grid)
+    plans = [tile_plan(graph, split, need, in_place_depthwise) for need in tiles]
+    out = graph.tensors[graph.ops[split - 1].output]
+    rest = plan_memory(rest_graph(graph, split), in_place_depthwise=in_place_depthwise)
+    size = max(out.nbytes + max(p.arena_bytes for p in plans), rest.arena_bytes)
+    arena = np.full(size, POISON, np.int8)
+    full = arena[: out.nbytes].view(out.dtype).reshape(out.shape)
+    image = np.asarray(x, np.int8).reshape(graph.tensors[graph.input].shape)
+    for need, plan in zip(tiles, plans, strict=True):
+        tile = _TileExecutor(plan, arena, full, need, graph)
+        tile.view(graph.input)[...] = _crop(image, need[graph.input])
+        tile.run_ops()
+    layer_by_layer = ArenaExecutor(rest, arena)
+    layer_by_layer.view(out.name)[...] = full.copy()  # a memmove to the split tensor's slot
+    layer_by_layer.run_ops()
+    return layer_by_layer.view(graph.output).copy(), size
 
 
 def _tile_macs(graph: Graph, split: int, need: dict[str, Region]) -> int:
@@ -238,7 +303,7 @@ def _tile_macs(graph: Graph, split: int, need: dict[str, Region]) -> int:
     return total
 
 
-def _rest_graph(graph: Graph, split: int) -> Graph:
+def rest_graph(graph: Graph, split: int) -> Graph:
     """The layer-by-layer part: ``graph.ops[split:]`` reading the split tensor."""
     rest = graph.ops[split:]
     names = {graph.ops[split - 1].output} | {n for op in rest for n in (*op.inputs, op.output)}

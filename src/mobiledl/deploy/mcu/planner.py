@@ -105,13 +105,17 @@ class MemoryPlan:
 
 
 def plan_memory(
-    graph: Graph, in_place_depthwise: bool = True, search_order: bool = True
+    graph: Graph,
+    in_place_depthwise: bool = True,
+    search_order: bool = True,
+    external: frozenset[str] = frozenset(),
 ) -> MemoryPlan:
-    """The smallest plan found for ``graph`` (module docstring)."""
+    """The smallest plan found for ``graph`` (module docstring). Tensors named in
+    ``external`` live outside the arena (a patch writes its output into the full tensor)."""
     orders = candidate_orders(graph) if search_order else [list(range(len(graph.ops)))]
     best: MemoryPlan | None = None
     for order in orders:
-        slots, in_place = _slots(graph, order, in_place_depthwise)
+        slots, in_place = _slots(graph, order, in_place_depthwise, external)
         bound = _live_peak(slots, len(order))
         if best is not None and bound >= best.lower_bound_bytes:
             continue
@@ -197,9 +201,10 @@ def can_run_in_place(op: Op, graph: Graph, last_reader: bool) -> bool:
 
 
 def _slots(
-    graph: Graph, order: Sequence[int], in_place_depthwise: bool
+    graph: Graph, order: Sequence[int], in_place_depthwise: bool, external: frozenset[str]
 ) -> tuple[list[Slot], set[int]]:
-    """One slot per tensor (in-place chains merged) plus depthwise temporaries."""
+    """One slot per tensor (in-place chains merged) plus depthwise temporaries; none for the
+    ``external`` tensors."""
     step_of = {op_index: step for step, op_index in enumerate(order)}
     last = len(order) - 1
     start = {graph.input: 0}
@@ -217,14 +222,15 @@ def _slots(
         op = graph.ops[op_index]
         source = op.inputs[0] if op.inputs else ""
         dies_here = bool(source) and end[source] == step_of[op_index] and source != graph.output
-        if in_place_depthwise and can_run_in_place(op, graph, dies_here):
+        inside = not {source, op.output} & external
+        if in_place_depthwise and inside and can_run_in_place(op, graph, dies_here):
             owner[op.output] = owner[source]
             in_place.add(op_index)
             plane = math.prod(graph.tensors[op.output].shape[2:])
             step = step_of[op_index]
             temps.append(Slot(_temp_name(op_index), _aligned(plane), step, step, ()))
     slots = []
-    for root in dict.fromkeys(owner.values()):
+    for root in dict.fromkeys(r for n, r in owner.items() if n not in external):
         members = tuple(name for name in owner if owner[name] == root)
         size = max(graph.tensors[name].nbytes for name in members)
         slots.append(
