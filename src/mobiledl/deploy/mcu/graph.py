@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import onnx
@@ -249,10 +250,10 @@ class _Reader:
         label = node.name or (node.output[0] if node.output else "?")
         return f"ONNX op {node.op_type} (node '{label}', after layer '{self.last_layer}')"
 
-    def _fail(self, node: onnx.NodeProto, reason: str) -> None:
+    def _fail(self, node: onnx.NodeProto, reason: str) -> NoReturn:
         raise UserError(f"{self.source}: {self._describe(node)}: {reason}")
 
-    def _unsupported(self, node: onnx.NodeProto) -> None:
+    def _unsupported(self, node: onnx.NodeProto) -> NoReturn:
         self._fail(
             node, f"not supported by the MCU runtime (supported: {', '.join(SUPPORTED_OPS)})"
         )
