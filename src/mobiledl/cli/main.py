@@ -225,7 +225,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any] | None:
     except Exception:
         checkpoint.unlink(missing_ok=True)  # a failed run (e.g. diverged) is not resumed
         raise
-    measurement = measure_model(model, args.model, task, latency=False)
+    measurement = measure_model(model, args.model, task, latency=False, unexportable_ok=True)
     save_model(args.out, model, {**meta, "test_accuracy": measurement.accuracy})
     measurement.extra.update(
         best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch, out=args.out

@@ -34,7 +34,8 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 IMAGE = "image"
 TOKENS = "tokens"
 CLIP = "clip"
-_KIND_LABELS = {IMAGE: "images", TOKENS: "token ids", CLIP: "video clips"}
+POINTS = "points"
+_KIND_LABELS = {IMAGE: "images", TOKENS: "token ids", CLIP: "video clips", POINTS: "point clouds"}
 
 
 def kind_label(kind: str) -> str:

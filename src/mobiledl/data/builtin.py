@@ -10,6 +10,8 @@
 - ``video-motion``, ``video-rotation``, ``video-digit``: 8-frame clips of the ``digits`` images
   where the direction of motion, the direction of rotation or (control) the digit decides the
   class (``mobiledl.data.video``).
+- ``shapes3d``: point clouds ``(N, 256, 3)`` of eight surface-sampled shape classes
+  (``mobiledl.data.pointcloud``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mobiledl.core.task import TensorTask
+from mobiledl.data.pointcloud import POINTCLOUD_TASKS
 from mobiledl.data.prepare import DEFAULT_SPLIT, ImageSize, Split, make_task, parse_image_size
 from mobiledl.data.tokens import make_token_task
 from mobiledl.data.video import VIDEO_TASKS
@@ -190,4 +193,5 @@ BUILTINS: dict[str, Callable[..., TensorTask]] = {
     "mnist1d-tokens": mnist1d_tokens,
     "mnist5k": mnist5k,
     **VIDEO_TASKS,
+    **POINTCLOUD_TASKS,
 }

@@ -10,7 +10,9 @@ need no task), and how a task's specs translate into those arguments:
 - ``tokens``: ``vocab_size`` and ``seq_len``; one int64 input ``tokens`` shaped
   ``(batch, L)`` with ids in ``[0, vocab_size)``;
 - ``clip``: ``in_channels``, ``image_size`` ``(H, W)`` and ``n_segments`` (frames ``T``); one
-  float32 input ``clip`` shaped ``(batch, T, C, H, W)``.
+  float32 input ``clip`` shaped ``(batch, T, C, H, W)``;
+- ``points``: ``num_points`` (points per cloud ``P``); one float32 input ``points`` shaped
+  ``(batch, P, 3)`` of ``(x, y, z)`` coordinates.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mobiledl.core.inputs import CLIP, IMAGE, TOKENS, InputSpec, kind_label
+from mobiledl.core.inputs import CLIP, IMAGE, POINTS, TOKENS, InputSpec, kind_label
 from mobiledl.errors import UserError
 
 Args = dict[str, Any]
@@ -177,8 +179,39 @@ class ClipArgs(InputArgs):
         return {"n_segments": shape[1], "in_channels": shape[2], "image_size": tuple(shape[3:])}
 
 
+class PointArgs(InputArgs):
+    """Point clouds: ``num_points`` per cloud; one float32 input ``(batch, P, 3)``."""
+
+    kind = POINTS
+    defaults = {"num_points": 512}
+    default_shape = (1, 512, 3)
+    shape_help = "N,P,3"
+
+    def check(self, args: Args, model: str, min_size: tuple[int, int]) -> Args:
+        points = args["num_points"]
+        if not isinstance(points, int) or isinstance(points, bool) or points < 1:
+            raise UserError(
+                f"num_points of model '{model}' must be an integer >= 1; got {points!r}"
+            )
+        return {"num_points": points}
+
+    def specs(self, args: Mapping[str, Any]) -> tuple[InputSpec, ...]:
+        return (InputSpec("points", (None, int(args["num_points"]), 3), torch.float32),)
+
+    def from_specs(self, specs: Sequence[InputSpec], source: str) -> Args:
+        spec = self._single(specs, source, rank=3, integer=False)
+        if spec.shape[2] != 3:
+            raise UserError(f"{source} gives inputs [{spec.describe()}], not (x, y, z) points")
+        return {"num_points": spec.shape[1]}
+
+    def from_shape(self, shape: tuple[int, ...]) -> Args:
+        if len(shape) != 3 or shape[2] != 3:
+            raise UserError(f"a point-cloud input shape is N,P,3; got {','.join(map(str, shape))}")
+        return {"num_points": shape[1]}
+
+
 INPUT_ARGS: dict[str, InputArgs] = {
-    args.kind: args for args in (ImageArgs(), TokenArgs(), ClipArgs())
+    args.kind: args for args in (ImageArgs(), TokenArgs(), ClipArgs(), PointArgs())
 }
 
 

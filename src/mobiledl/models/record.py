@@ -38,6 +38,7 @@ ARCH_FIELDS = (
     "vocab_size",
     "seq_len",
     "n_segments",
+    "num_points",
     "width_mult",
     "transforms",
     "display_name",
@@ -99,6 +100,8 @@ def check_arch(arch: Mapping[str, Any], path: Path) -> None:
     if "vocab_size" in arch or "seq_len" in arch:  # a token model (mobiledl.models.inputs)
         _int_field(arch, "vocab_size", 1, path)
         _int_field(arch, "seq_len", 1, path)
+    elif "num_points" in arch:  # a point-cloud model: points per example cloud
+        _int_field(arch, "num_points", 1, path)
     else:
         _check_image_fields(arch, path)
     if "n_segments" in arch:  # a clip model: frames per clip

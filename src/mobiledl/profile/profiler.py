@@ -9,7 +9,9 @@ custom module whose own ``forward`` does the op (e.g. a matmul between two sub-l
 Counts are for the example input as given, batch included: a tensor, a tuple of tensors
 (positional arguments) or a dict of tensors (keyword arguments), of any dtype (token ids
 are int64). See ``ops`` for what counts as a MAC or a pooling operation and ``memory`` for
-the peak-memory definition.
+the peak-memory definition. A sparse convolution (``apps.pointcloud.SparseConv3d``) is the
+exception: its matrix products run over padded gathers, so its MACs are the pairs of its
+actual kernel map times ``C_in x C_out`` (``SparseConv3d.macs``), not the ops it dispatches.
 
 ``bytes`` is the size of the *parameters* at ``bits`` bits, ``ceil(params * bits / 8)``.
 Buffers (batch-norm running statistics, counters) are not weights: at deployment batch norm
@@ -29,6 +31,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from mobiledl.apps.pointcloud.conv import SparseConv3d
 from mobiledl.core.inputs import Inputs, call_model, check_inputs, input_tensors
 from mobiledl.errors import UserError
 from mobiledl.profile.measurement import Measurement
@@ -201,6 +204,10 @@ class _Recorder:
         self.stack: list[str] = []
         self.layers: dict[str, LayerProfile] = {}  # in order of first call
         self.step_owner: list[str] = []
+        #: Modules that count their own MACs (see the module docstring).
+        self.self_counted = {
+            name for name, module in model.named_modules() if isinstance(module, SparseConv3d)
+        }
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
@@ -228,6 +235,8 @@ class _Recorder:
             if self.stack and self.stack[-1] == name:
                 self.stack.pop()
             layer = self.layers[name]
+            if isinstance(module, SparseConv3d):
+                layer.macs += module.macs(args[0])
             if layer.output_shape is None:
                 tensors = _tensors(output)
                 layer.output_shape = tuple(tensors[0].shape) if tensors else None
@@ -237,7 +246,7 @@ class _Recorder:
     def on_op(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
         """Charge one ATen op to the innermost running module and track its tensors."""
         owner = self.stack[-1] if self.stack else ""
-        macs, pool_ops = op_cost(func, args, out)
+        macs, pool_ops = (0, 0) if owner in self.self_counted else op_cost(func, args, out)
         if macs or pool_ops:
             layer = self.layers.setdefault(
                 owner, LayerProfile(owner, type(self.model).__name__, None)

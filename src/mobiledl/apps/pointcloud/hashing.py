@@ -31,7 +31,7 @@ FIELD_MASK = (1 << FIELD_BITS) - 1
 COORD_LIMIT = HALF - 1024
 MAX_BATCH = HALF - 1
 #: Weights of (batch, x, y, z) in a key.
-PLACES = torch.tensor([1 << 48, 1 << 32, 1 << 16, 1], dtype=torch.int64)
+PLACES = torch.tensor([1 << 48, 1 << 32, 1 << 16, 1], dtype=torch.int64, device="cpu")  # not meta
 BIAS = HALF * ((1 << 32) + (1 << 16) + 1)
 #: 2^64 / golden ratio, as a signed int64 (Knuth's multiplicative hashing).
 GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)

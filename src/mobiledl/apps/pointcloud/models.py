@@ -23,9 +23,33 @@ from mobiledl.errors import UserError
 
 
 def check_clouds(x: Tensor) -> None:
-    """``UserError`` unless ``x`` is a batch of clouds ``(B, P, 3)``."""
-    if x.dim() != 3 or x.shape[2] != 3:
-        raise UserError(f"a point-cloud model takes clouds (B, P, 3); got {tuple(x.shape)}")
+    """``UserError`` unless ``x`` is a non-empty batch of finite clouds ``(B, P, 3)`` (the
+    values are not checked while tracing for export, nor on the meta device)."""
+    if x.dim() != 3 or x.shape[2] != 3 or not x.is_floating_point():
+        raise UserError(
+            f"a point-cloud model takes float clouds (B, P, 3); got {x.dtype} {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise UserError(f"the point cloud is empty: a batch of shape {tuple(x.shape)}")
+    if x.is_meta or torch.jit.is_tracing():
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("the point cloud has NaN or infinite coordinates")
+
+
+def refuse_export(model: nn.Module) -> None:
+    """``UserError`` naming ``model``'s first ``SparseConv3d`` if it is being traced for export:
+    its kernel map is built at run time by hashing the voxel coordinates, a graph of
+    data-dependent sizes and Python control flow that a traced graph would freeze to one input
+    (see ``docs/pointcloud.md``)."""
+    if not torch.jit.is_tracing():
+        return
+    layer = next(name for name, module in model.named_modules() if isinstance(module, SparseConv3d))
+    raise UserError(
+        f"{type(model).__name__} layer '{layer}' (SparseConv3d) cannot be exported: its kernel "
+        "map is built at run "
+        "time by hashing the input's voxel coordinates (data-dependent sizes); run it in PyTorch"
+    )
 
 
 class PointNet(nn.Module):
@@ -73,4 +97,5 @@ class SparseVoxelNet(nn.Module):
         return voxels
 
     def forward(self, x: Tensor) -> Tensor:
+        refuse_export(self)
         return self.classifier(global_max_pool(self.features(self.voxels(x)), x.shape[0]))

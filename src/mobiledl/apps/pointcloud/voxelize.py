@@ -26,7 +26,9 @@ from mobiledl.resources import check_fits
 
 #: Working bytes per point of ``voxelize`` beyond its features (keys, inverse, coordinates).
 BYTES_PER_POINT = 96
-CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)])
+#: ``device="cpu"``: a first import inside a ``torch.device("meta")`` block (a memory estimate)
+#: must not make the constant a meta tensor.
+CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], device="cpu")
 
 
 def voxel_sizes(voxel_size: float | Sequence[float]) -> Tensor:
