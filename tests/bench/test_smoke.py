@@ -170,6 +170,17 @@ def check_sparse_conv(report: Report, out: Path) -> None:
     assert "| uniform | 10% |" in (out / "sparse_conv.md").read_text()
 
 
+def check_pointcloud(report: Report, out: Path) -> None:
+    rows = {row["model"]: row for row in report["rows"]}
+    assert list(rows) == ["pointnet", "dense_voxel_net", "sparse_voxel_net", "pvcnn", "spvcnn"]
+    assert rows["pvcnn"]["params"] == rows["spvcnn"]["params"]
+    assert rows["spvcnn"]["macs"] < rows["pvcnn"]["macs"]  # occupied voxels only
+    assert all(
+        row["latency"]["median_ms"] > 0 and 0 <= row["accuracy"] <= 1 for row in rows.values()
+    )
+    assert "| spvcnn |" in (out / "pointcloud.md").read_text()
+
+
 def check_mcu_memory(report: Report, out: Path) -> None:
     rows = report["rows"]
     assert [row["model"] for row in rows] == ["mcunet", "mobilenet_v2"]
@@ -180,8 +191,11 @@ def check_mcu_memory(report: Report, out: Path) -> None:
 
 
 def check_engines(report: Report, out: Path) -> None:
-    engines = report["config"]["engines"]
     speed = [row for row in report["rows"] if row["part"] == "speed"]
+    engines = list(dict.fromkeys(row["engine"] for row in speed))
+    assert set(engines) | {key.split(" in ")[1] for key in report["summary"]["skipped"]} == set(
+        report["config"]["engines"]
+    )
     for engine in engines:
         mine = {(r["precision"], r["quantizer"], r["batch_size"]) for r in speed
                 if r["engine"] == engine}  # fmt: skip
@@ -211,6 +225,7 @@ CASES: list[Any] = [
     pytest.param("nas_supernet", ("--no-ray",), check_nas_supernet, marks=slow),
     pytest.param("video_tsm", ("--latency",), check_video_tsm, marks=slow),
     pytest.param("sparse_conv", (), check_sparse_conv),
+    pytest.param("pointcloud", (), check_pointcloud),
     pytest.param("mcu_memory", (), check_mcu_memory, marks=slow),
 ]
 

@@ -154,3 +154,14 @@ def test_cli_bad_cloud_is_one_line_exit_2(shape: str, capsys) -> None:
     assert main(["profile", "pointnet", "--no-latency", "--input-shape", shape]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mobiledl profile: error:" in err[0]
+
+
+@pytest.mark.parametrize("name", ["pointnet", "dense_voxel_net", "pvcnn"])
+def test_dense_models_match_onnxruntime(name: str, shapes, tmp_path: Path) -> None:
+    from mobiledl.deploy import get_engine
+
+    torch.manual_seed(0)
+    model = create_model(name, 8, num_points=64, width_mult=0.25).eval()
+    engine = get_engine("onnxruntime")
+    runner = engine.load(engine.export(model, shapes.x_test[:1], tmp_path / "m.onnx"))
+    assert engine.parity_check(model, runner, shapes.x_test[:8]) <= 1e-4
