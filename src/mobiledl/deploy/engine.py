@@ -44,6 +44,7 @@ DEFAULT_ENGINE = "onnxruntime"
 _BUILTIN_ENGINES: dict[str, str] = {
     "onnxruntime": "mobiledl.deploy.onnxruntime:OnnxRuntimeEngine",
     "openvino": "mobiledl.deploy.openvino:OpenVinoEngine",
+    "executorch": "mobiledl.deploy.executorch:ExecuTorchEngine",
 }
 _ENGINES: dict[str, Callable[[], Engine]] = {}
 

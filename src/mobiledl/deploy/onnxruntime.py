@@ -27,6 +27,13 @@ import torch
 from torch import nn
 
 from mobiledl.core.inputs import InputSpec, input_tensors, map_inputs, specs_of
+from mobiledl.deploy.diagnosis import (
+    KeywordInputs,
+    describe_module,
+    first_failing_submodule,
+    first_line,
+    forward_error,
+)
 from mobiledl.deploy.engine import (
     Batch,
     Engine,
@@ -95,7 +102,7 @@ class OrtRunner(Runner):
             expected = "; ".join(spec.describe() for spec in self.input_specs)
             raise UserError(
                 f"{self.path}: cannot run an input of shape {given} (the model takes "
-                f"{expected}): {_first_line(error)}"
+                f"{expected}): {first_line(error)}"
             ) from None
 
     def _feed(self, x: Batch) -> dict[str, np.ndarray]:
@@ -169,7 +176,7 @@ class OnnxRuntimeEngine(Engine):
                 str(source), session_options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # ORT raises several pybind types for bad files
-            raise UserError(f"{source}: not a valid ONNX model ({_first_line(error)})") from None
+            raise UserError(f"{source}: not a valid ONNX model ({first_line(error)})") from None
         return OrtRunner(source, session, threads)
 
 
@@ -195,7 +202,7 @@ def onnx_graph(
     if len(specs) != len(args):
         raise UserError(f"{len(specs)} input specs given for an example of {len(args)} inputs")
     lowered = lower_model(model)
-    module = _KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
+    module = KeywordInputs(lowered.model, list(x)) if isinstance(x, dict) else lowered.model
     exported = io.BytesIO()
     _export_file(module, args, specs, exported)
     graph = _rewritten(exported.getvalue(), lowered.quantized, pack)
@@ -214,18 +221,6 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return options
-
-
-class _KeywordInputs(nn.Module):
-    """A model that takes keyword inputs, called with positional ones (what export traces)."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, tensors, strict=True)))
 
 
 def _torch(dtype: type) -> torch.dtype:
@@ -295,7 +290,7 @@ def _check_graph(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as error:
-        raise UserError(f"exported ONNX graph is invalid: {_first_line(error)}") from None
+        raise UserError(f"exported ONNX graph is invalid: {first_line(error)}") from None
 
 
 @contextlib.contextmanager
@@ -336,36 +331,26 @@ def _fd_silenced(fd: int) -> Iterator[None]:
 
 def _export_error(model: nn.Module, args: Args, error: Exception) -> UserError:
     """A one-line ``UserError`` naming the module (and operator) that broke export."""
-    forward_error = _forward_error(model, args)
-    if forward_error is not None:
+    failure = forward_error(model, args)
+    if failure is not None:
         shapes = "; ".join(str(list(x.shape)) for x in args)
         return UserError(
             f"cannot export model ({type(model).__name__}) to ONNX: it fails on an input of "
-            f"shape {shapes}: {_first_line(forward_error)}"
+            f"shape {shapes}: {first_line(failure)}"
         )
     op = _unsupported_op(error)
     if op is not None:
         reason = f"{op} has no ONNX mapping at opset {OPSET}"
         if "operator '" not in str(error):  # mapped, but not for these arguments
             detail = re.sub(
-                r"^Unsupported: ONNX export of operator \w+,?\s*", "", _first_line(error)
+                r"^Unsupported: ONNX export of operator \w+,?\s*", "", first_line(error)
             ).rstrip(".")
             reason = f"{op} is not supported with these arguments at opset {OPSET} ({detail})"
         qualname = _module_issuing(model, args, op)
     else:
-        reason = _first_line(error)
-        qualname = _first_failing_submodule(model, args)
-    return UserError(f"cannot export {_describe(model, qualname)} to ONNX: {reason}")
-
-
-def _forward_error(model: nn.Module, args: Args) -> Exception | None:
-    """The exception ``model(*args)`` raises in plain PyTorch, if any."""
-    try:
-        with torch.no_grad():
-            model(*args)
-    except Exception as error:
-        return error
-    return None
+        reason = first_line(error)
+        qualname = first_failing_submodule(model, args, _export_submodule)
+    return UserError(f"cannot export {describe_module(model, qualname)} to ONNX: {reason}")
 
 
 def _unsupported_op(error: Exception) -> str | None:
@@ -389,12 +374,17 @@ def _module_issuing(model: nn.Module, args: Args, op: str) -> str | None:
             traced = torch.jit.trace(model, args, check_trace=False)
         nodes = list(traced.inlined_graph.nodes())
     except Exception:
-        return _first_failing_submodule(model, args)
+        return first_failing_submodule(model, args, _export_submodule)
     bare = op.split("::")[-1]
     for node in nodes:
         if node.kind() == op or node.kind().split("::")[-1].rstrip("_") == bare:
             return _scope_to_qualname(node.scopeName())
-    return _first_failing_submodule(model, args)
+    return first_failing_submodule(model, args, _export_submodule)
+
+
+def _export_submodule(module: nn.Module, x: torch.Tensor) -> None:
+    """Export one submodule to memory (how the diagnosis tries each)."""
+    _legacy_export(module, (x,), io.BytesIO())
 
 
 def _scope_to_qualname(scope: str) -> str:
@@ -403,62 +393,6 @@ def _scope_to_qualname(scope: str) -> str:
     if innermost.startswith("__module."):
         return innermost[len("__module.") :]
     return ""
-
-
-def _first_failing_submodule(model: nn.Module, args: Args) -> str | None:
-    """Export submodules one by one, deepest first, on the inputs they saw in ``model(*args)``.
-
-    Returns the qualified name of the first one that fails, or ``None``.
-    """
-    inputs = _submodule_inputs(model, args)
-    for qualname in sorted(inputs, key=lambda n: -n.count(".")):
-        module = model.get_submodule(qualname)
-        try:
-            with torch.no_grad():
-                _legacy_export(module, (inputs[qualname],), io.BytesIO())
-        except Exception:
-            return qualname
-    return None
-
-
-def _submodule_inputs(model: nn.Module, args: Args) -> dict[str, torch.Tensor]:
-    """The first single-tensor input each submodule receives during ``model(*args)``."""
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def recorder(qualname: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            if len(args) == 1 and isinstance(args[0], torch.Tensor):
-                inputs.setdefault(qualname, args[0].detach().clone())
-
-        return hook
-
-    for qualname, module in model.named_modules():
-        if qualname:
-            handles.append(module.register_forward_pre_hook(recorder(qualname)))
-    try:
-        with torch.no_grad(), composite_attention():
-            model(*args)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return inputs
-
-
-def _describe(model: nn.Module, qualname: str | None) -> str:
-    if not qualname:
-        return f"model ({type(model).__name__})"
-    return f"module '{qualname}' ({type(model.get_submodule(qualname)).__name__})"
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an error message, shortened to ``limit`` characters."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
-    for tail in (" Please feel free to request support", "  [Caused by the value"):
-        text = text.split(tail)[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 register_engine(OnnxRuntimeEngine.name, OnnxRuntimeEngine)
