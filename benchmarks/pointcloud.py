@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = harness.parse(parser, argv)
     args.threads = 1
     smoke = {"epochs": 1, "clouds": 48, "points": 64, "repeats": 3}
-    harness.resolve(args, smoke, {"epochs": 6, "clouds": 1200, "points": 256, "repeats": 30})
+    harness.resolve(args, smoke, {"epochs": 10, "clouds": 1200, "points": 256, "repeats": 30})
     args.models = harness.names(args.models)
     return args
 

@@ -11,7 +11,10 @@ downloaded).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+
+from torch import Tensor
 
 from mobiledl.apps.pointcloud.shapes import SHAPES, shape_split
 from mobiledl.core.inputs import POINTS
@@ -21,6 +24,13 @@ from mobiledl.errors import UserError
 
 CLOUDS = 1200
 POINTS_PER_CLOUD = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _split(part: str, count: int, points: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``shape_split``, kept for the process: ``train`` then ``eval`` in one process (tests,
+    benchmarks) generate the clouds once."""
+    return shape_split(part, count, points, seed=seed)
 
 
 def shapes3d(
@@ -37,8 +47,8 @@ def shapes3d(
         )
     data = {}
     for part, fraction in zip(("train", "val", "test"), split, strict=True):
-        x, y = shape_split(part, max(1, round(clouds * fraction)), points, seed=seed)
-        data[f"x_{part}"], data[f"y_{part}"] = x, y
+        x, y = _split(part, max(1, round(clouds * fraction)), points, seed)
+        data[f"x_{part}"], data[f"y_{part}"] = x.clone(), y.clone()
     return TensorTask(
         name="shapes3d",
         num_classes=len(SHAPES),

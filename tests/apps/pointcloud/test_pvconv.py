@@ -90,9 +90,9 @@ def test_spvconv_sparse_conv_equals_pvconv_dense_conv_on_the_occupied_voxels() -
 @pytest.mark.parametrize("name", MODELS)
 def test_model_trains_on_shapes3d_and_loss_decreases(name: str, shapes) -> None:
     torch.manual_seed(0)
-    model = create_model_for_task(name, shapes)
+    model = create_model_for_task(name, shapes, width_mult=0.5)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = shapes.x_train[:32], shapes.y_train[:32]
+    x, y = shapes.x_train[:16], shapes.y_train[:16]
     losses = []
     for _ in range(6):
         loss = F.cross_entropy(model(x), y)
@@ -138,7 +138,7 @@ def test_bad_clouds_are_user_errors(name: str, bad: torch.Tensor) -> None:
 
 def test_cli_train_eval_profile_export(tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.pt"
-    assert main(["train", "--model", "pvcnn", "--task", "shapes3d", "--epochs", "1",
+    assert main(["train", "--model", "pointnet", "--task", "shapes3d", "--epochs", "1",
                  "--width-mult", "0.25", "--out", str(out)]) == 0  # fmt: skip
     assert main(["eval", str(out), "--task", "shapes3d", "--json"]) == 0
     assert main(["profile", str(out), "--no-latency", "--json"]) == 0
