@@ -41,6 +41,7 @@ from mobiledl.compress.quantize.config import int8_products_saturate
 from mobiledl.data import Task
 from mobiledl.deploy import Engine, get_engine
 from mobiledl.deploy.compare import installed_engines
+from mobiledl.errors import UserError
 from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model
 from mobiledl.train import TrainConfig, train
@@ -51,6 +52,8 @@ SPEED_SHAPES = {"mobilenet_v2": (224, 1000), "resnet20": (32, 10), "lenet5": (16
 SPEED_CALIBRATION, ACCURACY_CALIBRATION = 16, 128
 #: Timed calls at batch 1; larger batches get a fifth of them.
 REPEATS, LARGE_BATCH_SHARE = 60, 5
+#: Models an engine could not export in this run, and why (reported, not hidden).
+SKIPPED: dict[str, str] = {}
 #: Best int8 over the fastest fp32 engine, at batch 1 and at batch 32 (issue 15).
 TARGETS = {1: 1.6, 32: 2.0}
 
@@ -115,13 +118,21 @@ def candidates(
     workdir: Path,
     stem: str,
 ) -> list[Candidate]:
-    """fp32, our int8 and the peer int8 of one model in every engine."""
+    """fp32, our int8 and the peer int8 of one model in every engine that can export both
+    (an engine that cannot is left out, and ``SKIPPED`` says why)."""
     found = []
     for engine in engines:
-        fp32 = engine.export(model, data[:1], workdir / f"{stem}_{engine.name}_fp32{engine.suffix}")
-        ours = engine.export(
-            quantized, data[:1], workdir / f"{stem}_{engine.name}_int8{engine.suffix}"
-        )
+        try:
+            fp32 = engine.export(
+                model, data[:1], workdir / f"{stem}_fp32_{engine.name}{engine.suffix}"
+            )
+            ours = engine.export(
+                quantized, data[:1], workdir / f"{stem}_int8_{engine.name}{engine.suffix}"
+            )
+        except UserError as error:
+            SKIPPED[f"{stem} in {engine.name}"] = str(error)
+            print(f"left out {engine.name} for {stem}: {error}", file=sys.stderr)
+            continue
         found += [Candidate(engine, "fp32", "-", fp32), Candidate(engine, "int8", "mobiledl", ours)]
         peer = peer_int8(engine, fp32, data, workdir)
         if peer is not None:
@@ -186,7 +197,7 @@ def accuracy_rows(name: str, task: Task, args: argparse.Namespace, workdir: Path
                        workdir, f"{name}_digits")  # fmt: skip
     outputs = {c.label: artifact_outputs(c.engine, c.path, task)[0].numpy() for c in found}
     rows = []
-    for engine in args.engines:
+    for engine in dict.fromkeys(c.engine.name for c in found):
         mine = {c.quantizer: outputs[c.label] for c in found if c.engine.name == engine}
         peer = next((q for q in mine if q not in ("-", "mobiledl")), None)
         rows.append({
@@ -253,7 +264,7 @@ def markdown(report: dict[str, Any]) -> str:
           f"{s['best_ours']} {s['best_ours_ms']:.3f} ms", f"{s['ours_vs_fastest_fp32']:.2f}x",
           f">= {s['target']}x" if s["target"] else "-",
           ", ".join(f"{e} {v:.2f}x" for e, v in s["ours_vs_peer"].items()) or "-")
-         for key, s in summ.items() if isinstance(s, dict)],
+         for key, s in summ.items() if key != "skipped" and isinstance(s, dict)],
         align="lllrll",
     )  # fmt: skip
     accuracy = harness.markdown_table(
@@ -290,6 +301,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *accuracy,
         "",
+        *(f"Left out: {what}: {why}" for what, why in summ.get("skipped", {}).items()),
+        "",
         f"Command: `{' '.join(report['argv'])}` at commit {report['git_commit']}.",
     ]) + "\n"  # fmt: skip
 
@@ -305,5 +318,5 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             rows += accuracy_rows(name, task, args, Path(tmp))
     machine = {"int8_products_saturate": int8_products_saturate()}
     packages = ("onnxruntime", "openvino", "nncf")
-    return harness.write_results(args, rows, summary(rows), markdown, machine=machine,
-                                 packages=packages)  # fmt: skip
+    results = {**summary(rows), "skipped": SKIPPED}
+    return harness.write_results(args, rows, results, markdown, machine=machine, packages=packages)

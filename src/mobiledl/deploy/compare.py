@@ -97,7 +97,9 @@ def compare_engines(
     """Export ``model`` to each engine in ``workdir``, check and time every artifact.
 
     ``inputs`` is the checking batch (parity and top-1 agreement run on all of it); the timed
-    batches are its first ``batch_sizes`` samples, repeated if it has fewer.
+    batches are its first ``batch_sizes`` samples, repeated if it has fewer. Of several
+    engines, one that cannot export the model is left out and ``progress`` says why; a
+    single engine's failure is the caller's ``UserError``.
     """
     if not engines:
         raise UserError("no engine to compare")
@@ -108,8 +110,14 @@ def compare_engines(
     results: dict[str, EngineResult] = {}
     for engine in engines:
         say(f"exporting to {engine.name}...")
-        path = engine.export(model, slice_batch(data, 0, 1), workdir / f"model{engine.suffix}",
-                             input_specs)  # fmt: skip
+        target = workdir / f"model{engine.suffix}"
+        try:
+            path = engine.export(model, slice_batch(data, 0, 1), target, input_specs)
+        except UserError as error:
+            if len(engines) == 1:
+                raise
+            say(f"left out {engine.name}: {error}")
+            continue
         runner = engine.load(path, threads)
         actual = _run_chunks(runner, data)
         runners[engine.name] = runner
@@ -121,6 +129,8 @@ def compare_engines(
             top1_agreement=_agreement(expected, actual),
             latency={},
         )
+    if not runners:
+        raise UserError(f"no engine could export the model ({', '.join(e.name for e in engines)})")
     for batch_size in batch_sizes:
         say(f"timing {', '.join(runners)} at batch {batch_size}...")
         batch = _batch_of(data, batch_size)
