@@ -148,11 +148,19 @@ def engine_latency(
     batch_size: int = 1,
     threads: int | None = None,
     repeats: int = 50,
+    unexportable_ok: bool = False,
 ) -> Measurement:
-    """Export ``model`` to ``engine`` in a temp dir and time it at ``batch_size``."""
+    """Export ``model`` to ``engine`` in a temp dir and time it at ``batch_size``. With
+    ``unexportable_ok`` a model the engine cannot export gets a warning and null latency
+    fields whose ``extra["null_fields"]`` say why, instead of the ``UserError``."""
     backend = get_engine(engine)
     with tempfile.TemporaryDirectory(prefix="mobiledl-") as tmp:
-        path = export(backend, model, example_input, Path(tmp) / f"model{backend.suffix}")
+        try:
+            path = export(backend, model, example_input, Path(tmp) / f"model{backend.suffix}")
+        except UserError as error:
+            if not unexportable_ok:
+                raise
+            return _unexported(Measurement(), backend.name, str(error))
         return artifact_latency(backend, path, example_input, batch_size, threads, repeats)
 
 
