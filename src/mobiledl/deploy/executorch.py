@@ -49,7 +49,12 @@ from unittest import mock
 import numpy as np
 import torch
 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-from executorch.exir import ExecutorchProgramManager, to_edge, to_edge_transform_and_lower
+from executorch.exir import (
+    EdgeCompileConfig,
+    ExecutorchProgramManager,
+    to_edge,
+    to_edge_transform_and_lower,
+)
 from executorch.extension.pybindings import portable_lib
 from executorch.runtime import Program, Runtime
 from torch import nn
@@ -78,6 +83,9 @@ INPUT_BUDGET_BYTES = 64 * 2**20
 #: The constant method holding the program's ``InputSpec``s as JSON.
 SPECS_METHOD = "mobiledl_input_specs"
 METHOD = "forward"
+#: The edge dialect's dtype verifier is off: it reads the sizes returned by ops such as
+#: ``chunk`` as Python ints, which specializes a dynamic batch to the example's (ShuffleNet).
+_EDGE_CONFIG = EdgeCompileConfig(_check_ir_validity=False)
 Args = tuple[torch.Tensor, ...]
 
 #: ExecuTorch ``ScalarType`` codes (``MethodMeta``'s ``TensorInfo.dtype()``) -> torch dtypes.
@@ -90,6 +98,8 @@ _SCALAR_TYPES = {
     6: torch.float32,
     11: torch.bool,
 }
+#: Names ``_specs_json`` writes dtypes under -> the dtypes.
+_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in _SCALAR_TYPES.values()}
 #: Whether a method has been loaded in this process (the threadpool is fixed from then on).
 _loaded = False
 
@@ -198,7 +208,12 @@ class ExecuTorchEngine(Engine):
         if METHOD not in program.method_names:
             raise UserError(f"{source}: the program has no '{METHOD}' method")
         specs = _stored_specs(program)
-        return ExecuTorchRunner(source, program, specs, _pool_threads(threads))
+        try:
+            return ExecuTorchRunner(source, program, specs, _pool_threads(threads))
+        except RuntimeError as error:
+            raise UserError(
+                f"{source}: cannot load the '{METHOD}' method ({first_line(error)})"
+            ) from None
 
 
 def executorch_program(
@@ -223,6 +238,7 @@ def executorch_program(
                 exported,
                 partitioner=[XnnpackPartitioner()],
                 constant_methods={SPECS_METHOD: _specs_json(specs)},
+                compile_config=_EDGE_CONFIG,
             )
             program = edge.to_executorch()
         except Exception as error:
@@ -383,17 +399,24 @@ def _specs_json(specs: Sequence[InputSpec]) -> str:
     )
 
 
+def _parsed_specs(text: str) -> tuple[InputSpec, ...]:
+    """The ``InputSpec``s of ``_specs_json``'s text; ``UserError`` if it is not that."""
+    try:
+        entries = json.loads(text)
+        specs = tuple(
+            InputSpec(entry["name"], tuple(entry["shape"]), _DTYPES[entry["dtype"]], entry["high"])
+            for entry in entries
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"the program's {SPECS_METHOD} are unreadable ({error!r})") from None
+    return specs
+
+
 def _stored_specs(program: Program) -> tuple[InputSpec, ...]:
     """The specs the program stores, or (a program from elsewhere) ones from ``MethodMeta``:
     ``input``, ``input_1``... with the planned sizes, all static."""
     if SPECS_METHOD in program.method_names:
-        stored = json.loads(program.load_method(SPECS_METHOD).execute([])[0])
-        return tuple(
-            InputSpec(
-                entry["name"], tuple(entry["shape"]), getattr(torch, entry["dtype"]), entry["high"]
-            )
-            for entry in stored
-        )
+        return _parsed_specs(program.load_method(SPECS_METHOD).execute([])[0])
     meta = program.metadata(METHOD)
     infos = [meta.input_tensor_meta(i) for i in range(meta.num_inputs())]
     return tuple(
