@@ -26,15 +26,17 @@ error naming it and the module issuing it.
   activation quantize-dequantize step becomes a ``quantize_per_tensor`` / ``dequantize_per_tensor``
   pair with the same scale and zero point (unsigned grids shifted by 128 to int8, the same real
   values), which is the graph ``convert_pt2e`` gives XNNPACK's partitioner: it runs the layers
-  between the pairs as int8 kernels with our calibration, not with ``XNNPACKQuantizer``'s.
+  between the pairs as int8 kernels with our calibration, not with ``XNNPACKQuantizer``'s
+  (``mobiledl.deploy.executorch_int8``). A layer with float output (the logits) runs in fp32 on
+  its grid-exact weights. The runtime has no portable quantized kernels, so a Q/DQ step XNNPACK
+  does not take is an export error naming its module.
 - **Threads.** XNNPACK runs on ExecuTorch's one process-wide threadpool, sized from Python by
   ``executorch.extension.pybindings.portable_lib._unsafe_reset_threadpool`` (experimental in
   1.5.1). Resizing it replaces the pool under every XNNPACK method already loaded (they keep a
   pointer to the old one; running or reloading them then crashed the process here), so the
-  pool is sized once: by the first ``load`` of the process that asks for a thread count
-  (``None`` keeps the pool's default, the number of cores). A later ``load`` asking for a
-  different count gets the pool as it is, and its runner's ``threads`` says the count actually
-  used. With one thread, XNNPACK computes on the calling thread.
+  pool is sized once, by the first ``load`` of the process (to its ``threads``; ``None`` keeps
+  the pool's default, the number of cores). A later ``load`` asking for a different count gets
+  the pool as it is, and its runner's ``threads`` says the count actually used.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def executorch_program(
             )
             program = edge.to_executorch()
         except Exception as error:
-            raise _lowering_error(module, args, error) from None
+            raise _lowering_error(module, args, error, lowered.quantized) from None
     _check_kernels(program, module)
     return program
 
@@ -324,12 +326,15 @@ def _export_error(module: nn.Module, args: Args, error: Exception) -> UserError:
     )
 
 
-def _lowering_error(module: nn.Module, args: Args, error: Exception) -> UserError:
-    """Edge lowering failed: name the first submodule that fails to lower alone."""
-    qualname = first_failing_submodule(module, args, _lower_submodule)
-    return UserError(
-        f"cannot lower {describe_module(module, qualname)} to ExecuTorch: {first_line(error)}"
-    )
+def _lowering_error(module: nn.Module, args: Args, error: Exception, quantized: bool) -> UserError:
+    """Edge lowering failed: name the first submodule that fails to lower alone (a float
+    model; a quantized one's submodules hold fake quantizations no edge program takes alone,
+    so the int8 model is named)."""
+    if quantized:
+        what = f"the int8 form of model ({type(module).__name__})"
+    else:
+        what = describe_module(module, first_failing_submodule(module, args, _lower_submodule))
+    return UserError(f"cannot lower {what} to ExecuTorch: {first_line(error)}")
 
 
 def _export_submodule(module: nn.Module, x: torch.Tensor) -> ExportedProgram:
