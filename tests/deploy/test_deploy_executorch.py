@@ -14,7 +14,6 @@ from torch import nn
 
 from mobiledl import apply
 from mobiledl.compress.quantize import QuantConfig
-from mobiledl.data import build_task
 from mobiledl.deploy import engine_for_artifact, get_engine
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, list_models
@@ -29,6 +28,7 @@ from mobiledl.deploy.executorch import (  # noqa: E402 (after the skip)
     executorch_program,
     max_batch,
 )
+from tests.deploy.conftest import trained  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 #: Zoo models quick to lower (a few seconds each); the others run with ``-m slow``.
@@ -39,29 +39,9 @@ IMAGE_MODELS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return build_task("digits", seed=0)
-
-
-def _trained(name: str, task, steps: int = 30) -> nn.Module:
-    """A zoo model after a few SGD steps on digits: trained enough that top-1 means something."""
-    torch.manual_seed(0)
-    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for step in range(steps):
-        start = (step * 64) % (len(task.x_train) - 64)
-        x, y = task.x_train[start : start + 64], task.y_train[start : start + 64]
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_zoo_model_matches_pytorch_in_fp32(name: str, digits, tmp_path: Path) -> None:
-    model = _trained(name, digits, steps=2)
+    model = trained(name, digits, steps=2)
     engine = get_engine("executorch")
     path = engine.export(model, digits.example_input(1), tmp_path / "m.pte")
     x = digits.x_test[:64]
@@ -85,7 +65,7 @@ def _delegated_convolutions(program) -> list[str]:
 
 
 def test_our_int8_is_delegated_to_xnnpack_as_int8(digits, tmp_path: Path) -> None:
-    model = _trained("resnet8", digits, steps=5)
+    model = trained("resnet8", digits, steps=5)
     quantized = apply(model, QuantConfig(calibration_samples=64), digits)
     program = executorch_program(quantized, digits.example_input(1))
     top_level = {
@@ -109,7 +89,7 @@ def test_our_int8_is_delegated_to_xnnpack_as_int8(digits, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_our_int8_agrees_with_our_simulation_on_the_test_split(digits, tmp_path: Path) -> None:
     """Issue 15's bar on a trained model (about 99% test accuracy after 200 steps)."""
-    model = _trained("resnet20", digits, steps=200)
+    model = trained("resnet20", digits, steps=200)
     quantized = apply(model, QuantConfig(calibration_samples=128), digits)
     engine = get_engine("executorch")
     runner = engine.load(engine.export(quantized, digits.example_input(1), tmp_path / "q.pte"), 1)
@@ -117,7 +97,7 @@ def test_our_int8_agrees_with_our_simulation_on_the_test_split(digits, tmp_path:
 
 
 def test_artifact_batches_specs_threads_and_permissions(digits, tmp_path: Path) -> None:
-    model = _trained("lenet5", digits, steps=3)
+    model = trained("lenet5", digits, steps=3)
     engine = get_engine("executorch")
     old = os.umask(0o027)
     try:

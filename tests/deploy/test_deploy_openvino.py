@@ -16,11 +16,11 @@ from torch import nn
 from mobiledl import apply
 from mobiledl.cli import main
 from mobiledl.compress.quantize import QuantConfig
-from mobiledl.data import build_task
 from mobiledl.deploy import engine_for_artifact, get_engine
 from mobiledl.deploy.compare import compare_engines, engines_named, fastest_engine
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, list_models, save_model
+from tests.deploy.conftest import trained
 
 ov = pytest.importorskip(
     "openvino", reason="the openvino extra is not installed (pip install 'mobiledl[openvino]')"
@@ -30,29 +30,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 IMAGE_MODELS = [info.name for info in list_models(inputs="image")]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return build_task("digits", seed=0)
-
-
-def _trained(name: str, task, steps: int = 30) -> nn.Module:
-    """A zoo model after a few SGD steps on digits: trained enough that top-1 means something."""
-    torch.manual_seed(0)
-    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for step in range(steps):
-        start = (step * 64) % (len(task.x_train) - 64)
-        x, y = task.x_train[start : start + 64], task.y_train[start : start + 64]
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_zoo_model_matches_pytorch_in_fp32(name: str, digits, tmp_path: Path) -> None:
-    model = _trained(name, digits, steps=2)
+    model = trained(name, digits, steps=2)
     engine = get_engine("openvino")
     path = engine.export(model, digits.example_input(1), tmp_path / "m.xml")
     x = digits.x_test[:64]
@@ -64,7 +44,7 @@ def test_every_zoo_model_matches_pytorch_in_fp32(name: str, digits, tmp_path: Pa
 def test_our_int8_agrees_with_our_simulation_on_the_test_split(digits, tmp_path: Path) -> None:
     """Issue 15's bar on a trained model (about 99% test accuracy after 200 steps);
     ``benchmarks/engines.py`` measures it for more models."""
-    model = _trained("resnet20", digits, steps=200)
+    model = trained("resnet20", digits, steps=200)
     quantized = apply(model, QuantConfig(calibration_samples=128), digits)
     engine = get_engine("openvino")
     runner = engine.load(engine.export(quantized, digits.example_input(1), tmp_path / "q.xml"), 1)
@@ -81,7 +61,7 @@ def _convolution_precisions(runner) -> set[str]:
 
 
 def test_int8_convolutions_run_as_int8_kernels(digits, tmp_path: Path) -> None:
-    model = _trained("resnet8", digits, steps=5)
+    model = trained("resnet8", digits, steps=5)
     quantized = apply(model, QuantConfig(calibration_samples=64), digits)
     engine = get_engine("openvino")
     int8 = engine.load(engine.export(quantized, digits.example_input(1), tmp_path / "q.xml"), 1)
@@ -93,7 +73,7 @@ def test_int8_convolutions_run_as_int8_kernels(digits, tmp_path: Path) -> None:
 
 
 def test_four_bit_weights_export_unpacked_and_match_onnxruntime(digits, tmp_path: Path) -> None:
-    model = _trained("resnet8", digits, steps=5)
+    model = trained("resnet8", digits, steps=5)
     quantized = apply(model, QuantConfig(weight_bits=4, calibration_samples=64), digits)
     x = digits.x_test[:128]
     ours = get_engine("openvino")
@@ -155,7 +135,7 @@ def test_a_failed_export_leaves_no_file(tmp_path: Path) -> None:
 
 
 def test_compare_engines_checks_and_times_every_engine(digits, tmp_path: Path) -> None:
-    model = _trained("resnet8", digits, steps=5)
+    model = trained("resnet8", digits, steps=5)
     engines = engines_named("all")
     assert [engine.name for engine in engines][:1] == [get_engine().name]
     assert "openvino" in [engine.name for engine in engines]
@@ -170,7 +150,7 @@ def test_compare_engines_checks_and_times_every_engine(digits, tmp_path: Path) -
 
 
 def test_bench_cli_compares_engines_for_a_model_file(digits, tmp_path: Path, capsys) -> None:
-    model = _trained("lenet5", digits, steps=3)
+    model = trained("lenet5", digits, steps=3)
     save_model(tmp_path / "m.pt", model, {"task": "digits"})
     argv = ["bench", str(tmp_path / "m.pt"), "--engine", "all", "--repeats", "3", "--json"]
     assert main(argv) == 0
@@ -187,7 +167,7 @@ def test_bench_cli_compares_engines_for_a_model_file(digits, tmp_path: Path, cap
 
 
 def test_export_auto_picks_the_fastest_installed_engine_and_says_so(digits, tmp_path, capsys):
-    save_model(tmp_path / "m.pt", _trained("lenet5", digits, steps=3), {"task": "digits"})
+    save_model(tmp_path / "m.pt", trained("lenet5", digits, steps=3), {"task": "digits"})
     argv = ["export", str(tmp_path / "m.pt"), "--engine", "auto", "--out", str(tmp_path / "m.onnx")]
     assert main([*argv, "--json"]) == 0
     captured = capsys.readouterr()

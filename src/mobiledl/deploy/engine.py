@@ -153,6 +153,25 @@ class Engine(ABC):
         return self.load(path_or_runner)
 
 
+def ordered_inputs(x: Batch, specs: Sequence[InputSpec], path: Path) -> list[ArrayLike]:
+    """The arrays of a batch in the order of an artifact's ``specs`` (a dict by input name, a
+    tuple in order, or one array); ``UserError`` naming ``path`` if one is missing or the
+    count is wrong. Every runner feeds its engine through this."""
+    names = [spec.name for spec in specs]
+    if isinstance(x, dict):
+        missing = [name for name in names if name not in x]
+        if missing:
+            raise UserError(f"{path}: no value given for input '{missing[0]}'")
+        arrays = [x[name] for name in names]
+    else:
+        arrays = input_tensors(x)
+    if len(arrays) != len(names):
+        raise UserError(
+            f"{path}: the model takes {len(names)} input(s) ({', '.join(names)}); got {len(arrays)}"
+        )
+    return arrays
+
+
 def max_abs_difference(expected: np.ndarray, actual: np.ndarray, engine: str) -> float:
     """Largest absolute difference between PyTorch's output and ``engine``'s; ``UserError``
     if their shapes differ."""

@@ -71,7 +71,15 @@ from mobiledl.deploy.diagnosis import (
     first_line,
     forward_error,
 )
-from mobiledl.deploy.engine import Batch, Engine, PathLike, Runner, to_numpy, to_tensor
+from mobiledl.deploy.engine import (
+    Batch,
+    Engine,
+    PathLike,
+    Runner,
+    ordered_inputs,
+    to_numpy,
+    to_tensor,
+)
 from mobiledl.deploy.executorch_int8 import to_pt2e_int8
 from mobiledl.deploy.lowering import composite_attention, lower_model
 from mobiledl.errors import UserError
@@ -131,19 +139,7 @@ class ExecuTorchRunner(Runner):
 
     def _feed(self, x: Batch) -> list[torch.Tensor]:
         """The inputs in order, as contiguous tensors of each input's dtype and shape."""
-        names = [spec.name for spec in self.input_specs]
-        if isinstance(x, dict):
-            missing = [name for name in names if name not in x]
-            if missing:
-                raise UserError(f"{self.path}: no value given for input '{missing[0]}'")
-            arrays = [x[name] for name in names]
-        else:
-            arrays = input_tensors(x)
-        if len(arrays) != len(names):
-            raise UserError(
-                f"{self.path}: the model takes {len(names)} input(s) ({', '.join(names)}); "
-                f"got {len(arrays)}"
-            )
+        arrays = ordered_inputs(x, self.input_specs, self.path)
         tensors = [
             _row_major(to_tensor(array).to(spec.dtype))
             for array, spec in zip(arrays, self.input_specs, strict=True)

@@ -39,6 +39,7 @@ from mobiledl.deploy.engine import (
     Engine,
     PathLike,
     Runner,
+    ordered_inputs,
     register_engine,
     to_numpy,
     to_tensor,
@@ -107,22 +108,12 @@ class OrtRunner(Runner):
 
     def _feed(self, x: Batch) -> dict[str, np.ndarray]:
         """Input name -> contiguous array of the input's dtype."""
-        names = [spec.name for spec in self.input_specs]
-        if isinstance(x, dict):
-            missing = [name for name in names if name not in x]
-            if missing:
-                raise UserError(f"{self.path}: no value given for input '{missing[0]}'")
-            arrays = [x[name] for name in names]
-        else:
-            arrays = input_tensors(x)
-        if len(arrays) != len(names):
-            raise UserError(
-                f"{self.path}: the model takes {len(names)} input(s) ({', '.join(names)}); "
-                f"got {len(arrays)}"
-            )
+        arrays = ordered_inputs(x, self.input_specs, self.path)
         return {
             name: np.ascontiguousarray(to_numpy(array), dtype=dtype)
-            for name, array, dtype in zip(names, arrays, self.input_dtypes, strict=True)
+            for name, array, dtype in zip(
+                [spec.name for spec in self.input_specs], arrays, self.input_dtypes, strict=True
+            )
         }
 
 

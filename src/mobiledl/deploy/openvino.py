@@ -29,8 +29,9 @@ import openvino as ov
 import torch
 from torch import nn
 
-from mobiledl.core.inputs import InputSpec, input_tensors
-from mobiledl.deploy.engine import Batch, Engine, PathLike, Runner, to_numpy
+from mobiledl.core.inputs import InputSpec
+from mobiledl.deploy.diagnosis import first_line
+from mobiledl.deploy.engine import Batch, Engine, PathLike, Runner, ordered_inputs, to_numpy
 from mobiledl.deploy.onnxruntime import onnx_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import check_output_file, current_umask
@@ -94,28 +95,15 @@ class OpenVinoRunner(Runner):
         except RuntimeError as error:
             given = "; ".join(str(list(array.shape)) for array in feed.values())
             expected = "; ".join(spec.describe() for spec in self.input_specs)
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else "failed"
             raise UserError(
                 f"{self.path}: cannot run an input of shape {given} (the model takes "
-                f"{expected}): {first}"
+                f"{expected}): {first_line(error)}"
             ) from None
         return np.array(result[self.compiled.outputs[0]])
 
     def _feed(self, x: Batch) -> dict[int, np.ndarray]:
         """Input index -> contiguous array of the input's dtype."""
-        names = [spec.name for spec in self.input_specs]
-        if isinstance(x, dict):
-            missing = [name for name in names if name not in x]
-            if missing:
-                raise UserError(f"{self.path}: no value given for input '{missing[0]}'")
-            arrays = [x[name] for name in names]
-        else:
-            arrays = input_tensors(x)
-        if len(arrays) != len(names):
-            raise UserError(
-                f"{self.path}: the model takes {len(names)} input(s) ({', '.join(names)}); "
-                f"got {len(arrays)}"
-            )
+        arrays = ordered_inputs(x, self.input_specs, self.path)
         return {
             index: np.ascontiguousarray(to_numpy(array), dtype=dtype)
             for index, (array, dtype) in enumerate(zip(arrays, self._numpy_dtypes, strict=True))
@@ -145,7 +133,7 @@ class OpenVinoEngine(Engine):
         try:
             converted = ov.convert_model(io.BytesIO(graph.SerializeToString()))
         except Exception as error:  # the frontend raises several failure types
-            raise UserError(f"OpenVINO cannot convert the model: {_first_line(error)}") from None
+            raise UserError(f"OpenVINO cannot convert the model: {first_line(error)}") from None
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{target.stem}.", dir=target.parent) as tmp:
             staged = Path(tmp) / target.name
@@ -168,7 +156,7 @@ class OpenVinoEngine(Engine):
         try:
             compiled = _core().compile_model(str(source), "CPU", compile_config(threads))
         except RuntimeError as error:
-            raise UserError(f"{source}: not a valid OpenVINO IR ({_first_line(error)})") from None
+            raise UserError(f"{source}: not a valid OpenVINO IR ({first_line(error)})") from None
         return OpenVinoRunner(source, compiled, threads)
 
     def artifact_bytes(self, path: PathLike) -> int:
@@ -194,8 +182,3 @@ def _spec(port: ov.ConstOutput) -> InputSpec:
     shape = tuple(dim.get_length() if dim.is_static else None for dim in port.get_partial_shape())
     dtype = _DTYPES.get(port.get_element_type(), torch.float32)
     return InputSpec(port.get_any_name(), shape, dtype)
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:limit] if text else type(error).__name__
