@@ -59,6 +59,7 @@ def test_list_tasks() -> None:
         "video-motion",
         "video-rotation",
         "video-digit",
+        "shapes3d",
     ]
 
 

@@ -42,5 +42,18 @@ def test_the_pattern_catches_what_it_is_for() -> None:
 def test_artifacts_find_their_engine() -> None:
     assert ".onnx" in artifact_suffixes()
     assert engine_for_artifact("m.onnx").name == get_engine().name
-    with pytest.raises(UserError, match="no installed engine runs '.xyz'"):
+    with pytest.raises(UserError, match="no engine runs '.xyz'"):
         engine_for_artifact("m.xyz")
+
+
+def test_the_suffix_table_matches_every_installed_engine() -> None:
+    from mobiledl.deploy.engine import _BUILTIN_SUFFIXES
+
+    for name, suffix in _BUILTIN_SUFFIXES.items():
+        try:
+            engine = get_engine(name)
+        except UserError as error:  # an optional engine that is not installed
+            assert "needs a package that is not installed" in str(error)
+            continue
+        assert engine.file_suffix == suffix
+        assert engine_for_artifact(f"model{suffix}").name == name

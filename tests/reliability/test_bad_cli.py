@@ -123,7 +123,7 @@ PROFILE_AND_BENCH_OPTIONS = [
     ("bench-repeats-zero", "bench {onnx} --repeats 0", "must be >= 1"),
     ("bench-warmup-negative", "bench {onnx} --repeats 1 --warmup -1", "warmup must be >= 0"),
     ("bench-missing", "bench {out:none.onnx}", "no such ONNX file"),
-    ("bench-pt", "bench {model}", "no installed engine runs '.pt' files"),
+    ("bench-pt-engine", "bench {model} --engine nope --repeats 1", "unknown engine 'nope'"),
     ("bench-corrupt", "bench {in:corrupt.onnx}", "not a valid ONNX model"),
     ("eval-seed-negative", "eval {model} --task digits --seed -4", "seed must be an integer"),
     ("eval-task-shape", "eval {model} --task mnist1d", "takes inputs shaped"),

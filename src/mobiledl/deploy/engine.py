@@ -40,11 +40,17 @@ Batch = ArrayLike | tuple[ArrayLike, ...] | dict[str, ArrayLike]
 
 DEFAULT_ENGINE = "onnxruntime"
 
-# Built-in engines, imported only when asked for (optional engines need optional packages).
+# Built-in engines, imported only when asked for (optional engines need optional packages),
+# with the suffix of their artifacts, so finding the engine of a file imports only that one.
 _BUILTIN_ENGINES: dict[str, str] = {
     "onnxruntime": "mobiledl.deploy.onnxruntime:OnnxRuntimeEngine",
     "openvino": "mobiledl.deploy.openvino:OpenVinoEngine",
     "executorch": "mobiledl.deploy.executorch:ExecuTorchEngine",
+}
+_BUILTIN_SUFFIXES: dict[str, str] = {
+    "onnxruntime": ".onnx",
+    "openvino": ".xml",
+    "executorch": ".pte",
 }
 _ENGINES: dict[str, Callable[[], Engine]] = {}
 
@@ -243,27 +249,22 @@ def get_engine(name: str | None = None) -> Engine:
 
 
 def engine_for_artifact(path: PathLike) -> Engine:
-    """The engine whose artifacts end like ``path`` (``.onnx``...); ``UserError`` if none."""
+    """The engine whose artifacts end like ``path`` (``.onnx``...); ``UserError`` if none, or
+    if that engine's package is not installed."""
     suffix = Path(path).suffix
-    engines = _installed_engines()
-    for engine in engines:
-        if engine.file_suffix == suffix:
-            return engine
-    known = ", ".join(sorted({engine.file_suffix for engine in engines}))
-    raise UserError(f"{path}: no installed engine runs '{suffix}' files (known: {known})")
+    suffixes = _suffixes()
+    if suffix not in suffixes:
+        known = ", ".join(sorted(suffixes))
+        raise UserError(f"{path}: no engine runs '{suffix}' files (known: {known})")
+    return get_engine(suffixes[suffix])
 
 
 def artifact_suffixes() -> set[str]:
-    """File suffixes of the installed engines' artifacts (``{".onnx", ...}``)."""
-    return {engine.file_suffix for engine in _installed_engines()}
+    """File suffixes of the engines' artifacts (``{".onnx", ...}``), installed or not."""
+    return set(_suffixes())
 
 
-def _installed_engines() -> list[Engine]:
-    """Every engine whose package is installed (optional engines may be missing)."""
-    engines = []
-    for name in list_engines():
-        try:
-            engines.append(get_engine(name))
-        except UserError:
-            continue
-    return engines
+def _suffixes() -> dict[str, str]:
+    """Artifact suffix -> engine name, for the built-in and the registered engines."""
+    registered = {factory().file_suffix: name for name, factory in _ENGINES.items()}
+    return {**{suffix: name for name, suffix in _BUILTIN_SUFFIXES.items()}, **registered}
