@@ -140,12 +140,6 @@ def candidates(
     return found
 
 
-def random_task(data: torch.Tensor, classes: int) -> Task:
-    """A task whose training inputs are ``data``: what calibration draws from."""
-    labels, none = torch.zeros(len(data), dtype=torch.long), torch.empty(0, dtype=torch.long)
-    return Task("random", classes, data, labels, data[:0], none, data[:0], none)
-
-
 def speed_rows(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     """One row per (batch size, candidate) of a randomly initialized model."""
     size, classes = SPEED_SHAPES[name]
@@ -153,7 +147,7 @@ def speed_rows(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[
     model = create_model(name, classes, 3, size).eval()
     data = torch.randn(SPEED_CALIBRATION, 3, size, size)
     quantized = apply(model, QuantConfig(calibration_samples=SPEED_CALIBRATION),
-                      random_task(data, classes))  # fmt: skip
+                      harness.calibration_task(data, classes))  # fmt: skip
     found = candidates(model, quantized, data, [get_engine(e) for e in args.engines], workdir, name)
     runners = {c.label: c.engine.load(c.path, args.threads) for c in found}
     rows = []

@@ -31,7 +31,6 @@ from benchmarks import harness
 from mobiledl import apply
 from mobiledl.compress.quantize import QuantConfig
 from mobiledl.compress.quantize.config import int8_products_saturate
-from mobiledl.data import Task
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.qdq import integer_ops
 from mobiledl.models import create_model
@@ -61,13 +60,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def random_task(data: torch.Tensor) -> Task:
-    """A task whose training inputs are ``data``: what calibration draws from."""
-    labels, none = torch.zeros(len(data), dtype=torch.long), torch.empty(0, dtype=torch.long)
-    empty = data[:0]
-    return Task("random", NUM_CLASSES, data, labels, empty, none, empty, none)
-
-
 def artifacts(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Path]:
     """FP32, our int8 and ORT's int8 ONNX files of one randomly initialized model."""
     torch.manual_seed(0)
@@ -75,7 +67,11 @@ def artifacts(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, P
     data = torch.randn(CALIBRATION, 3, args.image_size, args.image_size)
     engine = get_engine("onnxruntime")
     fp32 = engine.export(model, data[:1], workdir / f"{name}_fp32.onnx")
-    quantized = apply(model, QuantConfig(calibration_samples=CALIBRATION), random_task(data))
+    quantized = apply(
+        model,
+        QuantConfig(calibration_samples=CALIBRATION),
+        harness.calibration_task(data, NUM_CLASSES),
+    )
     ours = engine.export(quantized, data[:1], workdir / f"{name}_int8.onnx")
     ort_int8 = harness.ort_quantize_static(
         fp32, data, workdir / f"{name}_ort.onnx", 1, reduce_range=int8_products_saturate()

@@ -24,6 +24,7 @@ from benchmarks.harness.stages import StageStore
 from benchmarks.harness.tables import machine_line, markdown_table, pct, plural, yes
 from benchmarks.harness.tasks import (
     add_task_arguments,
+    calibration_task,
     load_task,
     resolve_tasks,
     task_fingerprint,
@@ -37,6 +38,7 @@ __all__ = [
     "SCHEMA_KEYS",
     "StageStore",
     "benchmark_parser",
+    "calibration_task",
     "clock_text",
     "git_commit",
     "interleaved",

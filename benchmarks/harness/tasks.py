@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from benchmarks.harness.cli import names
 from mobiledl.data import Task, build_task
 from mobiledl.data.prepare import parse_split
@@ -73,3 +75,10 @@ def task_fingerprint(task: Task) -> str:
     """12 hex digits of ``mobiledl.train.resume.task_fingerprint``: a cache key that tells two
     user tasks of the same name (or the same data split differently) apart."""
     return train_resume.task_fingerprint(task)[:12]
+
+
+def calibration_task(data: torch.Tensor, num_classes: int) -> Task:
+    """A task whose training inputs are ``data`` (labels all 0, no other split): what the
+    quantizer's calibration draws from when a benchmark times random-weight models."""
+    labels, none = torch.zeros(len(data), dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return Task("random", num_classes, data, labels, data[:0], none, data[:0], none)

@@ -30,6 +30,7 @@ from mobiledl.core.inputs import (
     map_inputs,
     slice_batch,
 )
+from mobiledl.deploy.diagnosis import first_line
 from mobiledl.deploy.timing import LatencyStats, interleaved_benchmark
 from mobiledl.errors import UserError
 
@@ -176,6 +177,19 @@ def ordered_inputs(x: Batch, specs: Sequence[InputSpec], path: Path) -> list[Arr
             f"{path}: the model takes {len(names)} input(s) ({', '.join(names)}); got {len(arrays)}"
         )
     return arrays
+
+
+def shape_error(
+    path: Path, arrays: Sequence[np.ndarray], specs: Sequence[InputSpec], error: BaseException
+) -> UserError:
+    """The one-line error of an engine that refused a batch: what was given, what the
+    artifact takes, and the engine's first line."""
+    given = "; ".join(str(list(array.shape)) for array in arrays)
+    expected = "; ".join(spec.describe() for spec in specs)
+    return UserError(
+        f"{path}: cannot run an input of shape {given} (the model takes {expected}): "
+        f"{first_line(error)}"
+    )
 
 
 def max_abs_difference(expected: np.ndarray, actual: np.ndarray, engine: str) -> float:

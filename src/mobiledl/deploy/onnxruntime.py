@@ -41,6 +41,7 @@ from mobiledl.deploy.engine import (
     Runner,
     ordered_inputs,
     register_engine,
+    shape_error,
     to_numpy,
     to_tensor,
 )
@@ -99,12 +100,7 @@ class OrtRunner(Runner):
         try:
             return self.session.run(self.output_names, feed)
         except _OrtInvalidArgument as error:
-            given = "; ".join(str(list(array.shape)) for array in feed.values())
-            expected = "; ".join(spec.describe() for spec in self.input_specs)
-            raise UserError(
-                f"{self.path}: cannot run an input of shape {given} (the model takes "
-                f"{expected}): {first_line(error)}"
-            ) from None
+            raise shape_error(self.path, list(feed.values()), self.input_specs, error) from None
 
     def _feed(self, x: Batch) -> dict[str, np.ndarray]:
         """Input name -> contiguous array of the input's dtype."""

@@ -31,7 +31,15 @@ from torch import nn
 
 from mobiledl.core.inputs import InputSpec
 from mobiledl.deploy.diagnosis import first_line
-from mobiledl.deploy.engine import Batch, Engine, PathLike, Runner, ordered_inputs, to_numpy
+from mobiledl.deploy.engine import (
+    Batch,
+    Engine,
+    PathLike,
+    Runner,
+    ordered_inputs,
+    shape_error,
+    to_numpy,
+)
 from mobiledl.deploy.onnxruntime import onnx_graph
 from mobiledl.errors import UserError
 from mobiledl.fileio import check_output_file, current_umask
@@ -93,12 +101,7 @@ class OpenVinoRunner(Runner):
         try:
             result = self.request.infer(feed)
         except RuntimeError as error:
-            given = "; ".join(str(list(array.shape)) for array in feed.values())
-            expected = "; ".join(spec.describe() for spec in self.input_specs)
-            raise UserError(
-                f"{self.path}: cannot run an input of shape {given} (the model takes "
-                f"{expected}): {first_line(error)}"
-            ) from None
+            raise shape_error(self.path, list(feed.values()), self.input_specs, error) from None
         return np.array(result[self.compiled.outputs[0]])
 
     def _feed(self, x: Batch) -> dict[int, np.ndarray]:
