@@ -207,6 +207,17 @@ def check_engines(report: Report, out: Path) -> None:
     assert "| resnet20, batch 1 |" in (out / "engines.md").read_text()
 
 
+def check_nlp_minilm(report: Report, out: Path) -> None:
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert {"fp32", "int8", "heads 75%", "tokens cascade"} <= set(rows)
+    assert rows["fp32"]["rt-sentiment_cosine"] == pytest.approx(1.0)
+    assert rows["int8"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert rows["heads 75%"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    for row in rows.values():
+        assert 0 <= row["sms-spam_test"] <= 1 and row["latency"]["8"]["median_ms"] > 0
+    assert "| tokens cascade |" in (out / "nlp_minilm.md").read_text()
+
+
 slow = pytest.mark.slow
 CASES: list[Any] = [
     pytest.param("prune_finegrained", (), check_prune_finegrained),
@@ -227,6 +238,7 @@ CASES: list[Any] = [
     pytest.param("sparse_conv", (), check_sparse_conv),
     pytest.param("pointcloud", (), check_pointcloud),
     pytest.param("mcu_memory", (), check_mcu_memory, marks=slow),
+    pytest.param("nlp_minilm", (), check_nlp_minilm, marks=slow),
 ]
 
 

@@ -60,6 +60,8 @@ def test_list_tasks() -> None:
         "video-rotation",
         "video-digit",
         "shapes3d",
+        "rt-sentiment",
+        "sms-spam",
     ]
 
 

@@ -24,6 +24,7 @@ from mobiledl.cli.inspect import add_inspect_command
 from mobiledl.cli.mcu import add_mcu_command
 from mobiledl.cli.methods import add_apply_command
 from mobiledl.cli.nas import add_nas_command
+from mobiledl.cli.nlp import add_nlp_command
 from mobiledl.cli.prune import add_prune_command
 from mobiledl.cli.quantize import add_quantize_command
 from mobiledl.cli.report import add_report_command
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_report_command,
         add_nas_command,
         add_video_command,
+        add_nlp_command,
         add_mcu_command,
         _add_demo,
     ):

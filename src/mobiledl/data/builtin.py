@@ -12,6 +12,8 @@
   class (``mobiledl.data.video``).
 - ``shapes3d``: point clouds ``(N, 256, 3)`` of eight surface-sampled shape classes
   (``mobiledl.data.pointcloud``).
+- ``rt-sentiment``, ``sms-spam``: Rotten Tomatoes reviews (fresh/rotten) and SMS spam as token
+  ids + attention masks of the pretrained MiniLM's tokenizer (``mobiledl.data.text``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mobiledl.core.task import TensorTask
+from mobiledl.core.task import Task, TensorTask
 from mobiledl.data.pointcloud import POINTCLOUD_TASKS
 from mobiledl.data.prepare import DEFAULT_SPLIT, ImageSize, Split, make_task, parse_image_size
+from mobiledl.data.text import TEXT_TASKS
 from mobiledl.data.tokens import make_token_task
 from mobiledl.data.video import VIDEO_TASKS
 from mobiledl.errors import UserError
@@ -187,11 +190,12 @@ def mnist5k(
     )
 
 
-BUILTINS: dict[str, Callable[..., TensorTask]] = {
+BUILTINS: dict[str, Callable[..., Task]] = {
     "digits": digits,
     "mnist1d": mnist1d,
     "mnist1d-tokens": mnist1d_tokens,
     "mnist5k": mnist5k,
     **VIDEO_TASKS,
     **POINTCLOUD_TASKS,
+    **TEXT_TASKS,
 }
