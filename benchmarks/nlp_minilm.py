@@ -2,7 +2,7 @@
 pruning (SpAtten, Wang et al. 2021), head pruning (Michel et al. 2019) and int8 linear layers
 in ONNX Runtime, alone and combined.
 
-Every variant runs as ONNX Runtime graphs (``mobiledl.apps.nlp.export``). Accuracy is a
+Every variant runs as ONNX Runtime graphs (``mobiledl.deploy.text_encoder``). Accuracy is a
 logistic-regression probe on frozen embeddings of each text task (``rt-sentiment``,
 ``sms-spam``): fitted on train, scored on val (to choose) and test (reported). Cosine: the
 mean cosine of a variant's test-split embeddings to the fp32 encoder's. Latency: batch 1 and
@@ -32,13 +32,13 @@ import torch
 
 from benchmarks import harness
 from mobiledl.apps.nlp.encoder import SentenceEncoder, load_encoder
-from mobiledl.apps.nlp.export import OnnxEncoder
-from mobiledl.apps.nlp.heads import prune_heads
 from mobiledl.apps.nlp.pretrained import Tokenizer, minilm_folder
 from mobiledl.apps.nlp.probe import embed, mean_cosine, probe_accuracy
+from mobiledl.compress.prune.heads import prune_heads
 from mobiledl.core.clone import clone_module
 from mobiledl.data import build_task
 from mobiledl.data.text import TextTask, rotten_tomatoes_plots
+from mobiledl.deploy.text_encoder import OnnxEncoder
 
 STEM = "nlp_minilm"
 TASKS = ("rt-sentiment", "sms-spam")

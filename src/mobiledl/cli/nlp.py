@@ -81,8 +81,8 @@ def parse_schedule(text: str) -> dict[int, float]:
 
 def _cmd_compress(args: argparse.Namespace) -> dict[str, Any] | None:
     from mobiledl.apps.nlp.encoder import load_encoder
-    from mobiledl.apps.nlp.heads import prune_heads
     from mobiledl.apps.nlp.pretrained import minilm_folder
+    from mobiledl.compress.prune.heads import prune_heads
 
     source = args.model or minilm_folder()
     encoder = load_encoder(source)
@@ -124,7 +124,7 @@ def _calibration(task_name: str, length: int) -> list[dict]:
 
 
 def _write(encoder: Any, source: Path, lengths: list[int], args: argparse.Namespace) -> dict:
-    from mobiledl.apps.nlp.export import export_encoder, integer_ops, quantize_encoder
+    from mobiledl.deploy.text_encoder import export_encoder, integer_ops, quantize_encoder
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def _deployed(folder: Path) -> Any:
     """The bucketed ONNX Runtime runner of a folder written by ``nlp compress``."""
     import json
 
-    from mobiledl.apps.nlp.export import OnnxEncoder
+    from mobiledl.deploy.text_encoder import OnnxEncoder
 
     manifest = folder / MANIFEST
     if not manifest.is_file():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mobiledl.apps.nlp.encoder import _TokenState, check_schedule, load_encoder
-from mobiledl.apps.nlp.export import OnnxEncoder, export_encoder, integer_ops, quantize_encoder
-from mobiledl.apps.nlp.heads import prune_heads
 from mobiledl.apps.nlp.probe import embed, mean_cosine
+from mobiledl.compress.prune.heads import prune_heads
+from mobiledl.deploy.text_encoder import OnnxEncoder, export_encoder, integer_ops, quantize_encoder
 from mobiledl.errors import UserError
 from tests.apps.nlp.conftest import batch, minilm_or_skip, tiny_encoder
 

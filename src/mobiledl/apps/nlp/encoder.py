@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mobiledl.compress.prune.attention import PrunedMultiheadAttention
 from mobiledl.errors import UserError
+from mobiledl.models.attention import PrunedMultiheadAttention
 
 POOLINGS = ("carry", "kept")
 

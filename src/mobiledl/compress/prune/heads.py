@@ -1,4 +1,5 @@
-"""Head pruning of a sentence encoder: the least important heads of every layer removed.
+"""Head pruning of a sentence encoder (``mobiledl.apps.nlp``): the least important heads of
+every layer removed.
 
 A head's importance is the mean magnitude of what it adds to the layer's output: the L2 norm
 of its context vectors pushed through its columns of the output projection, averaged over
@@ -18,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from mobiledl.apps.nlp.encoder import SentenceEncoder
-from mobiledl.compress.prune.attention import MultiheadAttentionRule, PrunedMultiheadAttention
+from mobiledl.compress.prune.attention import MultiheadAttentionRule
 from mobiledl.core.clone import clone_module
 from mobiledl.errors import UserError
+from mobiledl.models.attention import PrunedMultiheadAttention
 
 
 @torch.no_grad()
