@@ -15,8 +15,10 @@ does the graph rewrite into ``DynamicQuantizeLinear`` + ``MatMulInteger`` and fu
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -59,7 +61,7 @@ def quantize_encoder(source: Path, target: Path) -> Path:
     """Write the int8 version of the fp32 graph ``source`` (module docstring) to ``target``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(target) as tmp, warnings.catch_warnings():
+    with atomic_path(target) as tmp, warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         quantize_dynamic(
             str(source),
@@ -70,6 +72,20 @@ def quantize_encoder(source: Path, target: Path) -> Path:
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return target
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Hold back the root-logger advice ``quantize_dynamic`` prints on every call (to run
+    its shape pre-processing, which changes nothing for this graph): stderr stays one line
+    per real problem."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def integer_ops(path: Path) -> int:
