@@ -1,7 +1,10 @@
 """``mobiledl mcu plan MODEL --sram-kb 256 --flash-kb 1024 [--patch none|auto]
 [--max-mac-overhead 0.3] [--no-in-place] [--layers] [--json]``: plan an int8 model's static
 SRAM arena for a microcontroller (``mobiledl.deploy.mcu``; MCUNet/TinyEngine, Lin et al. 2020)
-and say whether it fits.
+and say whether it fits. ``mobiledl mcu codegen MODEL --out DIR [--target host|cortex-m7]``
+writes the model as a C99 project (``mobiledl.deploy.mcu.codegen``) and builds it;
+``mobiledl mcu run DIR (--input X.npy | --task T) [--target host|cortex-m7]`` runs the built
+program (natively or under QEMU) and checks it against the integer reference.
 
 MODEL is an int8 ``.onnx`` export (``mobiledl quantize ... --onnx q.onnx``) or a quantized
 mobiledl ``.pt``; a float model is refused with one line saying how to quantize it (the
@@ -21,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from mobiledl.cli.support import add_command
-from mobiledl.validate import positive_number_arg
+from mobiledl.fileio import output_dir_arg
+from mobiledl.validate import positive_int_arg, positive_number_arg, seed_arg
 
 
 def add_mcu_command(commands: argparse._SubParsersAction) -> None:
@@ -51,6 +55,167 @@ def add_mcu_command(commands: argparse._SubParsersAction) -> None:
         "--no-in-place", action="store_true", help="plan without in-place depthwise convs"
     )
     sub.add_argument("--layers", action="store_true", help="print the live bytes of every step")
+    _add_codegen_commands(actions)
+
+
+def _add_codegen_commands(actions: argparse._SubParsersAction) -> None:
+    from mobiledl.deploy.mcu.codegen import TARGETS
+
+    sub = add_command(
+        actions, "codegen", "write an int8 model as a C project and build it", _cmd_codegen
+    )
+    sub.add_argument("model", type=Path, help="an int8 .onnx export or a quantized mobiledl .pt")
+    sub.add_argument("--out", type=output_dir_arg, required=True, help="project folder")
+    sub.add_argument("--target", choices=TARGETS, default="host", help="build for (default host)")
+    sub.add_argument("--no-in-place", action="store_true", help="no in-place depthwise convs")
+    sub = add_command(actions, "run", "run a generated C project on inputs", _cmd_run)
+    sub.add_argument("folder", type=Path, help="a folder written by 'mobiledl mcu codegen'")
+    given = sub.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", type=Path, help=".npy of float inputs (N, C, H, W)")
+    given.add_argument("--task", help="built-in task or user data: its test split")
+    sub.add_argument("--seed", type=seed_arg, default=0, help="seed of the task split (default 0)")
+    sub.add_argument("--limit", type=positive_int_arg, help="run the first N inputs only")
+    sub.add_argument("--target", choices=TARGETS, default="host", help="run on (default host)")
+
+
+def _cmd_codegen(args: argparse.Namespace) -> dict[str, Any] | None:
+    from mobiledl.deploy.mcu.codegen import build, check_tools, generate_c, image_sizes
+    from mobiledl.deploy.mcu.model_file import load_int8_graph
+    from mobiledl.deploy.mcu.planner import plan_memory
+
+    check_tools(args.target)
+    graph = load_int8_graph(args.model)
+    plan = plan_memory(graph, in_place_depthwise=not args.no_in_place)
+    project = generate_c(plan, args.out)
+    program = build(project.folder, args.target)
+    sizes = image_sizes(project.folder / "model.map") if args.target != "host" else None
+    result = {
+        "model": str(args.model),
+        "folder": str(project.folder),
+        "target": args.target,
+        "program": str(program),
+        "ops": len(graph.ops),
+        "arena_bytes": plan.arena_bytes,
+        "in_place_depthwise_ops": len(plan.in_place),
+        "constants_bytes": graph.flash_bytes,
+        "image": vars(sizes) if sizes else None,
+    }
+    if args.json:
+        return result
+    _print_codegen(result)
+    return None
+
+
+def _print_codegen(result: dict[str, Any]) -> None:
+    from mobiledl.deploy.mcu.budget import kb
+
+    print(f"{result['folder']}: {result['ops']} int8 ops, built {result['program']}")
+    print(
+        f"arena (static, = the planner's peak): {kb(result['arena_bytes'])}; "
+        f"{result['in_place_depthwise_ops']} depthwise convs in place"
+    )
+    print(f"constants (weights, biases, multiplier tables): {kb(result['constants_bytes'])}")
+    image = result["image"]
+    if image:
+        print(
+            f"Cortex-M7 image (linker map): flash {kb(image['flash'])} (.text {kb(image['text'])}, "
+            f".data {kb(image['data'])}); SRAM {kb(image['sram'])} (.bss {kb(image['bss'])}, "
+            f"arena {kb(image['arena'])}; stack not counted)"
+        )
+
+
+def _cmd_run(args: argparse.Namespace) -> dict[str, Any] | None:
+    import time
+
+    import numpy as np
+
+    from mobiledl.deploy.mcu.codegen import build, read_manifest, run_c
+    from mobiledl.deploy.mcu.reference import quantize_codes
+
+    manifest = read_manifest(args.folder)
+    floats, labels = _run_inputs(args, tuple(manifest["input"]["shape"][1:]))
+    grid = manifest["input"]
+    codes = quantize_codes(floats, grid["scale"], grid["zero_point"])
+    build(args.folder, args.target)
+    dtype = np.dtype(manifest["output"]["dtype"]).type
+    start = time.perf_counter()
+    outputs = run_c(args.folder, codes, args.target, dtype)
+    seconds = time.perf_counter() - start
+    predictions = outputs.argmax(axis=1) if outputs.shape[1] > 1 else None
+    result = {
+        "folder": str(args.folder),
+        "target": args.target,
+        "inputs": len(codes),
+        "seconds": round(seconds, 3),
+        "accuracy": _accuracy(predictions, labels),
+        "reference": _against_reference(manifest, codes, outputs),
+    }
+    if args.json:
+        return result
+    _print_run(result)
+    return None
+
+
+def _run_inputs(args: argparse.Namespace, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Float inputs (and labels with ``--task``) of the expected per-image ``shape``."""
+    import numpy as np
+
+    from mobiledl.errors import UserError
+
+    if args.input is not None:
+        try:
+            floats, labels = np.load(args.input, allow_pickle=False), None
+        except (OSError, ValueError) as error:
+            raise UserError(f"{args.input}: not a .npy array ({error})") from None
+        if floats.shape == shape:
+            floats = floats[None]
+    else:
+        from mobiledl.data import build_task
+
+        size = shape[1:] if len(shape) == 3 else None
+        x, y = build_task(args.task, image_size=size, seed=args.seed).split("test")
+        floats, labels = x.numpy(), y.numpy()
+    if tuple(floats.shape[1:]) != shape:
+        raise UserError(f"inputs of shape {tuple(floats.shape[1:])}; the model takes {shape}")
+    if not np.isfinite(floats).all():
+        raise UserError("the inputs hold NaN or infinite values")
+    limit = args.limit or len(floats)
+    return floats[:limit], None if labels is None else labels[:limit]
+
+
+def _accuracy(predictions: Any, labels: Any) -> float | None:
+    if predictions is None or labels is None:
+        return None
+    return float((predictions == labels).mean())
+
+
+def _against_reference(manifest: dict[str, Any], codes: Any, outputs: Any) -> dict[str, Any]:
+    """Whether the C outputs equal the integer reference's (when the source model is there)."""
+    from mobiledl.deploy.mcu.model_file import load_int8_graph
+    from mobiledl.deploy.mcu.reference import run
+
+    source = Path(manifest.get("source") or "")
+    if not manifest.get("source") or not source.exists():
+        return {"checked": False, "reason": f"source model '{source}' not found"}
+    graph = load_int8_graph(source)
+    graph.rounding = manifest.get("rounding", graph.rounding)
+    expected = run(graph, codes).reshape(len(codes), -1)
+    differ = int((expected != outputs).any(axis=1).sum())
+    return {"checked": True, "bit_exact": differ == 0, "inputs_that_differ": differ}
+
+
+def _print_run(result: dict[str, Any]) -> None:
+    where = f"{result['folder']} on {result['target']}"
+    print(f"{where}: {result['inputs']} inputs in {result['seconds']} s")
+    if result["accuracy"] is not None:
+        print(f"top-1 accuracy: {result['accuracy']:.2%}")
+    reference = result["reference"]
+    if not reference["checked"]:
+        print(f"integer reference: not checked ({reference['reason']})")
+    elif reference["bit_exact"]:
+        print("integer reference: bit-exact on every input")
+    else:
+        print(f"integer reference: DIFFERS on {reference['inputs_that_differ']} inputs")
 
 
 def _cmd_plan(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -23,7 +23,12 @@ from mobiledl.deploy.mcu.graph import ADD_LEFT_SHIFT, Graph, Op, Tensor
 def quantize_input(graph: Graph, x: np.ndarray) -> np.ndarray:
     """The float input ``x`` on the input tensor's int8 grid (round half to even)."""
     tensor = graph.tensors[graph.input]
-    codes = np.rint(np.asarray(x, np.float32) / tensor.scale) + tensor.zero_point
+    return quantize_codes(x, tensor.scale, tensor.zero_point)
+
+
+def quantize_codes(x: np.ndarray, scale: np.ndarray | float, zero_point: int) -> np.ndarray:
+    """Float ``x`` on the int8 grid ``(scale, zero_point)``, as QuantizeLinear rounds."""
+    codes = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)) + zero_point
     return saturate(codes, -128, 127)
 
 
