@@ -68,6 +68,18 @@ def _add_codegen_commands(actions: argparse._SubParsersAction) -> None:
     sub.add_argument("--out", type=output_dir_arg, required=True, help="project folder")
     sub.add_argument("--target", choices=TARGETS, default="host", help="build for (default host)")
     sub.add_argument("--no-in-place", action="store_true", help="no in-place depthwise convs")
+    sub.add_argument(
+        "--patch",
+        choices=("none", "auto"),
+        default="none",
+        help="auto: the first stages patch by patch (the smallest peak, MCUNetV2)",
+    )
+    sub.add_argument(
+        "--max-mac-overhead",
+        type=positive_number_arg,
+        default=0.3,
+        help="extra MACs patch-based inference may cost (fraction, default 0.3)",
+    )
     sub = add_command(actions, "run", "run a generated C project on inputs", _cmd_run)
     sub.add_argument("folder", type=Path, help="a folder written by 'mobiledl mcu codegen'")
     given = sub.add_mutually_exclusive_group(required=True)
@@ -79,24 +91,43 @@ def _add_codegen_commands(actions: argparse._SubParsersAction) -> None:
 
 
 def _cmd_codegen(args: argparse.Namespace) -> dict[str, Any] | None:
-    from mobiledl.deploy.mcu.codegen import build, check_tools, generate_c, image_sizes
+    from mobiledl.deploy.mcu.codegen import (
+        build,
+        check_tools,
+        generate_c,
+        generate_patch_c,
+        image_sizes,
+        read_manifest,
+    )
     from mobiledl.deploy.mcu.model_file import load_int8_graph
+    from mobiledl.deploy.mcu.patch import search_patch
     from mobiledl.deploy.mcu.planner import plan_memory
+    from mobiledl.errors import UserError
 
     check_tools(args.target)
     graph = load_int8_graph(args.model)
-    plan = plan_memory(graph, in_place_depthwise=not args.no_in_place)
-    project = generate_c(plan, args.out)
+    in_place = not args.no_in_place
+    if args.patch == "auto":
+        patch = search_patch(graph, args.max_mac_overhead, in_place_depthwise=in_place)
+        if patch is None:
+            raise UserError(f"{args.model}: no split within +{args.max_mac_overhead:.0%} MACs "
+                            "can run by patches (try --patch none)")  # fmt: skip
+        project = generate_patch_c(graph, patch.split, patch.grid, args.out, in_place)
+    else:
+        project = generate_c(plan_memory(graph, in_place_depthwise=in_place), args.out)
     program = build(project.folder, args.target)
     sizes = image_sizes(project.folder / "model.map") if args.target != "host" else None
+    manifest = read_manifest(project.folder)
     result = {
         "model": str(args.model),
         "folder": str(project.folder),
         "target": args.target,
         "program": str(program),
         "ops": len(graph.ops),
-        "arena_bytes": plan.arena_bytes,
-        "in_place_depthwise_ops": len(plan.in_place),
+        "arena_bytes": project.arena_bytes,
+        "in_place_depthwise_calls": manifest["in_place_depthwise_calls"],
+        "patch": manifest["patch"],
+        "frame_buffer_bytes": project.input_bytes if manifest["patch"] else 0,
         "constants_bytes": graph.flash_bytes,
         "image": vars(sizes) if sizes else None,
     }
@@ -112,8 +143,15 @@ def _print_codegen(result: dict[str, Any]) -> None:
     print(f"{result['folder']}: {result['ops']} int8 ops, built {result['program']}")
     print(
         f"arena (static, = the planner's peak): {kb(result['arena_bytes'])}; "
-        f"{result['in_place_depthwise_ops']} depthwise convs in place"
+        f"{result['in_place_depthwise_calls']} in-place depthwise calls"
     )
+    patch = result["patch"]
+    if patch:
+        grid = "x".join(map(str, patch["grid"]))
+        print(
+            f"patch-based: {grid} patches up to {patch['split_layer']}, then layer by layer; "
+            f"the input frame ({kb(result['frame_buffer_bytes'])}) is a buffer of its own"
+        )
     print(f"constants (weights, biases, multiplier tables): {kb(result['constants_bytes'])}")
     image = result["image"]
     if image:

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from mobiledl.cli.main import main
-from mobiledl.deploy.mcu import plan_memory, quantize_input, read_graph, run
-from mobiledl.deploy.mcu.codegen import build, generate_c, image_sizes, read_manifest, run_c
+from mobiledl.deploy.mcu import plan_memory, quantize_input, read_graph, run, search_patch
+from mobiledl.deploy.mcu.codegen import (
+    build,
+    generate_c,
+    generate_patch_c,
+    image_sizes,
+    read_manifest,
+    run_c,
+)
 from mobiledl.deploy.mcu.fixedpoint import ROUNDINGS
 from mobiledl.errors import UserError
 from tests.deploy.mcu.conftest import random_images
@@ -121,3 +128,31 @@ def test_cli_run_errors_are_one_line(int8_onnx, tmp_path, capsys) -> None:
     np.save(wrong, np.full((1, *read_manifest(folder)["input"]["shape"][1:]), np.nan))
     assert main(["mcu", "run", str(folder), "--input", str(wrong)]) == 2
     assert "NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet8"])
+def test_patch_based_c_is_bit_exact(int8_onnx, tmp_path, name) -> None:
+    _tools_or_skip("gcc", "make")
+    graph = read_graph(int8_onnx(name))
+    patch = search_patch(graph, 0.3)
+    assert patch is not None and patch.grid[0] > 1
+    project = generate_patch_c(graph, patch.split, patch.grid, tmp_path / "c")
+    assert project.arena_bytes == patch.peak_bytes < plan_memory(graph).arena_bytes
+    build(project.folder, "host")
+    codes = _codes(graph, 10, seed=2)
+    outputs = run_c(project.folder, codes, "host", project.output_dtype)
+    np.testing.assert_array_equal(outputs, run(graph, codes).reshape(len(codes), -1))
+    source = (project.folder / "model.c").read_text()
+    assert source.count("mdl_crop(") == patch.grid[0] * patch.grid[1]
+
+
+def test_cli_codegen_patch_auto(int8_onnx, tmp_path, capsys) -> None:
+    _tools_or_skip("gcc", "make")
+    model = str(int8_onnx("mobilenet_v2"))
+    argv = ["mcu", "codegen", model, "--out", str(tmp_path / "c"), "--patch", "auto", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    patch = search_patch(read_graph(model), 0.3)
+    assert result["arena_bytes"] == patch.peak_bytes and result["patch"]["grid"] == [*patch.grid]
+    graph = read_graph(model)
+    assert result["frame_buffer_bytes"] == graph.tensors[graph.input].nbytes

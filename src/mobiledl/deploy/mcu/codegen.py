@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from mobiledl.deploy.mcu.fixedpoint import DOUBLE, EVEN, UP
-from mobiledl.deploy.mcu.graph import ADD_LEFT_SHIFT, Graph, Op
-from mobiledl.deploy.mcu.planner import MemoryPlan
+from mobiledl.deploy.mcu.graph import ADD_LEFT_SHIFT, Graph, Op, Tensor
+from mobiledl.deploy.mcu.patch import Region, input_region, patch_regions, rest_graph, tile_plan
+from mobiledl.deploy.mcu.planner import MemoryPlan, plan_memory
 from mobiledl.errors import UserError
 from mobiledl.fileio import write_json_atomic, write_text_atomic
 
@@ -70,42 +71,94 @@ QEMU_SECONDS_PER_IMAGE = 30.0
 
 @dataclass
 class CProject:
-    """A generated C project: its folder, the plan it encodes and the graph's boundary."""
+    """A generated C project: its folder, its arena and the graph's boundary."""
 
     folder: Path
-    plan: MemoryPlan
+    arena_bytes: int
     input_bytes: int
     output_bytes: int
     output_dtype: type
 
 
+@dataclass(frozen=True)
+class View:
+    """A ``(channels, height, width)`` window into the arena: element ``(c, y, x)`` sits at
+    ``offset + c * plane + y * pitch + x`` (offset in bytes, strides in elements)."""
+
+    offset: int
+    channels: int
+    height: int
+    width: int
+    pitch: int
+    plane: int
+
+
+def whole(offset: int, shape: tuple[int, ...]) -> View:
+    """The contiguous view of a batch-1 NCHW (or ``(1, features)``) tensor at ``offset``."""
+    channels, height, width = (*shape[1:], 1, 1)[:3]
+    return View(offset, channels, height, width, width, height * width)
+
+
 def generate_c(plan: MemoryPlan, folder: str | Path) -> CProject:
-    """Write the C project of ``plan`` into ``folder`` (module docstring)."""
+    """Write the layer-by-layer C project of ``plan`` into ``folder`` (module docstring)."""
     graph = plan.graph
-    for op in graph.ops:
-        if op.kind not in KERNELS:
-            raise UserError(f"layer '{op.layer}': op '{op.kind}' has no C kernel")
+    emitter = _Emitter(graph)
+    emitter.stage(plan, [(i, i) for i in plan.order])
+    input_at = f"AT({plan.offset(graph.input)})"
+    return _write_project(folder, graph, plan.arena_bytes, emitter, input_at, {"patch": None})
+
+
+def generate_patch_c(
+    graph: Graph, split: int, grid: tuple[int, int], folder: str | Path, in_place: bool = True
+) -> CProject:
+    """Write the patch-based C project (MCUNetV2, Lin et al. 2021) into ``folder``: the first
+    ``split`` ops tile by tile on a ``grid``, each tile planned on its own behind the full
+    split tensor (at offset 0), then the rest layer by layer in the same arena, as
+    ``patch.run_patch_based_in_arena`` executes it. The full input image is a separate
+    buffer (a camera frame); each tile copies its crop."""
+    tiles = patch_regions(graph, split, grid)
+    plans = [tile_plan(graph, split, need, in_place) for need in tiles]
+    joint = graph.tensors[graph.ops[split - 1].output]
+    rest = plan_memory(rest_graph(graph, split), in_place_depthwise=in_place)
+    arena = max(joint.nbytes + max(p.arena_bytes for p in plans), rest.arena_bytes)
+    emitter = _Emitter(graph)
+    for number, (need, plan) in enumerate(zip(tiles, plans, strict=True)):
+        emitter.tile(number, need, plan, joint.nbytes)
+    emitter.calls.append(f"    memmove(AT({rest.offset(joint.name)}), AT(0), {joint.nbytes});\n")
+    emitter.stage(rest, [(split + i, i) for i in rest.order])
+    patch = {"split": split, "split_layer": graph.ops[split - 1].layer, "grid": list(grid)}
+    return _write_project(folder, graph, arena, emitter, "image", {"patch": patch})
+
+
+def _write_project(
+    folder: str | Path,
+    graph: Graph,
+    arena: int,
+    emitter: _Emitter,
+    input_at: str,
+    extra: dict[str, Any],
+) -> CProject:
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     for name in FIXED_FILES:
         shutil.copyfile(SOURCES / name, target / name)
     source, output = graph.tensors[graph.input], graph.tensors[graph.output]
-    write_text_atomic(target / "model.h", _header(plan, source.nbytes, output.nbytes, output.dtype))
-    write_text_atomic(target / "model.c", "".join(_model_source(plan)))
-    write_json_atomic(target / MANIFEST, _manifest(plan))
-    return CProject(target, plan, source.nbytes, output.nbytes, output.dtype)
+    write_text_atomic(target / "model.h", _header(graph, arena, source.nbytes, output))
+    body = emitter.source(arena, input_at, emitter.output_at)
+    write_text_atomic(target / "model.c", body)
+    write_json_atomic(target / MANIFEST, {**_manifest(graph, arena, emitter), **extra})
+    return CProject(target, arena, source.nbytes, output.nbytes, output.dtype)
 
 
-def _manifest(plan: MemoryPlan) -> dict[str, Any]:
+def _manifest(graph: Graph, arena: int, emitter: _Emitter) -> dict[str, Any]:
     """What running the project needs without the model: the boundary tensors' grids."""
-    graph = plan.graph
     source, output = graph.tensors[graph.input], graph.tensors[graph.output]
     return {
         "source": graph.source,
         "ops": len(graph.ops),
         "rounding": graph.rounding,
-        "arena_bytes": plan.arena_bytes,
-        "in_place_depthwise_ops": len(plan.in_place),
+        "arena_bytes": arena,
+        "in_place_depthwise_calls": emitter.in_place_calls,
         "constants_bytes": graph.flash_bytes,
         "input": {
             "shape": list(source.shape),
@@ -136,18 +189,18 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def _header(plan: MemoryPlan, input_bytes: int, output_bytes: int, dtype: type) -> str:
-    rounding = _ROUNDING_CODE[plan.graph.rounding]
-    return f"""/* Generated by mobiledl.deploy.mcu.codegen from {plan.graph.source or "a Graph"}. */
+def _header(graph: Graph, arena: int, input_bytes: int, output: Tensor) -> str:
+    rounding = _ROUNDING_CODE[graph.rounding]
+    return f"""/* Generated by mobiledl.deploy.mcu.codegen from {graph.source or "a Graph"}. */
 #ifndef MDL_MODEL_H
 #define MDL_MODEL_H
 #include <stdint.h>
 
 #define MDL_ROUNDING {rounding} /* 0: once, ties to even; 1: once, ties up; 2: gemmlowp */
-#define MDL_ARENA_BYTES {plan.arena_bytes}
+#define MDL_ARENA_BYTES {arena}
 #define MDL_INPUT_BYTES {input_bytes}
-#define MDL_OUTPUT_BYTES {output_bytes}
-#define MDL_OUTPUT_INT32 {int(np.dtype(dtype) == np.int32)}
+#define MDL_OUTPUT_BYTES {output.nbytes}
+#define MDL_OUTPUT_INT32 {int(np.dtype(output.dtype) == np.int32)}
 #define MDL_ADD_LEFT_SHIFT {ADD_LEFT_SHIFT} /* headroom of an add's rescaled inputs */
 
 int8_t *mdl_input(void);
@@ -157,22 +210,108 @@ void mdl_run(void);
 """
 
 
-def _model_source(plan: MemoryPlan) -> Iterator[str]:
-    graph = plan.graph
-    yield f"/* Generated by mobiledl.deploy.mcu.codegen from {graph.source or 'a Graph'}:\n"
-    yield f" * {len(graph.ops)} ops, arena {plan.arena_bytes} bytes, "
-    yield f"constants {graph.flash_bytes} bytes. */\n"
-    yield '#include "kernels.h"\n#include "model.h"\n\n'
-    yield "static union {\n    int32_t align;\n    int8_t bytes[MDL_ARENA_BYTES];\n} arena;\n\n"
-    yield "#define AT(offset) (arena.bytes + (offset))\n\n"
-    for op_index in plan.order:
-        yield from _op_constants(op_index, graph.ops[op_index], graph)
-    yield f"int8_t *mdl_input(void) {{ return AT({plan.offset(graph.input)}); }}\n"
-    yield f"const void *mdl_output(void) {{ return AT({plan.offset(graph.output)}); }}\n\n"
-    yield "void mdl_run(void) {\n"
-    for op_index in plan.order:
-        yield _call(op_index, graph.ops[op_index], plan)
-    yield "}\n"
+class _Emitter:
+    """Collects the constants, parameter blocks and calls of ``model.c``."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.constants: list[str] = []
+        self.blocks: list[str] = []
+        self.calls: list[str] = []
+        self.emitted: set[int] = set()
+        self.in_place_calls = 0
+        self.output_at = ""
+
+    def stage(self, plan: MemoryPlan, indices: list[tuple[int, int]]) -> None:
+        """Ops of ``plan`` layer by layer: ``(graph op index, plan op index)`` pairs."""
+        for index, local in indices:
+            op = plan.graph.ops[local]
+            tensors = plan.graph.tensors
+            inputs = [whole(plan.offset(n), tensors[n].shape) for n in op.inputs]
+            output = whole(plan.offset(op.output), tensors[op.output].shape)
+            temp = plan.temporary(local) if local in plan.in_place else None
+            self.op(index, op, inputs, output, temp.offset if temp else None, "")
+        self.output_at = f"AT({plan.offset(plan.graph.output)})"
+
+    def tile(self, number: int, need: dict[str, Region], plan: MemoryPlan, base: int) -> None:
+        """One tile's ops: each reads the crop of its input tiles it needs; the last writes
+        its patch of the full split tensor at offset 0."""
+        graph, tile = self.graph, plan.graph
+        image, region = graph.tensors[graph.input], need[graph.input]
+        channels, height, width = image.shape[1:]
+        start = region.r0 * width + region.c0
+        self.calls.append(
+            f"    mdl_crop(image + {start}, {width}, {height * width}, {channels}, "
+            f"{region.r1 - region.r0}, {region.c1 - region.c0}, "
+            f"AT({base + plan.offset(graph.input)}));  /* tile {number} */\n"
+        )
+        last = graph.ops[len(tile.ops) - 1].output
+        for local in plan.order:
+            op, original = tile.ops[local], graph.ops[local]
+            inputs = [
+                self._crop(name, need, input_region(original, need[op.output], graph.tensors[name]),
+                           base + plan.offset(name))
+                for name in op.inputs
+            ]  # fmt: skip
+            if op.output == last:
+                output = self._patch_of_full(need[last], graph.tensors[last].shape)
+            else:
+                output = whole(base + plan.offset(op.output), tile.tensors[op.output].shape)
+            temp = plan.temporary(local) if local in plan.in_place else None
+            offset = base + temp.offset if temp else None
+            self.op(local, op, inputs, output, offset, f"_t{number}")
+
+    def _crop(self, name: str, need: dict[str, Region], wanted: Region, at: int) -> View:
+        outer = need[name]
+        channels = self.graph.tensors[name].shape[1]
+        pitch = outer.c1 - outer.c0
+        offset = at + (wanted.r0 - outer.r0) * pitch + (wanted.c0 - outer.c0)
+        height, width = wanted.r1 - wanted.r0, wanted.c1 - wanted.c0
+        return View(offset, channels, height, width, pitch, outer.area)
+
+    @staticmethod
+    def _patch_of_full(region: Region, shape: tuple[int, ...]) -> View:
+        channels, height, width = shape[1:]
+        offset = region.r0 * width + region.c0
+        rows, cols = region.r1 - region.r0, region.c1 - region.c0
+        return View(offset, channels, rows, cols, width, height * width)
+
+    def op(
+        self, index: int, op: Op, inputs: list[View], output: View, temp: int | None, suffix: str
+    ) -> None:
+        """Constants (once per graph op), the parameter block and the call of one op."""
+        if index not in self.emitted:
+            self.emitted.add(index)
+            self.constants.extend(_op_constants(index, op))
+        name = f"op{index}{suffix}"
+        tensors = self.graph.tensors
+        if op.kind == "add":
+            self.blocks.append(_add_block(name, op, inputs, output, tensors))
+        else:
+            self.blocks.append(_op_block(name, index, op, inputs[0], output, tensors))
+        self.calls.append(_call(name, op, inputs, output, temp))
+        self.in_place_calls += temp is not None
+
+    def source(self, arena: int, input_at: str, output_at: str) -> str:
+        graph = self.graph
+        head = [
+            f"/* Generated by mobiledl.deploy.mcu.codegen from {graph.source or 'a Graph'}:\n",
+            f" * {len(graph.ops)} ops, arena {arena} bytes, constants {graph.flash_bytes} "
+            "bytes. */\n",
+            '#include <string.h>\n#include "kernels.h"\n#include "model.h"\n\n',
+            "static union {\n    int32_t align;\n    int8_t bytes[MDL_ARENA_BYTES];\n} arena;\n",
+            "#define AT(offset) (arena.bytes + (offset))\n\n",
+        ]
+        if input_at == "image":
+            head.append("static int8_t image[MDL_INPUT_BYTES]; /* the camera frame */\n\n")
+        tail = [
+            f"int8_t *mdl_input(void) {{ return {input_at}; }}\n",
+            f"const void *mdl_output(void) {{ return {output_at}; }}\n\n",
+            "void mdl_run(void) {\n",
+            *self.calls,
+            "}\n",
+        ]
+        return "".join([*head, *self.constants, *self.blocks, "\n", *tail])
 
 
 def _array(c_type: str, name: str, values: np.ndarray) -> str:
@@ -183,97 +322,68 @@ def _array(c_type: str, name: str, values: np.ndarray) -> str:
     return f"static const {c_type} {name}[{flat.size}] = {{\n" + ",\n".join(rows) + "\n};\n"
 
 
-def _op_constants(index: int, op: Op, graph: Graph) -> Iterator[str]:
+def _op_constants(index: int, op: Op) -> Iterator[str]:
+    if op.kind not in KERNELS:
+        raise UserError(f"layer '{op.layer}': op '{op.kind}' has no C kernel")
     yield f"/* op {index}: {op.kind} {op.layer} */\n"
-    if op.kind == "add":
-        yield _add_block(index, op, graph)
-        return
     if op.weight is not None:
         yield _array("int8_t", f"w{index}", op.weight)
         yield _array("int32_t", f"b{index}", op.bias)
-    if op.requant is not None:
+    if op.requant is not None and op.kind != "add":
         yield _array("int32_t", f"m{index}", op.requant.m0)
         yield _array("int32_t", f"s{index}", op.requant.shift)
-    yield _op_block(index, op, graph)
 
 
-def _op_block(index: int, op: Op, graph: Graph) -> str:
-    x, y = graph.tensors[op.inputs[0]], graph.tensors[op.output]
-    in_c, in_h, in_w = _chw(x.shape)
-    out_c, out_h, out_w = _chw(y.shape)
-    if op.kind == "fc":
-        in_c, in_h, in_w = x.size, 1, 1
-    fields = {
-        "in_c": in_c,
-        "in_h": in_h,
-        "in_w": in_w,
-        "out_c": out_c,
-        "out_h": out_h,
-        "out_w": out_w,
-        "kh": op.kernel[0],
-        "kw": op.kernel[1],
-        "sh": op.stride[0],
-        "sw": op.stride[1],
-        "pt": op.pads[0],
-        "pl": op.pads[1],
-        "groups": op.groups,
-        "in_zp": x.zero_point,
-        "out_zp": y.zero_point,
-        "lo": op.clamp[0],
-        "hi": op.clamp[1],
-    }
-    pointers = {}
+def _op_block(name: str, index: int, op: Op, x: View, y: View, tensors: dict[str, Tensor]) -> str:
+    in_c = x.channels * x.height * x.width if op.kind == "fc" else x.channels
+    fields: dict[str, object] = {
+        "in_c": in_c, "in_h": x.height, "in_w": x.width,
+        "out_c": y.channels, "out_h": y.height, "out_w": y.width,
+        "kh": op.kernel[0], "kw": op.kernel[1], "sh": op.stride[0], "sw": op.stride[1],
+        "pt": op.pads[0], "pl": op.pads[1], "groups": op.groups,
+        "in_pitch": x.pitch, "in_plane": x.plane, "out_pitch": y.pitch, "out_plane": y.plane,
+        "in_zp": tensors[op.inputs[0]].zero_point, "out_zp": tensors[op.output].zero_point,
+        "lo": op.clamp[0], "hi": op.clamp[1],
+    }  # fmt: skip
     if op.weight is not None:
-        pointers.update(weight=f"w{index}", bias=f"b{index}")
+        fields.update(weight=f"w{index}", bias=f"b{index}")
     if op.requant is not None:
-        pointers.update(m0=f"m{index}", shift=f"s{index}")
-    body = ", ".join(f".{k} = {v}" for k, v in {**fields, **pointers}.items())
-    return f"static const mdl_op op{index} = {{{body}}};\n\n"
+        fields.update(m0=f"m{index}", shift=f"s{index}")
+    body = ", ".join(f".{k} = {v}" for k, v in fields.items())
+    return f"static const mdl_op {name} = {{{body}}};\n"
 
 
-def _add_block(index: int, op: Op, graph: Graph) -> str:
-    a, b = (graph.tensors[name] for name in op.inputs)
-    y = graph.tensors[op.output]
+def _add_block(name: str, op: Op, inputs: list[View], y: View, tensors: dict[str, Tensor]) -> str:
+    a, b = inputs
     (ra, rb), final = op.input_requant, op.requant
     fields = {
-        "size": y.size,
-        "zp_a": a.zero_point,
-        "zp_b": b.zero_point,
-        "out_zp": y.zero_point,
-        "lo": op.clamp[0],
-        "hi": op.clamp[1],
-        "m0_a": int(ra.m0[0]),
-        "sh_a": int(ra.shift[0]),
-        "m0_b": int(rb.m0[0]),
-        "sh_b": int(rb.shift[0]),
-        "m0": int(final.m0[0]),
-        "shift": int(final.shift[0]),
-    }
+        "c": y.channels, "h": y.height, "w": y.width,
+        "a_pitch": a.pitch, "a_plane": a.plane, "b_pitch": b.pitch, "b_plane": b.plane,
+        "y_pitch": y.pitch, "y_plane": y.plane,
+        "zp_a": tensors[op.inputs[0]].zero_point, "zp_b": tensors[op.inputs[1]].zero_point,
+        "out_zp": tensors[op.output].zero_point, "lo": op.clamp[0], "hi": op.clamp[1],
+        "m0_a": int(ra.m0[0]), "sh_a": int(ra.shift[0]),
+        "m0_b": int(rb.m0[0]), "sh_b": int(rb.shift[0]),
+        "m0": int(final.m0[0]), "shift": int(final.shift[0]),
+    }  # fmt: skip
     body = ", ".join(f".{k} = {v}" for k, v in fields.items())
-    return f"static const mdl_add_op op{index} = {{{body}}};\n\n"
+    return f"static const mdl_add_op {name} = {{{body}}};\n"
 
 
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Channels, height, width of a batch-1 NCHW (or ``(1, features)``) shape."""
-    padded = (*shape[1:], 1, 1)
-    return padded[0], padded[1], padded[2]
-
-
-def _call(index: int, op: Op, plan: MemoryPlan) -> str:
-    inputs = ", ".join(f"AT({plan.offset(name)})" for name in op.inputs)
-    output = f"AT({plan.offset(op.output)})"
+def _call(name: str, op: Op, inputs: list[View], output: View, temp: int | None) -> str:
+    args = ", ".join(f"AT({view.offset})" for view in inputs)
+    target = f"AT({output.offset})"
     note = f"  /* {op.layer} */\n"
-    if index in plan.in_place:
-        temp = plan.temporary(index)
-        return f"    mdl_depthwise_in_place(&op{index}, {inputs}, AT({temp.offset})); {note}"
+    if temp is not None:
+        return f"    mdl_depthwise_in_place(&{name}, {args}, AT({temp}));{note}"
     if op.kind in ("conv", "pointwise", "depthwise"):
-        return f"    mdl_conv(&op{index}, {inputs}, {output});{note}"
+        return f"    mdl_conv(&{name}, {args}, {target});{note}"
     if op.kind == "fc":
-        return f"    mdl_fc(&op{index}, {inputs}, {output});{note}"
+        return f"    mdl_fc(&{name}, {args}, {target});{note}"
     if op.kind == "add":
-        return f"    mdl_add(&op{index}, {inputs}, {output});{note}"
+        return f"    mdl_add(&{name}, {args}, {target});{note}"
     is_max = int(op.kind == "maxpool")
-    return f"    mdl_pool(&op{index}, {inputs}, {output}, {is_max});{note}"
+    return f"    mdl_pool(&{name}, {args}, {target}, {is_max});{note}"
 
 
 # ---------------------------------------------------------------- build and run
@@ -387,6 +497,7 @@ __all__ = [
     "build",
     "check_tools",
     "generate_c",
+    "generate_patch_c",
     "image_sizes",
     "read_manifest",
     "run_c",

@@ -40,7 +40,7 @@ static int8_t clamp8(int32_t v, int32_t lo, int32_t hi) {
     return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 
-static void store(const mdl_op *p, void *y, int i, int32_t acc, int ch) {
+static void store(const mdl_op *p, void *y, long i, int32_t acc, int ch) {
     if (p->m0 == 0) {
         ((int32_t *)y)[i] = acc;
         return;
@@ -58,7 +58,7 @@ static int32_t conv_acc(const mdl_op *p, const int8_t *x, int oc, int oy, int ox
             for (int kx = 0; kx < p->kw; ++kx) {
                 int ix = ox * p->sw - p->pl + kx;
                 if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) continue;
-                int32_t v = x[((long)ic * p->in_h + iy) * p->in_w + ix] - p->in_zp;
+                int32_t v = x[ic * p->in_plane + iy * p->in_pitch + ix] - p->in_zp;
                 acc += v * w[(ic * p->kh + ky) * p->kw + kx];
             }
         }
@@ -70,24 +70,23 @@ static int32_t conv_acc(const mdl_op *p, const int8_t *x, int oc, int oy, int ox
 static void conv_plane(const mdl_op *p, const int8_t *x, int oc, void *y, int at) {
     for (int oy = 0; oy < p->out_h; ++oy)
         for (int ox = 0; ox < p->out_w; ++ox)
-            store(p, y, (at * p->out_h + oy) * p->out_w + ox, conv_acc(p, x, oc, oy, ox), oc);
+            store(p, y, at * p->out_plane + oy * p->out_pitch + ox, conv_acc(p, x, oc, oy, ox), oc);
 }
 
 void mdl_conv(const mdl_op *p, const int8_t *x, void *y) {
     int per_in = p->in_c / p->groups, per_out = p->out_c / p->groups;
     for (int oc = 0; oc < p->out_c; ++oc) {
         long group = oc / per_out;
-        conv_plane(p, x + group * per_in * p->in_h * p->in_w, oc, y, oc);
+        conv_plane(p, x + group * per_in * p->in_plane, oc, y, oc);
     }
 }
 
 /* TinyEngine's in-place depthwise: channel c to the one-plane temporary, then to plane c of
- * the shared slot, behind the input planes still to be read. */
+ * the shared slot, behind the input planes still to be read (both views contiguous). */
 void mdl_depthwise_in_place(const mdl_op *p, int8_t *xy, int8_t *temp) {
-    long in_plane = (long)p->in_h * p->in_w, out_plane = (long)p->out_h * p->out_w;
     for (int c = 0; c < p->in_c; ++c) {
-        conv_plane(p, xy + c * in_plane, c, temp, 0);
-        memcpy(xy + c * out_plane, temp, (size_t)out_plane);
+        conv_plane(p, xy + c * p->in_plane, c, temp, 0);
+        memcpy(xy + c * p->out_plane, temp, (size_t)p->out_plane);
     }
 }
 
@@ -107,7 +106,7 @@ static int32_t window(const mdl_op *p, const int8_t *x, int oy, int ox, int is_m
         for (int kx = 0; kx < p->kw; ++kx) {
             int ix = ox * p->sw - p->pl + kx;
             if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) continue;
-            int32_t v = x[iy * p->in_w + ix];
+            int32_t v = x[iy * p->in_pitch + ix];
             acc = is_max ? (v > acc ? v : acc) : acc + v - p->in_zp;
         }
     }
@@ -115,20 +114,33 @@ static int32_t window(const mdl_op *p, const int8_t *x, int oy, int ox, int is_m
 }
 
 void mdl_pool(const mdl_op *p, const int8_t *x, int8_t *y, int is_max) {
-    long in_plane = (long)p->in_h * p->in_w;
     for (int c = 0; c < p->in_c; ++c)
         for (int oy = 0; oy < p->out_h; ++oy)
             for (int ox = 0; ox < p->out_w; ++ox) {
-                int32_t acc = window(p, x + c * in_plane, oy, ox, is_max);
+                int32_t acc = window(p, x + c * p->in_plane, oy, ox, is_max);
                 int32_t v = requant(acc, p->m0[0], p->shift[0]) + p->out_zp;
-                y[((long)c * p->out_h + oy) * p->out_w + ox] = clamp8(v, p->lo, p->hi);
+                y[c * p->out_plane + oy * p->out_pitch + ox] = clamp8(v, p->lo, p->hi);
             }
 }
 
+static int32_t rescaled(int8_t v, int32_t zp, int32_t m0, int32_t shift) {
+    return requant((v - zp) * (1 << MDL_ADD_LEFT_SHIFT), m0, shift);
+}
+
 void mdl_add(const mdl_add_op *p, const int8_t *a, const int8_t *b, int8_t *y) {
-    for (int i = 0; i < p->size; ++i) {
-        int32_t ra = requant((a[i] - p->zp_a) * (1 << MDL_ADD_LEFT_SHIFT), p->m0_a, p->sh_a);
-        int32_t rb = requant((b[i] - p->zp_b) * (1 << MDL_ADD_LEFT_SHIFT), p->m0_b, p->sh_b);
-        y[i] = clamp8(requant(ra + rb, p->m0, p->shift) + p->out_zp, p->lo, p->hi);
-    }
+    for (int c = 0; c < p->c; ++c)
+        for (int i = 0; i < p->h; ++i)
+            for (int j = 0; j < p->w; ++j) {
+                int32_t ra = rescaled(a[c * p->a_plane + i * p->a_pitch + j], p->zp_a, p->m0_a,
+                                      p->sh_a);
+                int32_t rb = rescaled(b[c * p->b_plane + i * p->b_pitch + j], p->zp_b, p->m0_b,
+                                      p->sh_b);
+                int32_t v = requant(ra + rb, p->m0, p->shift) + p->out_zp;
+                y[c * p->y_plane + i * p->y_pitch + j] = clamp8(v, p->lo, p->hi);
+            }
+}
+
+void mdl_crop(const int8_t *x, long pitch, long plane, int c, int h, int w, int8_t *y) {
+    for (int k = 0; k < c; ++k)
+        for (int i = 0; i < h; ++i) memcpy(y + ((long)k * h + i) * w, x + k * plane + i * pitch, (size_t)w);
 }
