@@ -296,8 +296,6 @@ def markdown(report: dict[str, Any]) -> str:
         *accuracy,
         "",
         *(f"Left out: {what}: {why}" for what, why in summ.get("skipped", {}).items()),
-        "",
-        f"Command: `{' '.join(report['argv'])}` at commit {report['git_commit']}.",
     ]) + "\n"  # fmt: skip
 
 

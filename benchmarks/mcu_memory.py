@@ -10,8 +10,14 @@ model with an op the IR does not support is listed with the op and layer.
 Patch-based inference (MCUNetV2, Lin et al. 2021): the split and square grid with the
 smallest peak within ``--max-mac-overhead`` extra MACs (``patch.search_patch``), and the
 issue's fixed point for MobileNetV2-0.35 at 144 (4x4 patches over the stem and 4 blocks).
-Not yet: TFLM's arena needs the model as ``.tflite``, which only the LiteRT converter
-produces (not installed here); its column says so. Planning arithmetic, no timing.
+
+TFLM anchor (``mobiledl.deploy.mcu.tflite``, needs ``pip install '.[mcu]'``): the same int8
+model written as ``.tflite`` and allocated by TensorFlow Lite Micro's interpreter, whose
+recording allocator reports the arena it planned for the activations and its persistent
+part; its outputs on a few images are compared with our integer reference run with TFLM's
+rounding (gemmlowp's double rounding) and the multipliers TFLM derives from the file's float32
+scales (``tflite_multipliers``), and with our own Q31 multipliers (how many outputs differ).
+Planning arithmetic, no timing.
 
     python -m benchmarks mcu_memory            # 3x144x144, 1000 classes, + the issue's points
     python -m benchmarks mcu_memory --smoke    # mcunet and mobilenet_v2 at 1x32x32: seconds
@@ -19,6 +25,8 @@ produces (not installed here); its column says so. Planning arithmetic, no timin
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,15 +43,24 @@ from mobiledl.compress.quantize import QuantConfig
 from mobiledl.data.prepare import make_task
 from mobiledl.deploy import get_engine
 from mobiledl.deploy.mcu.budget import KB
+from mobiledl.deploy.mcu.fixedpoint import DOUBLE
 from mobiledl.deploy.mcu.graph import read_graph
 from mobiledl.deploy.mcu.patch import patch_memory, search_patch
 from mobiledl.deploy.mcu.planner import plan_memory
+from mobiledl.deploy.mcu.reference import dequantize, quantize_input, run
+from mobiledl.deploy.mcu.tflite import (
+    tflite_multipliers,
+    tflm_arena,
+    tflm_run,
+    to_tflite,
+    with_int8_output,
+)
 from mobiledl.errors import UserError
 from mobiledl.models import create_model, list_models
 
 STEM = "mcu_memory"
 CALIBRATION_IMAGES = 16
-NOT_YET = "not yet"
+TFLM_IMAGES = 4
 #: Reference points, kB of 1024 B: (model, width, side) -> (layer-by-layer, in-place). The
 #: issue's two for MobileNetV2-0.35 at 144; the MCUNetV2 paper's 1372 kB for MobileNetV2-1.0
 #: at 224 ("layer-based" there) counts the depthwise convs in place, as TinyEngine runs them.
@@ -109,10 +126,55 @@ def measure(name: str, width: float, side: int, args: Any, workdir: Path) -> dic
         "flash_bytes": graph.flash_bytes,
         **_patch_columns(patch, graph),
         **_patch_reference(graph, (name, width, side)),
-        "tflm_arena_bytes": None,
+        **_tflm(graph, args),
         "reference_layer_by_layer_kb": reference[0],
         "reference_in_place_kb": reference[1],
     }
+
+
+def _tflm(graph: Any, args: Any) -> dict[str, Any]:
+    """TFLM's arena for the same model and whether its outputs equal the reference's."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        return {"tflm": None, "tflm_skipped": "tflite-micro not installed"}
+    double = dataclasses.replace(graph, rounding=DOUBLE)
+    shape = graph.tensors[graph.input].shape
+    x = np.random.default_rng(args.seed).uniform(0.0, 1.0, (TFLM_IMAGES, *shape[1:]))
+    codes = quantize_input(graph, x.astype(np.float32))
+    logits = dequantize(graph.tensors[graph.output], run(double, codes).reshape(len(codes), -1))
+    int8 = with_int8_output(double, float(np.abs(logits).max() / 100) or 1.0)
+    try:
+        model = to_tflite(int8)
+    except UserError as error:
+        return {"tflm": None, "tflm_skipped": str(error)}
+    arena = tflm_arena(model, (1, *shape[2:], shape[1]))
+    outputs = tflm_run(model, codes, arena.total).astype(np.int32)
+    theirs = run(tflite_multipliers(int8), codes).reshape(len(codes), -1)
+    ours = run(int8, codes).reshape(len(codes), -1).astype(np.int32)
+    return {
+        "tflm": {
+            **vars(arena),
+            "equal_outputs": bool(np.array_equal(outputs, theirs)),
+            "own_multipliers_differ": float(np.mean(outputs != ours)),
+            "own_multipliers_max_lsb": int(np.abs(outputs - ours).max()),
+            "images": len(codes),
+        }
+    }
+
+
+def _tflm_cell(row: dict[str, Any]) -> str:
+    tflm = row.get("tflm")
+    if tflm is None:
+        return "not run"
+    return f"{_kb(tflm['head'])} + {_kb(tflm['tail'])}"
+
+
+def _tflm_equal(row: dict[str, Any]) -> str:
+    tflm = row.get("tflm")
+    if tflm is None:
+        return ""
+    equal = "yes" if tflm["equal_outputs"] else "NO"
+    own = tflm["own_multipliers_differ"]
+    return f"{equal} ({tflm['images']}); ours: {own:.1%} off, max {tflm['own_multipliers_max_lsb']}"
 
 
 def _patch_columns(patch: Any, graph: Any) -> dict[str, Any]:
@@ -178,15 +240,16 @@ def markdown(report: dict[str, Any]) -> str:
     supported = [row for row in rows if row["supported"]]
     table = harness.markdown_table(
         ["model", "width", "input", "ops", "layer-by-layer kB", "in-place kB", "peak layer",
-         "flash kB", "patch-based kB", "patches", "TFLM arena", "reference kB (lbl / in-place)"],
+         "flash kB", "patch-based kB", "patches", "TFLM kB (planned + persistent)",
+         "TFLM = ref", "reference kB (lbl / in-place)"],
         [
             (row["model"], row["width_mult"], "x".join(map(str, row["input"])), row["ops"],
              _kb(row["layer_by_layer_bytes"]), _kb(row["in_place_bytes"]), row["peak_layer"],
-             _kb(row["flash_bytes"]), _kb(row["patch_based_bytes"]), _patches(row), NOT_YET,
-             _reference(row))
+             _kb(row["flash_bytes"]), _kb(row["patch_based_bytes"]), _patches(row),
+             _tflm_cell(row), _tflm_equal(row), _reference(row))
             for row in supported
         ],
-        align="llrrrrlrrlll",
+        align="llrrrrlrrllll",
     )  # fmt: skip
     lines = [
         "# MCU memory: peak SRAM and flash of int8 zoo models",
@@ -210,8 +273,15 @@ def markdown(report: dict[str, Any]) -> str:
             for row in supported
             if "patch_reference_bytes" in row
         ),  # fmt: skip
-        "- TFLM arena: needs the model as .tflite, which only the LiteRT converter produces "
-        "(not installed here).",
+        "- TFLM: the same int8 model as .tflite in TensorFlow Lite Micro; planned = the "
+        "activations (and scratch) its greedy planner places, persistent = its tensor structs, "
+        "per-channel multipliers and node data. PyTorch's symmetric padding of stride-2 convs "
+        "is not TFLite's SAME, so those convs get a PAD op whose output TFLM must also place "
+        "(as in models converted from PyTorch). TFLM = ref: its int8 outputs equal our integer "
+        "reference's with TFLM's double rounding and the multipliers TFLM derives from the "
+        "float32 scales a .tflite stores, on that many synthetic images; ours: the share of "
+        "outputs (and the largest gap in codes) with our own Q31 multipliers instead, which "
+        "the format cannot carry exactly.",
         "- reference: the issue's figures for MobileNetV2-0.35 at 144 (layer by layer / in "
         "place) and the MCUNetV2 paper's 1372 kB for MobileNetV2-1.0 at 224, which it calls "
         "layer-based and which counts the depthwise convs in place (TinyEngine).",

@@ -34,7 +34,8 @@ def plural(count: int, noun: str) -> str:
 
 
 def machine_line(report: dict[str, Any]) -> str:
-    """The closing line of a report: where, with what and how long it ran, and when."""
+    """The closing line of a report: where, with what and how long it ran, when, and the
+    command line and commit that produced it."""
     machine = report["machine"]
     seconds = report["summary"].get("seconds")
     took = "" if seconds is None else f"{seconds:.0f} s in total; "
@@ -42,7 +43,9 @@ def machine_line(report: dict[str, Any]) -> str:
     kernels = machine.get("torch_cpu_capability")
     caps = " ".join(f"{k}={v}" for k, v in machine.get("isa_caps", {}).items())
     isa = "" if kernels is None else f" ({kernels} kernels{f', {caps}' if caps else ''})"
+    command = " ".join(report.get("argv", []))
+    provenance = f" Command: `{command}` at commit {report['git_commit']}." if command else ""
     return (
         f"Machine: {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}{isa}, "
-        f"onnxruntime {machine['onnxruntime']}, {threads}; {took}{report['created']}."
+        f"onnxruntime {machine['onnxruntime']}, {threads}; {took}{report['created']}.{provenance}"
     )

@@ -187,7 +187,21 @@ def check_mcu_memory(report: Report, out: Path) -> None:
     assert all(row["in_place_bytes"] <= row["layer_by_layer_bytes"] for row in rows)
     assert all(row["patch_based_bytes"] < row["in_place_bytes"] for row in rows)
     assert all(row["patch_mac_overhead"] <= 0.3 for row in rows)
-    assert "MACs | not yet |" in (out / "mcu_memory.md").read_text()
+    for row in rows:
+        assert row["tflm"] is None or (row["tflm"]["equal_outputs"] and row["tflm"]["head"] > 0)
+    assert "TFLM kB (planned + persistent)" in (out / "mcu_memory.md").read_text()
+
+
+def check_mcu_codegen(report: Report, out: Path) -> None:
+    (row,) = report["rows"]
+    assert row["host_differ"] == 0 and row["checked_inputs"] == 8
+    assert row["qemu_differ"] in (0, None)  # None: no Cortex-M toolchain or QEMU here
+    assert row["code_arena_bytes"] == row["planner_arena_bytes"]
+    if row["image"] is not None:
+        assert row["image"]["arena"] == row["code_arena_bytes"]
+        assert row["image"]["flash"] >= row["constants_bytes"]
+    assert 0.0 <= row["host_top1_vs_ort_int8"] <= 1.0
+    assert "| mobilenet_v2 | 0.35 | 1x32x32 |" in (out / "mcu_codegen.md").read_text()
 
 
 def check_engines(report: Report, out: Path) -> None:
@@ -238,6 +252,7 @@ CASES: list[Any] = [
     pytest.param("sparse_conv", (), check_sparse_conv),
     pytest.param("pointcloud", (), check_pointcloud),
     pytest.param("mcu_memory", (), check_mcu_memory, marks=slow),
+    pytest.param("mcu_codegen", (), check_mcu_codegen, marks=slow),
     pytest.param("nlp_minilm", (), check_nlp_minilm, marks=slow),
 ]
 

@@ -7,11 +7,13 @@ tensor lifetimes), so its arena size for the *same* int8 model is the number Tin
 MCUNet compare against. ``to_tflite`` writes our ``Graph`` with the same int8 weights, biases
 and activation grids (NHWC, per-channel weight scales recovered from the requantization
 multipliers), using TFLM's own kernels: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD,
-MAX_POOL_2D, MEAN (global average pooling), and PAD where PyTorch's explicit padding is not
-TFLite's SAME. TFLM requantizes with gemmlowp's double rounding, so our integer reference
-with ``graph.rounding = "double"`` gives its outputs bit for bit (checked in tests). Its
-arena adds the interpreter's own persistent data (tensor structs, per-channel multiplier
-arrays, node data) to the activations its planner places.
+MAX_POOL_2D (global average pooling as a depthwise conv of unit weights: see
+``_global_avgpool``), and PAD / PADV2 where PyTorch's explicit padding is not TFLite's SAME.
+TFLM requantizes with gemmlowp's double rounding and recomputes the multipliers from the
+float32 scales the file stores (``tflite_multipliers``): our integer reference with
+``graph.rounding = "double"`` on those multipliers gives its outputs bit for bit (checked in
+tests). Its arena adds the interpreter's own persistent data (tensor structs, per-channel
+multiplier arrays, node data) to the activations its planner places.
 
 Needs the ``tflite-micro`` package (``pip install 'mobiledl[mcu]'``): the flatbuffer schema
 and model builder it ships, and its Python interpreter.
@@ -121,12 +123,7 @@ class _Writer:
             self._operator(self.schema.BuiltinOperator.ADD, inputs, output, options,
                            self.schema.BuiltinOptions.AddOptions)  # fmt: skip
         elif op.kind == "global_avgpool":
-            axes = self.editor.Tensor(shape=(2,), dtype=self.schema.TensorType.INT32,
-                                      data=np.array([1, 2], np.int32))  # fmt: skip
-            options = self.schema.ReducerOptionsT()
-            options.keepDims = True
-            self._operator(self.schema.BuiltinOperator.MEAN, [inputs[0], axes], output, options,
-                           self.schema.BuiltinOptions.ReducerOptions)  # fmt: skip
+            self._global_avgpool(op, inputs[0], output)
         elif op.kind == "maxpool":
             self._maxpool(op, inputs[0], output)
         else:
@@ -151,8 +148,6 @@ class _Writer:
             _same_pads(width, op.kernel[1], op.stride[1]) == (op.pads[1], op.pads[3])
         ):
             return x, kinds.SAME
-        if op.kind == "maxpool":
-            raise UserError(f"layer '{op.layer}': max-pool padding {op.pads} is not TFLite SAME")
         top, left, bottom, right = op.pads
         pads = self.editor.Tensor(
             shape=(4, 2),
@@ -165,21 +160,21 @@ class _Writer:
             quantization=x.quantization,
             name=f"{op.layer}/pad",
         )
-        options, kind = self.schema.PadOptionsT(), self.schema.BuiltinOptions.PadOptions
-        self._operator(self.schema.BuiltinOperator.PAD, [x, pads], padded, options, kind)
+        if op.kind == "maxpool":  # pad with the lowest code, which never wins
+            lowest = self.editor.Tensor(shape=(1,), dtype=self.schema.TensorType.INT8,
+                                        data=np.array([-128], np.int8),
+                                        quantization=x.quantization)  # fmt: skip
+            options, kind = self.schema.PadV2OptionsT(), self.schema.BuiltinOptions.PadV2Options
+            self._operator(self.schema.BuiltinOperator.PADV2, [x, pads, lowest], padded, options,
+                           kind)  # fmt: skip
+        else:  # PAD fills with the zero point: real 0
+            options, kind = self.schema.PadOptionsT(), self.schema.BuiltinOptions.PadOptions
+            self._operator(self.schema.BuiltinOperator.PAD, [x, pads], padded, options, kind)
         return padded, kinds.VALID
 
-    def _weight_scales(self, op: Op) -> np.ndarray:
-        """Per-output-channel weight scales ``M * s_out / s_in``, from the Q31 multipliers."""
-        source = self.graph.tensors[op.inputs[0]]
-        s_in = float(np.asarray(source.scale).reshape(-1)[0])
-        out = self.graph.tensors[op.output]
-        multipliers = op.requant.m0.astype(np.float64) * np.exp2(op.requant.shift - 31.0)
-        return multipliers * float(np.asarray(out.scale).reshape(-1)[0]) / s_in
-
     def _weights_and_bias(self, op: Op, weight: np.ndarray, axis: int) -> tuple[Any, Any]:
-        scales = self._weight_scales(op)
-        s_in = float(np.asarray(self.graph.tensors[op.inputs[0]].scale).reshape(-1)[0])
+        scales = _weight_scales(self.graph, op)
+        s_in = _scale(self.graph.tensors[op.inputs[0]])
         types = self.schema.TensorType
         w = self._constant(np.ascontiguousarray(weight, np.int8), types.INT8, list(scales), axis)
         b = self._constant(op.bias.astype(np.int32), types.INT32, list(scales * s_in), 0)
@@ -219,6 +214,25 @@ class _Writer:
         self._operator(self.schema.BuiltinOperator.FULLY_CONNECTED, [x, w, b], output, options,
                        self.schema.BuiltinOptions.FullyConnectedOptions)  # fmt: skip
 
+    def _global_avgpool(self, op: Op, x: Any, output: Any) -> None:
+        """Global average pooling as a depthwise conv of ones over the whole plane. TFLM's MEAN
+        requantizes the sum by ``s_in / s_out`` and then divides by the count (two roundings);
+        our op requantizes the sum once by a multiplier that includes ``1 / count``, which is
+        what a depthwise conv with unit weights does in TFLM's kernels."""
+        _, height, width, channels = x.shape
+        scales = np.broadcast_to(_weight_scales(self.graph, op), (channels,))
+        s_in = _scale(self.graph.tensors[op.inputs[0]])
+        types = self.schema.TensorType
+        ones = np.ones((1, height, width, channels), np.int8)
+        w = self._constant(ones, types.INT8, list(scales), 3)
+        b = self._constant(np.zeros(channels, np.int32), types.INT32, list(scales * s_in), 0)
+        options = self.schema.DepthwiseConv2DOptionsT()
+        options.padding, options.strideH, options.strideW = self.schema.Padding.VALID, 1, 1
+        options.depthMultiplier = options.dilationHFactor = options.dilationWFactor = 1
+        options.fusedActivationFunction = self._activation_code(op)
+        self._operator(self.schema.BuiltinOperator.DEPTHWISE_CONV_2D, [x, w, b], output,
+                       options, self.schema.BuiltinOptions.DepthwiseConv2DOptions)  # fmt: skip
+
     def _maxpool(self, op: Op, x: Any, output: Any) -> None:
         source, padding = self._padding(op, x)
         options = self.schema.Pool2DOptionsT()
@@ -227,6 +241,41 @@ class _Writer:
         options.fusedActivationFunction = self._activation_code(op)
         self._operator(self.schema.BuiltinOperator.MAX_POOL_2D, [source], output, options,
                        self.schema.BuiltinOptions.Pool2DOptions)  # fmt: skip
+
+
+def _scale(tensor: Tensor) -> float:
+    return float(np.asarray(tensor.scale).reshape(-1)[0])
+
+
+def _weight_scales(graph: Graph, op: Op) -> np.ndarray:
+    """Per-output-channel weight scales ``M * s_out / s_in``, from the Q31 multipliers."""
+    multipliers = op.requant.m0.astype(np.float64) * np.exp2(op.requant.shift - 31.0)
+    return multipliers * _scale(graph.tensors[op.output]) / _scale(graph.tensors[op.inputs[0]])
+
+
+def tflite_multipliers(graph: Graph) -> Graph:
+    """``graph`` with the requantization multipliers TFLM derives from the ``.tflite`` that
+    ``to_tflite`` writes. The format stores float32 scales, not Q31 multipliers: TFLM computes
+    a conv's per-channel multiplier as ``s_in * s_w[c] / s_out`` in double from float32 values
+    (a per-tensor fully connected layer multiplies ``s_in * s_w`` in float32 first), so its
+    ``M0`` can differ from ours in the low bits (about 2**-24 relative) and an accumulator next
+    to a rounding boundary then lands one code apart. Adds keep theirs: TFLM derives them
+    from the activation scales, as we do."""
+    ops = []
+    for op in graph.ops:
+        if op.requant is None or op.kind not in ("conv", "pointwise", "depthwise", "fc",
+                                                 "global_avgpool"):  # fmt: skip
+            ops.append(op)
+            continue
+        s_in = np.float32(_scale(graph.tensors[op.inputs[0]]))
+        s_out = np.float64(np.float32(_scale(graph.tensors[op.output])))
+        weights = np.float32(_weight_scales(graph, op))
+        if op.kind == "fc" and weights.size == 1:
+            product = np.float64(s_in * weights)
+        else:
+            product = np.float64(s_in) * weights.astype(np.float64)
+        ops.append(dataclasses.replace(op, requant=Requant.of(product / s_out)))
+    return dataclasses.replace(graph, ops=ops)
 
 
 def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
