@@ -204,6 +204,18 @@ def check_mcu_codegen(report: Report, out: Path) -> None:
     assert "| mobilenet_v2 | 0.35 | 1x32x32 |" in (out / "mcu_codegen.md").read_text()
 
 
+def check_autoquant(report: Report, out: Path) -> None:
+    rows = report["rows"]
+    assert {row["policy"] for row in rows} == {
+        "uniform", "random", "greedy-measured", "knapsack-measured", "knapsack-hawq"
+    }  # fmt: skip
+    for row in rows:
+        assert row["size_bytes"] is None or row["size_bytes"] <= row["budget_bytes"]
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert report["summary"]["cases"] == 2
+    assert "| resnet8 | 3-bit size" in (out / "autoquant.md").read_text()
+
+
 def check_engines(report: Report, out: Path) -> None:
     speed = [row for row in report["rows"] if row["part"] == "speed"]
     engines = list(dict.fromkeys(row["engine"] for row in speed))
@@ -251,6 +263,7 @@ CASES: list[Any] = [
     pytest.param("video_tsm", ("--latency",), check_video_tsm, marks=slow),
     pytest.param("sparse_conv", (), check_sparse_conv),
     pytest.param("pointcloud", (), check_pointcloud),
+    pytest.param("autoquant", (), check_autoquant),
     pytest.param("mcu_memory", (), check_mcu_memory, marks=slow),
     pytest.param("mcu_codegen", (), check_mcu_codegen, marks=slow),
     pytest.param("nlp_minilm", (), check_nlp_minilm, marks=slow),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mobiledl.cli.adapt import add_adapt_command
+from mobiledl.cli.autoquant import add_autoquant_command
 from mobiledl.cli.bench import add_bench_command
 from mobiledl.cli.deep_compress import add_deep_compress_command
 from mobiledl.cli.inspect import add_inspect_command
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_inspect_command,
         add_prune_command,
         add_quantize_command,
+        add_autoquant_command,
         add_deep_compress_command,
         add_adapt_command,
         add_apply_command,
