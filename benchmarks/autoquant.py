@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +60,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=harness.positive_int("--epochs"), default=None)
     parser.add_argument("--probes", type=harness.positive_int("--probes"), default=None)
     parser.add_argument("--random", type=harness.positive_int("--random"), default=None)
+    parser.add_argument(
+        "--seeds",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=[0],
+        help="training seeds, comma-separated (the data split stays --seed's); default 0",
+    )
     args = harness.parse(parser, argv)
     harness.resolve_tasks(args, "digits", "digits")
     harness.resolve(
@@ -97,8 +104,8 @@ class Scorer:
         return self.task.metric(*predict_split(quantized, self.task))
 
 
-def model_rows(name: str, task: Task, args: argparse.Namespace) -> list[dict[str, Any]]:
-    base = train_baseline(name, task, args.epochs, args.seed)
+def model_rows(name: str, task: Task, args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    base = train_baseline(name, task, args.epochs, seed)
     fp32 = task.metric(*predict_split(base, task))
     sizes, scorer = LayerSizes.of(base), Scorer(base, task)
     started = time.perf_counter()
@@ -106,13 +113,13 @@ def model_rows(name: str, task: Task, args: argparse.Namespace) -> list[dict[str
     measured_seconds = time.perf_counter() - started
     measured = measured_costs(sensitivity.loss, sensitivity.baseline_loss)
     started = time.perf_counter()
-    traces = hessian_traces(base, task, probes=args.probes, seed=args.seed)
+    traces = hessian_traces(base, task, probes=args.probes, seed=seed)
     hawq = hawq_costs(base, traces, WIDTHS)
     hawq_seconds = time.perf_counter() - started
     rows = []
     for bits in BUDGET_BITS:
         budget = model_size_bytes(base, dict.fromkeys(sizes.weights, bits))
-        rng = random.Random(args.seed)
+        rng = random.Random(seed)
         randoms = [
             scorer.accuracy(random_policy(sizes, budget, base, rng)) for _ in range(args.random)
         ]
@@ -122,7 +129,8 @@ def model_rows(name: str, task: Task, args: argparse.Namespace) -> list[dict[str
             "knapsack-measured": (sizes.allocate(measured, WIDTHS, budget), measured_seconds),
             "knapsack-hawq": (sizes.allocate(hawq, WIDTHS, budget), hawq_seconds),
         }
-        common = {"model": name, "task": task.name, "budget_bits": bits, "budget_bytes": budget,
+        common = {"model": name, "task": task.name, "seed": seed, "budget_bits": bits,
+                  "budget_bytes": budget,
                   "fp32_accuracy": fp32, "layers": len(sizes.weights)}  # fmt: skip
         rows.append({**common, "policy": "random", "accuracy": sum(randoms) / len(randoms),
                      "best_accuracy": max(randoms), "size_bytes": None, "search_seconds": 0.0,
@@ -134,49 +142,72 @@ def model_rows(name: str, task: Task, args: argparse.Namespace) -> list[dict[str
     return rows
 
 
+def _key(row: dict[str, Any]) -> tuple[str, int, int]:
+    return row["model"], row["budget_bits"], row.get("seed", 0)
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (model, budget): how far knapsack-hawq is from uniform and from the best policy."""
-    wins = []
+    """Per (model, budget, seed): whether knapsack-hawq is at least as accurate as uniform."""
+    uniform = {_key(row): row["accuracy"] for row in rows if row["policy"] == "uniform"}
+    hawq = [row for row in rows if row["policy"] == "knapsack-hawq"]
+    wins = sum(row["accuracy"] >= uniform[_key(row)] for row in hawq)
+    return {"hawq_at_least_uniform": wins, "cases": len(hawq)}
+
+
+def _seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Mean and standard deviation over seeds of each (model, budget, policy)."""
+    groups: dict[tuple[str, int, str], list[float]] = {}
     for row in rows:
-        if row["policy"] != "knapsack-hawq":
-            continue
-        same = [
-            r for r in rows if (r["model"], r["budget_bits"]) == (row["model"], row["budget_bits"])
-        ]
-        uniform = next(r["accuracy"] for r in same if r["policy"] == "uniform")
-        wins.append(row["accuracy"] >= uniform)
-    return {"hawq_at_least_uniform": sum(wins), "cases": len(wins)}
+        groups.setdefault((row["model"], row["budget_bits"], row["policy"]), []).append(
+            100 * row["accuracy"]
+        )
+    return harness.markdown_table(
+        ["model", "budget", "policy", "seeds", "mean test acc %", "std"],
+        [
+            (model, f"{bits}-bit size", policy, len(values), f"{statistics.mean(values):.2f}",
+             f"{statistics.stdev(values):.2f}" if len(values) > 1 else "")
+            for (model, bits, policy), values in groups.items()
+        ],
+        align="lllrrr",
+    )  # fmt: skip
 
 
 def markdown(report: dict[str, Any]) -> str:
-    config, pct = report["config"], harness.pct
+    config, pct, rows = report["config"], harness.pct, report["rows"]
     table = harness.markdown_table(
-        ["model", "budget", "policy", "test acc %", "best of random %", "size kB", "search s",
-         "bits per layer"],
+        ["model", "seed", "budget", "policy", "test acc %", "best of random %", "size kB",
+         "search s", "bits per layer"],
         [
-            (row["model"], f"{row['budget_bits']}-bit size, {row['budget_bytes'] / 1024:.1f} kB",
+            (row["model"], row.get("seed", 0),
+             f"{row['budget_bits']}-bit size, {row['budget_bytes'] / 1024:.1f} kB",
              row["policy"], pct(row["accuracy"]),
              "" if row["best_accuracy"] is None else pct(row["best_accuracy"]),
              "" if row["size_bytes"] is None else f"{row['size_bytes'] / 1024:.1f}",
              f"{row['search_seconds']:.1f}",
              "" if row["bits"] is None else " ".join(str(b) for b in row["bits"].values()))
-            for row in report["rows"]
+            for row in rows
         ],
-        align="lllrrrrl",
+        align="lrllrrrrl",
     )  # fmt: skip
-    fp32 = {row["model"]: row["fp32_accuracy"] for row in report["rows"]}
+    fp32: dict[str, list[float]] = {}
+    for row in rows:
+        if row["policy"] == "uniform" and row["budget_bits"] == BUDGET_BITS[0]:
+            fp32.setdefault(row["model"], []).append(100 * row["fp32_accuracy"])
+    seeds = len({row.get("seed", 0) for row in rows})
     summary = report["summary"]
+    fp32_text = ", ".join(f"{m} {statistics.mean(a):.2f}%" for m, a in fp32.items())
     return "\n".join([
         "# Mixed-precision weight bits under a size budget",
         "",
         f"{'SMOKE RUN: tiny data, numbers meaningless. ' if config['smoke'] else ''}"
-        f"Models trained {config['epochs']} epochs on {', '.join(config['task_specs'])}; "
-        f"fp32 test accuracy: {', '.join(f'{m} {pct(a)}%' for m, a in fp32.items())}. "
+        f"Models trained {config['epochs']} epochs on {', '.join(config['task_specs'])} "
+        f"({seeds} seed{'s' if seeds > 1 else ''}); fp32 test accuracy (mean): {fp32_text}. "
         f"Weights per-channel symmetric at the policy's widths, inputs {ACT_BITS}-bit, no "
         f"fine-tuning; candidate widths {', '.join(map(str, WIDTHS))}; HAWQ: {config['probes']} "
         f"Hutchinson probes per layer; random: mean of {config['random']} policies. "
         f"{harness.machine_line(report)}",
         "",
+        *(_seed_table(rows) + [""] if seeds > 1 else []),
         *table,
         "",
         f"knapsack-hawq at least as accurate as uniform in {summary['hawq_at_least_uniform']} of "
@@ -191,6 +222,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     for spec in args.task_specs:
         task = harness.load_task(spec, seed=args.seed, smoke=args.smoke, split=args.split)
         for name in args.models:
-            print(f"{name} on {spec}...", file=sys.stderr)
-            rows += model_rows(name, task, args)
+            for seed in args.seeds:
+                print(f"{name} on {spec}, seed {seed}...", file=sys.stderr)
+                rows += model_rows(name, task, args, seed)
     return harness.write_results(args, rows, summarize(rows), markdown)

@@ -213,7 +213,7 @@ def check_autoquant(report: Report, out: Path) -> None:
         assert row["size_bytes"] is None or row["size_bytes"] <= row["budget_bytes"]
         assert 0.0 <= row["accuracy"] <= 1.0
     assert report["summary"]["cases"] == 2
-    assert "| resnet8 | 3-bit size" in (out / "autoquant.md").read_text()
+    assert "| resnet8 | 0 | 3-bit size" in (out / "autoquant.md").read_text()
 
 
 def check_engines(report: Report, out: Path) -> None:
