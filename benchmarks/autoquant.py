@@ -31,7 +31,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from benchmarks import harness
@@ -44,8 +43,7 @@ from mobiledl.automl.compress import (
 )
 from mobiledl.compress.quantize.mixed import bit_sensitivity, model_size_bytes, propose_bits
 from mobiledl.data import Task
-from mobiledl.models import create_model
-from mobiledl.train import TrainConfig, predict_split, train
+from mobiledl.train import predict_split
 
 STEM = "autoquant"
 WIDTHS = [2, 3, 4, 5, 6, 8]
@@ -77,13 +75,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def train_baseline(name: str, task: Task, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
-    train(model, task, TrainConfig(epochs=epochs, seed=seed, progress=False))
-    return model.eval()
-
-
 def random_policy(sizes: LayerSizes, budget: int, model: nn.Module, rng: random.Random) -> dict:
     """Widths drawn per layer, then random layers one step narrower until the model fits."""
     policy = {name: rng.choice(WIDTHS) for name in sizes.weights}
@@ -105,7 +96,7 @@ class Scorer:
 
 
 def model_rows(name: str, task: Task, args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
-    base = train_baseline(name, task, args.epochs, seed)
+    base = harness.train_baseline(name, task, args.epochs, seed)
     fp32 = task.metric(*predict_split(base, task))
     sizes, scorer = LayerSizes.of(base), Scorer(base, task)
     started = time.perf_counter()

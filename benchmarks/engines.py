@@ -44,7 +44,6 @@ from mobiledl.deploy.compare import installed_engines
 from mobiledl.errors import UserError
 from mobiledl.measure import artifact_outputs
 from mobiledl.models import create_model
-from mobiledl.train import TrainConfig, train
 
 STEM = "engines"
 #: Input size and classes of each speed model (the sizes the issue measures).
@@ -172,16 +171,9 @@ def speed_rows(name: str, args: argparse.Namespace, workdir: Path) -> list[dict[
     return rows
 
 
-def trained(name: str, task: Task, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
-    train(model, task, TrainConfig(epochs=epochs, seed=seed, progress=False))
-    return model.eval()
-
-
 def accuracy_rows(name: str, task: Task, args: argparse.Namespace, workdir: Path) -> list[dict]:
     """Per engine: fp32 parity, our int8's agreement with our simulation, int8 accuracies."""
-    model = trained(name, task, args.epochs, args.seed)
+    model = harness.train_baseline(name, task, args.epochs, args.seed)
     quantized = apply(model, QuantConfig(calibration_samples=ACCURACY_CALIBRATION), task)
     calibration = task.x_train[:ACCURACY_CALIBRATION]
     with torch.no_grad():

@@ -45,8 +45,8 @@ from mobiledl.core.config import MethodConfig
 from mobiledl.data import Task
 from mobiledl.deploy import get_engine
 from mobiledl.measure import artifact_outputs
-from mobiledl.models import create_model, load_model, save_model
-from mobiledl.train import TrainConfig, predict_split, train
+from mobiledl.models import load_model, save_model
+from mobiledl.train import TrainConfig, predict_split
 
 STEM = "quantize_storage"
 #: Smallest fp32-file / quantized-file ratio per method (issue 22), where one is set.
@@ -92,13 +92,6 @@ def methods(epochs: int, seed: int) -> dict[str, MethodConfig]:
         "ternary-twn": TernaryConfig(algorithm="twn", train=lowbit),
         "ternary-ttq": TernaryConfig(algorithm="ttq", train=lowbit),
     }
-
-
-def train_baseline(name: str, task: Task, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
-    train(model, task, TrainConfig(epochs=epochs, seed=seed, progress=False))
-    return model.eval()
 
 
 class Files:
@@ -214,7 +207,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             task = harness.load_task(spec, seed=args.seed, smoke=args.smoke, split=args.split)
             for name in args.models:
                 print(f"{name} on {task.name}", file=sys.stderr)
-                base = train_baseline(name, task, args.baseline_epochs, args.seed)
+                base = harness.train_baseline(name, task, args.baseline_epochs, args.seed)
                 files = Files(base, task, Path(folder))
                 for method, config in methods(args.method_epochs, args.seed).items():
                     rows.append(method_row(method, config, base, task, files))

@@ -29,6 +29,7 @@ from benchmarks.harness.tasks import (
     resolve_tasks,
     task_fingerprint,
     task_summary,
+    train_baseline,
 )
 from benchmarks.harness.timing import clock_text, interleaved, onnx_grid, onnx_speedups
 
@@ -62,6 +63,7 @@ __all__ = [
     "resolve_tasks",
     "task_fingerprint",
     "task_summary",
+    "train_baseline",
     "write_results",
     "yes",
 ]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
 from benchmarks.harness.cli import names
 from mobiledl.data import Task, build_task
 from mobiledl.data.prepare import parse_split
 from mobiledl.errors import UserError
+from mobiledl.models import create_model
+from mobiledl.train import TrainConfig, train
 from mobiledl.train import resume as train_resume
 
 SMOKE_SIZES = {"train": 256, "val": 128, "test": 128}
@@ -82,3 +85,12 @@ def calibration_task(data: torch.Tensor, num_classes: int) -> Task:
     quantizer's calibration draws from when a benchmark times random-weight models."""
     labels, none = torch.zeros(len(data), dtype=torch.long), torch.empty(0, dtype=torch.long)
     return Task("random", num_classes, data, labels, data[:0], none, data[:0], none)
+
+
+def train_baseline(name: str, task: Task, epochs: int, seed: int) -> nn.Module:
+    """The zoo model ``name`` trained from scratch on ``task`` (best-on-validation weights),
+    in eval mode."""
+    torch.manual_seed(seed)
+    model = create_model(name, task.num_classes, task.in_channels, task.image_size)
+    train(model, task, TrainConfig(epochs=epochs, seed=seed, progress=False))
+    return model.eval()

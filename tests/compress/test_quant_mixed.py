@@ -19,27 +19,20 @@ from mobiledl.compress.quantize.mixed import (
 from mobiledl.compress.quantize.quantizer import QuantConv2d, QuantLinear
 from mobiledl.data import Task
 from mobiledl.errors import UserError
-from mobiledl.models import create_model, load_model, save_model
-from mobiledl.train import TrainConfig, train
+from mobiledl.models import load_model, save_model
+from tests.blobs import blobs_task, trained_lenet5
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
 def task() -> Task:
-    generator = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 1, 4, 4, generator=generator) * 2
-    y = torch.arange(240) % 3
-    x = centers[y] + torch.randn(240, 1, 4, 4, generator=generator)
-    return Task("blobs", 3, x[:160], y[:160], x[160:200], y[160:200], x[200:], y[200:])
+    return blobs_task()
 
 
 @pytest.fixture(scope="module")
 def trained(task: Task) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model("lenet5", num_classes=3, in_channels=1, image_size=4, width_mult=0.25)
-    train(model, task, TrainConfig(epochs=3, progress=False))
-    return model
+    return trained_lenet5(task)
 
 
 def test_config_applies_the_right_bits_per_layer(trained: nn.Module, task: Task) -> None:

@@ -11,9 +11,10 @@ from mobiledl.automl.compress.autoquant import (
     AutoQuantResult,
     LayerSizes,
     autoquant,
+    measured_costs,
     quantize_with_policy,
 )
-from mobiledl.automl.compress.hawq import HessianTraces, hawq_costs, hessian_traces, measured_costs
+from mobiledl.automl.compress.hawq import HessianTraces, hawq_costs, hessian_traces
 from mobiledl.automl.compress.knapsack import allocate_bits, choose_options
 
 __all__ = [

@@ -13,7 +13,7 @@ mixed-precision method (per-channel symmetric weights at the chosen widths, acti
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,6 @@ from mobiledl.automl.compress.hawq import (
     HessianTraces,
     hawq_costs,
     hessian_traces,
-    measured_costs,
 )
 from mobiledl.automl.compress.knapsack import allocate_bits
 from mobiledl.compress.quantize.config import MixedPrecisionConfig
@@ -150,3 +149,16 @@ def quantize_with_policy(
     rules = tuple(LayerRule(name, {"weight_bits": b}) for name, b in policy.items())
     return apply(model, MixedPrecisionConfig(weight_bits=None, act_bits=act_bits,
                                              overrides=rules), task)  # fmt: skip
+
+
+def measured_costs(loss: Mapping[str, Sequence[float]], baseline: float) -> dict[str, list[float]]:
+    """Loss increases from a direct sensitivity analysis (``bit_sensitivity``; ``loss[name]``
+    by increasing width). A measured loss is noisy, so each cost is clamped at 0 (quantizing
+    does not help) and never above the cost of a narrower width (a finer grid is not worse)."""
+    costs = {}
+    for name, values in loss.items():
+        running, costs[name] = float("inf"), []
+        for value in values:
+            running = min(running, max(value - baseline, 0.0))
+            costs[name].append(running)
+    return costs

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -153,17 +153,4 @@ def hawq_costs(
             0.5 * sharpness * float((quantize_weight(weight, b) - weight).double().square().sum())
             for b in bits
         ]
-    return costs
-
-
-def measured_costs(loss: Mapping[str, Sequence[float]], baseline: float) -> dict[str, list[float]]:
-    """Loss increases from a direct sensitivity analysis (``bit_sensitivity``; ``loss[name]``
-    by increasing width). A measured loss is noisy, so each cost is clamped at 0 (quantizing
-    does not help) and never above the cost of a narrower width (a finer grid is not worse)."""
-    costs = {}
-    for name, values in loss.items():
-        running, costs[name] = float("inf"), []
-        for value in values:
-            running = min(running, max(value - baseline, 0.0))
-            costs[name].append(running)
     return costs

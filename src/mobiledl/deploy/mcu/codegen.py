@@ -162,7 +162,7 @@ def _manifest(graph: Graph, arena: int, emitter: _Emitter) -> dict[str, Any]:
         "constants_bytes": graph.flash_bytes,
         "input": {
             "shape": list(source.shape),
-            "scale": float(np.asarray(source.scale).reshape(-1)[0]),
+            "scale": source.first_scale,
             "zero_point": source.zero_point,
         },
         "output": {

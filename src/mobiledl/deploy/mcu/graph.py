@@ -70,6 +70,11 @@ class Tensor:
     def nbytes(self) -> int:
         return self.size * np.dtype(self.dtype).itemsize
 
+    @property
+    def first_scale(self) -> float:
+        """The per-tensor scale (of a per-channel one, the first channel's)."""
+        return float(np.asarray(self.scale).reshape(-1)[0])
+
 
 @dataclass
 class Requant:

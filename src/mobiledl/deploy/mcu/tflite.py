@@ -88,7 +88,7 @@ class _Writer:
         self.tensors[graph.input] = self._activation(graph.tensors[graph.input])
 
     def _activation(self, tensor: Tensor, shape: tuple[int, ...] | None = None) -> Any:
-        scale, zero_point = float(np.asarray(tensor.scale).reshape(-1)[0]), tensor.zero_point
+        scale, zero_point = tensor.first_scale, tensor.zero_point
         return self.editor.Tensor(
             shape=shape or _nhwc(tensor.shape),
             dtype=self.schema.TensorType.INT8,
@@ -174,7 +174,7 @@ class _Writer:
 
     def _weights_and_bias(self, op: Op, weight: np.ndarray, axis: int) -> tuple[Any, Any]:
         scales = _weight_scales(self.graph, op)
-        s_in = _scale(self.graph.tensors[op.inputs[0]])
+        s_in = self.graph.tensors[op.inputs[0]].first_scale
         types = self.schema.TensorType
         w = self._constant(np.ascontiguousarray(weight, np.int8), types.INT8, list(scales), axis)
         b = self._constant(op.bias.astype(np.int32), types.INT32, list(scales * s_in), 0)
@@ -221,7 +221,7 @@ class _Writer:
         what a depthwise conv with unit weights does in TFLM's kernels."""
         _, height, width, channels = x.shape
         scales = np.broadcast_to(_weight_scales(self.graph, op), (channels,))
-        s_in = _scale(self.graph.tensors[op.inputs[0]])
+        s_in = self.graph.tensors[op.inputs[0]].first_scale
         types = self.schema.TensorType
         ones = np.ones((1, height, width, channels), np.int8)
         w = self._constant(ones, types.INT8, list(scales), 3)
@@ -243,14 +243,12 @@ class _Writer:
                        self.schema.BuiltinOptions.Pool2DOptions)  # fmt: skip
 
 
-def _scale(tensor: Tensor) -> float:
-    return float(np.asarray(tensor.scale).reshape(-1)[0])
-
-
 def _weight_scales(graph: Graph, op: Op) -> np.ndarray:
     """Per-output-channel weight scales ``M * s_out / s_in``, from the Q31 multipliers."""
     multipliers = op.requant.m0.astype(np.float64) * np.exp2(op.requant.shift - 31.0)
-    return multipliers * _scale(graph.tensors[op.output]) / _scale(graph.tensors[op.inputs[0]])
+    return (
+        multipliers * graph.tensors[op.output].first_scale / graph.tensors[op.inputs[0]].first_scale
+    )
 
 
 def tflite_multipliers(graph: Graph) -> Graph:
@@ -267,8 +265,8 @@ def tflite_multipliers(graph: Graph) -> Graph:
                                                  "global_avgpool"):  # fmt: skip
             ops.append(op)
             continue
-        s_in = np.float32(_scale(graph.tensors[op.inputs[0]]))
-        s_out = np.float64(np.float32(_scale(graph.tensors[op.output])))
+        s_in = np.float32(graph.tensors[op.inputs[0]].first_scale)
+        s_out = np.float64(np.float32(graph.tensors[op.output].first_scale))
         weights = np.float32(_weight_scales(graph, op))
         if op.kind == "fc" and weights.size == 1:
             product = np.float64(s_in * weights)
