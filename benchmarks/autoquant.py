@@ -58,12 +58,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=harness.positive_int("--epochs"), default=None)
     parser.add_argument("--probes", type=harness.positive_int("--probes"), default=None)
     parser.add_argument("--random", type=harness.positive_int("--random"), default=None)
-    parser.add_argument(
-        "--seeds",
-        type=lambda t: [int(v) for v in t.split(",")],
-        default=[0],
-        help="training seeds, comma-separated (the data split stays --seed's); default 0",
-    )
+    harness.add_seeds_argument(parser)
     args = harness.parse(parser, argv)
     harness.resolve_tasks(args, "digits", "digits")
     harness.resolve(

@@ -9,6 +9,7 @@ benchmark's markdown beside it, both atomically.
 
 from benchmarks.harness.cli import (
     add_compress_arguments,
+    add_seeds_argument,
     benchmark_parser,
     names,
     parse,
@@ -34,6 +35,7 @@ from benchmarks.harness.tasks import (
 from benchmarks.harness.timing import clock_text, interleaved, onnx_grid, onnx_speedups
 
 __all__ = [
+    "add_seeds_argument",
     "add_compress_arguments",
     "add_task_arguments",
     "SCHEMA_KEYS",

@@ -50,6 +50,24 @@ def positive_int(flag: str) -> Callable[[str], int]:
     return convert
 
 
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seeds``: the training seeds of a benchmark that reports mean and spread over them
+    (the data split stays ``--seed``'s); default ``[0]``."""
+
+    def convert(text: str) -> list[int]:
+        try:
+            return [int(part) for part in names(text)] or [0]
+        except ValueError:
+            raise UserError(f"--seeds must be comma-separated integers; got '{text}'") from None
+
+    parser.add_argument(
+        "--seeds",
+        type=convert,
+        default=[0],
+        help="training seeds, comma-separated (the data split stays --seed's); default 0",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are ``UserError``: one line, exit code 2."""
 

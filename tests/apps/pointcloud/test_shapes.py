@@ -50,7 +50,7 @@ def test_bad_requests_are_user_errors() -> None:
 
 @pytest.mark.parametrize(
     "model",
-    [PointNet(2, widths=(32, 64)), SparseVoxelNet(2, voxel_size=0.15)],
+    [PointNet(2, widths=(32, 64)), SparseVoxelNet(2, resolution=8, widths=(16, 32))],
     ids=["pointnet", "sparse"],
 )
 def test_classifiers_learn_sphere_from_plane(model: torch.nn.Module) -> None:

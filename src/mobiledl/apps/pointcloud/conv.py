@@ -3,10 +3,11 @@
 For each kernel offset ``d`` with weight ``W_d`` (``C_in x C_out``), the output rows of its
 pairs receive ``W_d`` applied to the input rows (Choy et al. 2019, Eq. 3; the
 gather-matmul-scatter dataflow of Tang et al. 2020). A sparse map (few pairs per offset) runs
-all offsets at once: one gather of the padded ``(G, M)`` input rows, one batched matmul and
-one ``index_add_``; a denser one (``WIDE`` pairs or more per offset) one gather, matmul and
-``index_add_`` per offset, unpadded. The centre offset of a submanifold convolution is a
-plain matmul over all rows.
+all offsets at once: one gather of the padded ``(G, M)`` input rows, then a batched matmul
+and an ``index_add_`` per run of consecutive weight rows (two for a submanifold map: the
+offsets before and after the centre); a denser one (``WIDE`` pairs or more per offset) one
+gather, matmul and ``index_add_`` per offset, unpadded. The centre offset of a submanifold
+convolution is a plain matmul over all rows.
 Every output row sums its contributions in the map's fixed order, on one thread or many, so
 the result does not depend on the number of threads.
 """
@@ -29,7 +30,8 @@ WIDE = 256
 
 
 def apply_kernel_map(feats: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
-    """``(n_out, C_out)`` outputs of weights ``(K, C_in, C_out)`` over ``kmap``."""
+    """``(n_out, C_out)`` outputs of weights ``(K, C_in, C_out)`` over ``kmap``. The weights
+    are read as views of ``weight`` (``KernelMap.weight_runs``), never gathered into a copy."""
     if kmap.identity is not None:
         out = feats @ weight[kmap.identity]
     else:
@@ -37,16 +39,20 @@ def apply_kernel_map(feats: Tensor, weight: Tensor, kmap: KernelMap) -> Tensor:
     groups, width = kmap.in_rows.shape
     if groups * width == 0:
         return out
-    weights = weight.index_select(0, kmap.weight_index)
     if width >= WIDE:
+        rows = kmap.weight_index.tolist()
         for group, count in enumerate(kmap.counts.tolist()):
-            products = feats.index_select(0, kmap.in_rows[group, :count]) @ weights[group]
+            products = feats.index_select(0, kmap.in_rows[group, :count]) @ weight[rows[group]]
             out = out.index_add_(0, kmap.out_rows[group, :count], products)
         return out
     padded = torch.cat([feats, feats.new_zeros((1, feats.shape[1]))])
     gathered = padded.index_select(0, kmap.in_rows.view(-1)).view(groups, width, -1)
-    products = torch.bmm(gathered, weights)
-    return out.index_add_(0, kmap.out_rows.view(-1), products.view(groups * width, -1))
+    for start, end, row in kmap.weight_runs:
+        products = torch.bmm(gathered[start:end], weight[row : row + end - start])
+        out = out.index_add_(
+            0, kmap.out_rows[start:end].reshape(-1), products.view(-1, out.shape[1])
+        )
+    return out
 
 
 class SparseConv3d(nn.Module):

@@ -48,6 +48,18 @@ class KernelMap:
     n_out: int
     identity: int | None  # the offset applied as a plain matmul (submanifold centre)
 
+    @functools.cached_property
+    def weight_runs(self) -> tuple[tuple[int, int, int], ...]:
+        """``(first group, end group, first weight row)`` of each run of groups whose weight
+        rows are consecutive: the weights of a run are a view, never a copy."""
+        runs: list[list[int]] = []
+        for group, row in enumerate(self.weight_index.tolist()):
+            if runs and runs[-1][1] == group and runs[-1][2] + group - runs[-1][0] == row:
+                runs[-1][1] = group + 1
+            else:
+                runs.append([group, group + 1, row])
+        return tuple((start, end, row) for start, end, row in runs)
+
     @property
     def pairs(self) -> int:
         """Input-output pairs, the centre's included: MACs = pairs * C_in * C_out."""
@@ -123,9 +135,10 @@ def submanifold_map(cache: MapCache, at: int, kernel_size: int, dilation: int = 
     deltas = offset_deltas(kernel_size, dilation * at)
     half = deltas.numel() // 2
     offset, out, inp = table.pairs(table.keys, deltas[:half])
-    mirrored = deltas.numel() - 1 - torch.arange(half)
-    parts = [(offset, inp, out), (offset + half, out, inp)]
-    weight_index = torch.cat([torch.arange(half), mirrored])
+    # Offset k's pairs, swapped, are those of the mirrored offset K - 1 - k: group
+    # 2 half - 1 - k, so the groups' weight rows run 0 .. half - 1, half + 1 .. K - 1.
+    parts = [(offset, inp, out), (2 * half - 1 - offset, out, inp)]
+    weight_index = torch.cat([torch.arange(half), torch.arange(half + 1, deltas.numel())])
     return _grouped(weight_index, parts, half, table.size, table.size, identity=half)
 
 
@@ -159,7 +172,8 @@ def _grouped(
     identity: int | None,
 ) -> KernelMap:
     """Pad pairs ``(group, input row, output row)`` into ``(G, M)`` tables. ``parts`` share
-    one order within each group of the first ``groups`` (the mirrored half repeats it)."""
+    one order within each group of the first ``groups``; a second part (the mirrored half)
+    holds them in the reverse group order."""
     first = parts[0][0]
     counts = torch.bincount(first, minlength=groups)
     width = int(counts.max()) if first.numel() else 0
@@ -173,7 +187,7 @@ def _grouped(
         flat = group * width + position
         in_rows.index_copy_(0, flat, inp)
         out_rows.index_copy_(0, flat, out)
-    counts = torch.cat([counts] * len(parts))
+    counts = torch.cat([counts, counts.flip(0)][: len(parts)])
     return KernelMap(
         weight_index, in_rows.view(total, width), out_rows.view(total, width), counts, n_in, n_out,
         identity,

@@ -28,21 +28,13 @@ from torch import Tensor, nn
 from mobiledl.apps.pointcloud.conv import SparseConv3d
 from mobiledl.apps.pointcloud.models import check_clouds, refuse_export
 from mobiledl.apps.pointcloud.nn import SparseBatchNorm, SparseReLU
-from mobiledl.apps.pointcloud.voxelize import devoxelize_trilinear, voxelize
+from mobiledl.apps.pointcloud.voxelize import devoxelize_trilinear, normalize, voxelize
 from mobiledl.errors import UserError
 
 #: The 8 corners of a voxel cell as ``(dx, dy, dz)`` in {0, 1}.
 #: ``device="cpu"``: a first import inside a ``torch.device("meta")`` block (a memory estimate)
 #: must not make the constant a meta tensor.
 CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], device="cpu")
-
-
-def normalize(points: Tensor, resolution: int) -> Tensor:
-    """Clouds ``(B, P, 3)`` centred on their mean and scaled into ``[0, R - 1]^3`` (PVCNN,
-    Sec. 4.1: the farthest point from the centre touches the grid's border)."""
-    centred = points - points.mean(dim=1, keepdim=True)
-    radius = centred.norm(dim=2).amax(dim=1).clamp_min(1e-8).view(-1, 1, 1)
-    return (centred / (2 * radius) + 0.5) * (resolution - 1)
 
 
 def voxel_index(coords: Tensor, resolution: int) -> Tensor:

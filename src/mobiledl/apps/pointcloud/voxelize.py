@@ -31,6 +31,14 @@ BYTES_PER_POINT = 96
 CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], device="cpu")
 
 
+def normalize(points: Tensor, resolution: int) -> Tensor:
+    """Clouds ``(B, P, 3)`` centred on their mean and scaled into ``[0, R - 1]^3`` (PVCNN,
+    Sec. 4.1: the farthest point from the centre touches the grid's border)."""
+    centred = points - points.mean(dim=1, keepdim=True)
+    radius = centred.norm(dim=2).amax(dim=1).clamp_min(1e-8).view(-1, 1, 1)
+    return (centred / (2 * radius) + 0.5) * (resolution - 1)
+
+
 def voxel_sizes(voxel_size: float | Sequence[float]) -> Tensor:
     """``(3,)`` float64 voxel edge lengths; ``UserError`` unless every one is finite and > 0."""
     sizes = [voxel_size] * 3 if isinstance(voxel_size, int | float) else list(voxel_size)
