@@ -28,13 +28,8 @@ from torch import Tensor, nn
 from mobiledl.apps.pointcloud.conv import SparseConv3d
 from mobiledl.apps.pointcloud.models import check_clouds, refuse_export
 from mobiledl.apps.pointcloud.nn import SparseBatchNorm, SparseReLU
-from mobiledl.apps.pointcloud.voxelize import devoxelize_trilinear, normalize, voxelize
+from mobiledl.apps.pointcloud.voxelize import CORNERS, devoxelize_trilinear, normalize, voxelize
 from mobiledl.errors import UserError
-
-#: The 8 corners of a voxel cell as ``(dx, dy, dz)`` in {0, 1}.
-#: ``device="cpu"``: a first import inside a ``torch.device("meta")`` block (a memory estimate)
-#: must not make the constant a meta tensor.
-CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], device="cpu")
 
 
 def voxel_index(coords: Tensor, resolution: int) -> Tensor:

@@ -26,6 +26,7 @@ from mobiledl.resources import check_fits
 
 #: Working bytes per point of ``voxelize`` beyond its features (keys, inverse, coordinates).
 BYTES_PER_POINT = 96
+#: The 8 corners of a voxel cell as ``(dx, dy, dz)`` in {0, 1}.
 #: ``device="cpu"``: a first import inside a ``torch.device("meta")`` block (a memory estimate)
 #: must not make the constant a meta tensor.
 CORNERS = torch.tensor([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], device="cpu")

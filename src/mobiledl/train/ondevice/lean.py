@@ -43,7 +43,8 @@ from torch.utils.checkpoint import checkpoint
 from mobiledl.errors import UserError
 from mobiledl.train.ondevice.memory import TILE, fusable_conv_bn, segment_bounds
 
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
+#: ``device="cpu"``: a first import inside a ``torch.device("meta")`` block must not make it meta.
+_SHIFTS = torch.arange(8, dtype=torch.uint8, device="cpu")
 
 
 class BitMask:
