@@ -11,10 +11,12 @@ export may be given ``InputSpec``s to name the artifact's inputs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -54,6 +56,8 @@ _BUILTIN_SUFFIXES: dict[str, str] = {
     "executorch": ".pte",
 }
 _ENGINES: dict[str, Callable[[], Engine]] = {}
+#: Loggers that warn while an engine's package is imported (see ``_quiet_import_logs``).
+_NOISY_IMPORT_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 class Runner(ABC):
@@ -256,10 +260,26 @@ def get_engine(name: str | None = None) -> Engine:
         raise UserError(f"unknown engine '{name}'; available: {', '.join(list_engines())}")
     module_name, class_name = _BUILTIN_ENGINES[name].split(":")
     try:
-        module = importlib.import_module(module_name)
+        with _quiet_import_logs():
+            module = importlib.import_module(module_name)
     except ImportError as error:
         raise UserError(f"engine '{name}' needs a package that is not installed: {error}") from None
     return getattr(module, class_name)()
+
+
+@contextlib.contextmanager
+def _quiet_import_logs() -> Iterator[None]:
+    """Importing an engine's package must not print: ExecuTorch's import of torchao logs a
+    warning per CUDA library it cannot load and torch a deprecation per registered enum."""
+    loggers = [logging.getLogger(name) for name in _NOISY_IMPORT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def engine_for_artifact(path: PathLike) -> Engine:
