@@ -57,6 +57,7 @@ from mobiledl.compress.prune.reconstruction import reconstruction_importance, re
 from mobiledl.compress.prune.rules import PruningRule, rule_for
 from mobiledl.compress.prune.surgery import mask_channels, plan_cut, prune_groups
 from mobiledl.core.clone import clone_module
+from mobiledl.core.inputs import Inputs, call_model, slice_batch
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 
@@ -78,7 +79,7 @@ __all__ = [
 
 def prune_channels(
     model: nn.Module,
-    example_input: Tensor,
+    example_input: Inputs,
     criterion: str = "l1",
     *,
     sparsity: float | Mapping[str, float] | None = None,
@@ -146,7 +147,7 @@ class ChannelPlan:
 
 def plan_channels(
     model: nn.Module,
-    example_input: Tensor,
+    example_input: Inputs,
     criterion: str = "l1",
     *,
     sparsity: float | Mapping[str, float] | None = None,
@@ -320,9 +321,9 @@ def _scale_importance(model: nn.Module, group: ChannelGroup) -> Tensor | None:
 # ---------------------------------------------------------------------------- checks
 
 
-def _check_equivalent(masked: nn.Module, pruned: nn.Module, example_input: Tensor) -> None:
+def _check_equivalent(masked: nn.Module, pruned: nn.Module, example_input: Inputs) -> None:
     """The pruned model must compute what the masked model computes (else: a bug here)."""
-    x = example_input[:1]
+    x = slice_batch(example_input, 0, 1)
     expected = _eval_output(masked, x)
     try:
         actual = _eval_output(pruned, x)
@@ -337,12 +338,12 @@ def _check_equivalent(masked: nn.Module, pruned: nn.Module, example_input: Tenso
         )
 
 
-def _eval_output(model: nn.Module, x: Tensor) -> Tensor:
+def _eval_output(model: nn.Module, x: Inputs) -> Tensor:
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(x)
+            output = call_model(model, x)
     finally:
         model.train(was_training)
     return output[0] if isinstance(output, (tuple, list)) else output

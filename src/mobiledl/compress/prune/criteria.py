@@ -35,6 +35,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.masks import prunable_layers, weight_leaf
+from mobiledl.core.inputs import call_model
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.train import TrainConfig, TrainResult, train
@@ -132,7 +133,7 @@ def _taylor_scores(
     params = [leaf for leaf, _ in targets.values()]
     totals = [torch.zeros_like(p) for p in params]
     for x, y in batches:
-        loss = task.loss(model(x), y)
+        loss = task.loss(call_model(model, x), y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for total, grad, (_, value) in zip(totals, grads, targets.values(), strict=True):
             if grad is not None:
@@ -148,7 +149,7 @@ def _hessian_scores(
     totals = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(seed)
     for x, y in batches:
-        diagonal = hessian_diagonal(task.loss(model(x), y), params, generator)
+        diagonal = hessian_diagonal(task.loss(call_model(model, x), y), params, generator)
         for total, estimate in zip(totals, diagonal, strict=True):
             total += estimate
     return {

@@ -63,6 +63,7 @@ from mobiledl.compress.prune.rules import (
     rep_along,
     rule_for,
 )
+from mobiledl.core.inputs import Inputs, check_inputs, input_tensors, map_inputs, repeat_batch
 from mobiledl.errors import UserError
 
 SlotKind = str  # "out", "in", "channel", "heads", or a kind of a user's rule
@@ -256,9 +257,12 @@ class DependencyGraph:
 
 
 def build_dependency_graph(
-    model: nn.Module, example_input: Tensor, warn: bool = True, strict: bool = False
+    model: nn.Module, example_input: Inputs, warn: bool = True, strict: bool = False
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_input`` (one sample suffices) and group coupled channels.
+
+    ``example_input`` is one tensor, a tuple of tensors (the ``forward`` arguments in order)
+    or a dict of them by argument name, as ``mobiledl.core.inputs`` describes.
 
     Raises ``UserError`` if ``torch.fx`` cannot trace the model. With ``warn``, issues one
     ``UserWarning`` listing every node whose channels had to stay for lack of a mapping;
@@ -302,12 +306,32 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def _two_samples(example_input: Tensor) -> Tensor:
+def _two_samples(example_input: Inputs) -> Inputs:
     """A batch of two equal samples: a reshape that merges batch and channels shows up."""
-    if not isinstance(example_input, Tensor) or example_input.dim() == 0:
-        raise UserError("channel pruning needs an example input tensor with a batch dimension")
-    first = example_input[:1].detach()
-    return torch.cat([first, first])
+    check_inputs(example_input, "channel pruning's example input")
+    if any(tensor.dim() == 0 for tensor in input_tensors(example_input)):
+        raise UserError("channel pruning needs example input tensors with a batch dimension")
+    return repeat_batch(map_inputs(torch.Tensor.detach, example_input), 2)
+
+
+def _placeholder_args(traced: torch.fx.GraphModule, inputs: Inputs) -> list[Any]:
+    """``inputs`` as the traced graph's positional arguments (a dict by argument name)."""
+    if not isinstance(inputs, dict):
+        return input_tensors(inputs)
+    names = [node.target for node in traced.graph.nodes if node.op == "placeholder"]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise UserError(
+            f"channel pruning's example input names {unknown}, which are not arguments of "
+            f"the model's forward ({', '.join(map(str, names))})"
+        )
+    given = [name for name in names if name in inputs]
+    if given != names[: len(given)]:
+        raise UserError(
+            "channel pruning's example input dict must give the forward's arguments in order "
+            f"from the first ({', '.join(map(str, names))}); got {', '.join(inputs)}"
+        )
+    return [inputs[name] for name in given]
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -323,16 +347,18 @@ class _Recorder(torch.fx.Interpreter):
         return result
 
 
-def _record_values(traced: torch.fx.GraphModule, x: Tensor) -> dict[torch.fx.Node, Any]:
+def _record_values(traced: torch.fx.GraphModule, x: Inputs) -> dict[torch.fx.Node, Any]:
     was_training = traced.training
     traced.eval()
     recorder = _Recorder(traced)
+    args = _placeholder_args(traced, x)
     try:
         with torch.no_grad():
-            recorder.run(x)
+            recorder.run(*args)
     except Exception as exc:
+        shapes = ", ".join(str(list(tensor.shape)) for tensor in input_tensors(x))
         raise UserError(
-            f"the model fails on an input of shape {list(x.shape)}: {str(exc).splitlines()[0]}"
+            f"the model fails on an input of shape {shapes}: {str(exc).splitlines()[0]}"
         ) from None
     finally:
         traced.train(was_training)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from mobiledl.compress.prune.surgery import prune_groups
 from mobiledl.core.clone import clone_module
+from mobiledl.core.inputs import Inputs, map_inputs, repeat_batch, slice_batch
 from mobiledl.errors import UserError
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class LatencyProbe:
 
 
 def segment_latency_slopes(
-    model: nn.Module, planner: ChannelPlanner, example_input: Tensor, probe: LatencyProbe
+    model: nn.Module, planner: ChannelPlanner, example_input: Inputs, probe: LatencyProbe
 ) -> list[float]:
     """Milliseconds saved per unit removed, for each segment of ``planner`` (0 for fixed
     segments and segments that cannot shrink). Negative measured savings become 0."""
@@ -59,13 +60,14 @@ def segment_latency_slopes(
     engine = get_engine(probe.engine)
     full = planner.full_counts()
     cuts = _half_cuts(planner, full)
-    x = example_input[:1].expand(probe.batch_size, *example_input.shape[1:]).contiguous()
-    batch = x.numpy()
+    x = repeat_batch(example_input, probe.batch_size)
+    batch = map_inputs(Tensor.numpy, x)
+    first = slice_batch(x, 0, 1)
     with tempfile.TemporaryDirectory(prefix="mobiledl-latency-") as tmp:
         runners: dict[str, Callable[[], object]] = {}
         for name, counts in {"full": full, **{str(i): c for i, c in cuts.items()}}.items():
             pruned = prune_groups(clone_module(model), planner.graph, planner.keep(counts))
-            path = engine.export(pruned.eval(), x[:1], Path(tmp) / f"{name}{engine.suffix}")
+            path = engine.export(pruned.eval(), first, Path(tmp) / f"{name}{engine.suffix}")
             runner = engine.load(path, threads=probe.threads)
             runners[name] = lambda runner=runner: runner.run(batch)
         stats = interleaved_benchmark(

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mobiledl.compress.prune.graph import ChannelGroup, DependencyGraph
+from mobiledl.core.inputs import Inputs, slice_batch
 from mobiledl.errors import UserError
 from mobiledl.profile import profile_model
 
@@ -93,7 +94,7 @@ class ChannelPlanner:
         model: nn.Module,
         graph: DependencyGraph,
         importance: list[Tensor],
-        example_input: Tensor,
+        example_input: Inputs,
         round_to: int,
     ) -> None:
         self.graph = graph
@@ -109,7 +110,7 @@ class ChannelPlanner:
             if group.dropped.any() and not group.prunable
         }
         self.round_to = round_to
-        profile = profile_model(model, example_input[:1])
+        profile = profile_model(model, slice_batch(example_input, 0, 1))
         self.total_macs = profile.macs
         self.layer_macs = {layer.name: layer.macs for layer in profile.layers}
 

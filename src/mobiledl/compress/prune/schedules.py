@@ -34,6 +34,7 @@ from mobiledl.compress.prune.masks import (
     prunable_layers,
     sparsity_of,
 )
+from mobiledl.core.inputs import Inputs, call_model, slice_batch
 from mobiledl.core.task import TensorTask
 from mobiledl.errors import UserError
 from mobiledl.models.registry import example_input_for
@@ -105,7 +106,7 @@ def _sparsity_for_macs(model: nn.Module, config: PruneConfig, task: TensorTask |
     return high
 
 
-def _output_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
+def _output_positions(model: nn.Module, x: Inputs) -> dict[str, int]:
     """Multiplications per weight element for one input: output positions of each layer."""
     positions: dict[str, int] = {}
     handles = []
@@ -119,7 +120,7 @@ def _output_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(x[:1])
+            call_model(model.eval(), slice_batch(x, 0, 1))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -127,7 +128,7 @@ def _output_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
     return {name: positions.get(name, 0) for name in prunable_layers(model)}
 
 
-def example_input(model: nn.Module, task: TensorTask | None) -> Tensor:
+def example_input(model: nn.Module, task: TensorTask | None) -> Inputs:
     """One real input from ``task``, else a random one of the shape the model was built for."""
     if task is not None:
         return task.example_input(1)
