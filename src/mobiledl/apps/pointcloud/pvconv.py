@@ -63,14 +63,16 @@ def dense_devoxelize(grid: Tensor, coords: Tensor) -> Tensor:
     frac = coords - base
     corners = CORNERS.to(coords.device)
     cell = base.long().unsqueeze(2) + corners  # (B, P, 8, 3)
-    flat = (cell[..., 0] * resolution + cell[..., 1]) * resolution + cell[..., 2]
-    values = grid.reshape(batch, channels, -1).gather(
-        2, flat.view(batch, 1, -1).expand(-1, channels, -1)
-    )
+    flat = (cell[..., 0] * resolution + cell[..., 1]) * resolution + cell[..., 2]  # (B, P, 8)
     near = frac.unsqueeze(2)
     weight = torch.where(corners.bool(), near, 1 - near).prod(3)  # (B, P, 8)
-    values = values.view(batch, channels, coords.shape[1], 8)
-    return (values * weight.unsqueeze(1)).sum(3).transpose(1, 2)
+    cells = grid.reshape(batch, channels, -1)
+    out = grid.new_zeros((batch, channels, coords.shape[1]))
+    # Corner by corner: one (B, C, P) gather at a time, not all eight corners' at once.
+    for corner in range(len(corners)):
+        index = flat[:, :, corner].unsqueeze(1).expand(-1, channels, -1)
+        out = out + cells.gather(2, index) * weight[:, :, corner].unsqueeze(1)
+    return out.transpose(1, 2)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -129,6 +129,11 @@ def devoxelize_trilinear(
     near = frac.index_select(0, point)
     weight = torch.where(high, near, 1 - near).prod(1)
     out = x.feats.new_zeros((points.shape[0], x.feats.shape[1]))
-    out.index_add_(0, point, x.feats.index_select(0, row) * weight.unsqueeze(1))
+    # Corner by corner (the pairs come sorted by corner): the gathered features of one
+    # corner are at most (N, C), where all eight at once would be up to 8 N x C.
+    ends = torch.bincount(corner, minlength=len(CORNERS)).cumsum(0).tolist()
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        gathered = x.feats.index_select(0, row[start:end]) * weight[start:end].unsqueeze(1)
+        out.index_add_(0, point[start:end], gathered)
     total = x.feats.new_zeros(points.shape[0]).index_add_(0, point, weight)
     return out / total.clamp_min(torch.finfo(x.feats.dtype).tiny).unsqueeze(1)
